@@ -1,0 +1,11 @@
+module github.com/dfnydus/dfnydus
+
+go 1.26.8
+
+require (
+	github.com/klauspost/compress v1.18.0
+	github.com/pierrec/lz4/v4 v4.1.22
+	github.com/zeebo/blake3 v0.2.4
+)
+
+require github.com/klauspost/cpuid/v2 v2.0.12 // indirect
