@@ -1,0 +1,42 @@
+# dfnydus: build, test, bench, fuzz, lint. `make help` lists the targets.
+GO      ?= go
+BIN     := bin/dfnydus
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+FUZZTIME ?= 30s
+
+.PHONY: all build test test-unit test-e2e bench fuzz lint setup help clean demo
+
+all: build
+
+help:
+	@echo "make setup     install system packages the tests need (root, Debian)"
+	@echo "make build     build $(BIN)"
+	@echo "make test      unit + end-to-end tests (what CI runs)"
+	@echo "make bench     benchmarks with their same-run baselines"
+	@echo "make fuzz      run every fuzz target for FUZZTIME ($(FUZZTIME)) each"
+	@echo "make lint      gofmt + go vet"
+
+setup:
+	bash scripts/setup.sh
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/dfnydus
+
+test: setup build
+	$(GO) test -race -count=1 -timeout 40m ./...
+
+bench: build
+	bash scripts/bench.sh
+
+fuzz:
+	bash scripts/fuzz.sh $(FUZZTIME)
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+demo: setup build
+	bash scripts/demo.sh
+
+clean:
+	rm -rf bin

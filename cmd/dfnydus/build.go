@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/internal/progress"
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/bootstrap"
+	"github.com/dfnydus/dfnydus/rafs/builder"
+)
+
+type buildFlags struct {
+	bootstrap, blobDir, compressor, digester, chunkSize, chunkDict, prefetchList, outputJSON string
+	fsVersion, workers                                                                       int
+}
+
+func newBuildCmd(g *globals) *cobra.Command {
+	f := &buildFlags{}
+	cmd := &cobra.Command{
+		Use:   "build --bootstrap FILE --blob-dir DIR [options] SOURCE...",
+		Short: "Build a nydus image from directories or (OCI layer) tars, lowest layer first",
+		Long: `Build writes one data blob per SOURCE into --blob-dir (named by its sha256, the blob id) and one
+bootstrap merged over all SOURCEs with OCI whiteouts (.wh.NAME, .wh..wh..opq) applied. A SOURCE is a
+directory or a tar, plain or gzip/zstd compressed.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runBuild(cmd, g, f, args) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.bootstrap, "bootstrap", "", "output bootstrap file (required)")
+	fl.StringVar(&f.blobDir, "blob-dir", "", "directory the blobs are written to (required)")
+	fl.IntVar(&f.fsVersion, "fs-version", 6, "RAFS version: 5 or 6")
+	fl.StringVar(&f.compressor, "compressor", "zstd", "chunk compressor: none, lz4_block, gzip, zstd")
+	fl.StringVar(&f.digester, "digester", "blake3", "chunk digest: blake3, sha256")
+	fl.StringVar(&f.chunkSize, "chunk-size", "0x100000", "chunk size, a power of two from 0x1000 to 0x1000000")
+	fl.StringVar(&f.chunkDict, "chunk-dict", "", "bootstrap of an existing image whose chunks may be reused (also bootstrap=PATH)")
+	fl.StringVar(&f.prefetchList, "prefetch-list", "", "file with one absolute path per line to prefetch first ('-' for stdin)")
+	fl.StringVar(&f.outputJSON, "output-json", "", "write a JSON summary (blobs, stats) to this file")
+	fl.IntVar(&f.workers, "workers", 0, "compression workers (0: one per CPU)")
+	_ = cmd.MarkFlagRequired("bootstrap")
+	_ = cmd.MarkFlagRequired("blob-dir")
+	return cmd
+}
+
+func (f *buildFlags) options() (builder.Options, error) {
+	o := builder.DefaultOptions()
+	o.FSVersion, o.Workers = f.fsVersion, f.workers
+	var err error
+	if o.Compressor, err = rafs.ParseCompressor(f.compressor); err != nil {
+		return o, err
+	}
+	if o.Digester, err = rafs.ParseDigester(f.digester); err != nil {
+		return o, err
+	}
+	cs, err := strconv.ParseUint(f.chunkSize, 0, 32)
+	if err != nil || !rafs.ValidChunkSize(cs) {
+		return o, fmt.Errorf("--chunk-size %q: want a power of two from 0x1000 to 0x1000000", f.chunkSize)
+	}
+	o.ChunkSize = uint32(cs)
+	if f.chunkDict != "" {
+		_, dict, err := bootstrap.Load(strings.TrimPrefix(f.chunkDict, "bootstrap="))
+		if err != nil {
+			return o, fmt.Errorf("--chunk-dict: %w", err)
+		}
+		o.ChunkDict = dict
+	}
+	if f.prefetchList != "" {
+		if o.Prefetch, err = readPrefetchList(f.prefetchList); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+func readPrefetchList(p string) ([]string, error) {
+	var r io.Reader = os.Stdin
+	if p != "-" {
+		fh, err := os.Open(p)
+		if err != nil {
+			return nil, fmt.Errorf("--prefetch-list: %w", err)
+		}
+		defer fh.Close()
+		r = fh
+	}
+	var out []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if !strings.HasPrefix(line, "/") {
+			return nil, fmt.Errorf("--prefetch-list: %q is not an absolute path", line)
+		}
+		out = append(out, filepath.Clean(line))
+	}
+	return out, sc.Err()
+}
+
+type buildSummary struct {
+	Bootstrap string         `json:"bootstrap"`
+	FSVersion int            `json:"fs_version"`
+	Blobs     []string       `json:"blobs"`       // every blob the image references
+	NewBlobs  []*string      `json:"layer_blobs"` // per source: the blob written, or null
+	Stats     builder.Stats  `json:"stats"`
+	Seconds   float64        `json:"seconds"`
+	Extra     map[string]any `json:"extra,omitempty"`
+}
+
+func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) error {
+	opts, err := f.options()
+	if err != nil {
+		return err
+	}
+	var layers []builder.Layer
+	var total int64
+	for _, a := range args {
+		layers = append(layers, builder.PathLayer(a))
+		if fi, err := os.Stat(a); err == nil && !fi.IsDir() {
+			total += fi.Size()
+		}
+	}
+	bar := progress.New(cmd.ErrOrStderr(), "build")
+	opts.Progress = func(n int64) { bar.Update(n, 0) }
+	start := time.Now()
+	res, err := builder.Build(cmd.Context(), opts, f.blobDir, layers)
+	if err != nil {
+		return err
+	}
+	bar.Done(res.Stats.BytesRead, 0)
+	if err := writeFileAtomic(f.bootstrap, res.Bootstrap); err != nil {
+		return err
+	}
+	for _, w := range res.Warnings {
+		g.log.Warn(w)
+	}
+	sum := buildSummary{Bootstrap: f.bootstrap, FSVersion: opts.FSVersion, Stats: res.Stats, Seconds: time.Since(start).Seconds()}
+	for _, b := range res.Image.Blobs {
+		sum.Blobs = append(sum.Blobs, b.ID)
+	}
+	for _, b := range res.LayerBlobs {
+		if b == nil {
+			sum.NewBlobs = append(sum.NewBlobs, nil)
+		} else {
+			id := b.ID
+			sum.NewBlobs = append(sum.NewBlobs, &id)
+		}
+	}
+	g.log.Info("built image", zap.String("bootstrap", f.bootstrap), zap.Strings("blobs", sum.Blobs),
+		zap.Int64("files", res.Stats.Files), zap.Int64("bytes_read", res.Stats.BytesRead),
+		zap.Int64("chunks_stored", res.Stats.StoredChunks), zap.Int64("chunks_deduped", res.Stats.DedupChunks),
+		zap.Int64("chunks_from_dict", res.Stats.DictChunks), zap.Int64("stored_bytes", res.Stats.StoredBytes),
+		zap.Duration("took", time.Since(start)))
+	if f.outputJSON != "" {
+		data, _ := json.MarshalIndent(sum, "", "  ")
+		if err := writeFileAtomic(f.outputJSON, append(data, '\n')); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to a temp file beside p, syncs it and renames it over p, so readers
+// never see a half-written file.
+func writeFileAtomic(p string, data []byte) error {
+	dir := filepath.Dir(p)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(p)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", p, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return os.Rename(tmp.Name(), p)
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dfnydus/dfnydus/rafs/bootstrap"
+	"github.com/dfnydus/dfnydus/rafs/inspect"
+)
+
+func newInspectCmd(g *globals) *cobra.Command {
+	var boot string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "inspect --bootstrap FILE [--json]",
+		Short: "List every entry of an image",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, img, err := bootstrap.Load(boot)
+			if err != nil {
+				return err
+			}
+			entries, err := inspect.Entries(img)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(entries)
+			}
+			fmt.Fprintf(out, "RAFS v%d, chunk size %#x, %v, %v, %d blobs\n", img.Version, img.ChunkSize, img.Compressor, img.Digester, len(img.Blobs))
+			for i, b := range img.Blobs {
+				fmt.Fprintf(out, "blob %d: %s  %d chunks  %d bytes compressed, %d uncompressed  %v\n", i, b.ID, b.ChunkCount, b.CompressedSize, b.UncompressedSize, b.Compressor)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
+			for _, e := range entries {
+				x := make([]string, 0, len(e.Xattrs))
+				for k := range e.Xattrs {
+					x = append(x, k)
+				}
+				sort.Strings(x)
+				target := ""
+				if e.Target != "" {
+					target = "-> " + e.Target
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d:%d\t%d\t%s\tnlink=%d\tchunks=%d\t%s\t%s\t%s\n", e.Path, e.Type, e.Mode, e.UID, e.GID,
+					e.Size, e.Mtime, e.Nlink, e.Chunks, target, strings.Join(x, ","), e.Digest)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&boot, "bootstrap", "", "bootstrap file, bootstrap layer tar(.gz), or blob with an inlined bootstrap")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array with one object per path")
+	_ = cmd.MarkFlagRequired("bootstrap")
+	return cmd
+}

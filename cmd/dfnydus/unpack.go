@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/blob"
+	"github.com/dfnydus/dfnydus/rafs/bootstrap"
+	"github.com/dfnydus/dfnydus/rafs/unpack"
+)
+
+func newUnpackCmd(g *globals) *cobra.Command {
+	var boot, blobDir, output string
+	cmd := &cobra.Command{
+		Use:   "unpack --bootstrap FILE --blob-dir DIR --output DIR|FILE.tar",
+		Short: "Write an image's tree into a directory or a tar file, verifying every chunk",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, img, err := bootstrap.Load(boot)
+			if err != nil {
+				return err
+			}
+			src := blob.NewDir(blobDir)
+			defer src.Close()
+			if strings.HasSuffix(output, ".tar") {
+				return unpackTar(cmd, img, src, output)
+			}
+			if err := unpack.ToDir(cmd.Context(), img, src, output, unpack.Options{}); err != nil {
+				return err
+			}
+			g.log.Info("unpacked", zap.String("output", output))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&boot, "bootstrap", "", "bootstrap file, bootstrap layer tar(.gz), or blob with an inlined bootstrap")
+	cmd.Flags().StringVar(&blobDir, "blob-dir", "", "directory holding the blobs, named by blob id")
+	cmd.Flags().StringVar(&output, "output", "", "output directory (created, must be empty) or a file ending in .tar")
+	for _, n := range []string{"bootstrap", "blob-dir", "output"} {
+		_ = cmd.MarkFlagRequired(n)
+	}
+	return cmd
+}
+
+// unpackTar writes the tar beside output and renames it into place once complete.
+func unpackTar(cmd *cobra.Command, img *rafs.Image, src rafs.ChunkReader, output string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(output), "."+filepath.Base(output)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("create %s: %w", output, err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	if err := unpack.ToTar(cmd.Context(), img, src, bw, unpack.Options{}); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write %s: %w", output, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", output, err)
+	}
+	return os.Rename(tmp.Name(), output)
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmarks, each printed next to the baseline measured in the same run. See docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== build throughput vs in-memory digest+compress limit (issue: image format)"
+go run ./test/bench/buildbench -bin bin/dfnydus "$@"
+echo
+echo "== micro-benchmarks"
+go test -run='^$' -bench=. -benchtime=3x ./rafs/... 2>&1 | grep -E '^(Benchmark|ok|PASS|FAIL)' || true

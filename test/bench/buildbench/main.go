@@ -1,0 +1,198 @@
+// Command buildbench measures `dfnydus build` throughput on a real tree against the limit measured
+// in the same run: the same file bytes, already in memory, cut into the same chunks and pushed through
+// the same digester and compressor by as many goroutines as there are CPUs. It also reports the
+// build's peak resident memory, on the tree and on a large generated tar, to show memory does not grow
+// with input size.
+package main
+
+import (
+	"archive/tar"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/compress"
+	"github.com/dfnydus/dfnydus/rafs/digest"
+)
+
+func main() {
+	bin := flag.String("bin", "bin/dfnydus", "dfnydus binary")
+	tree := flag.String("tree", runtime.GOROOT(), "source tree (default: the Go toolchain, ~270 MB)")
+	runs := flag.Int("runs", 3, "runs per measurement (the median is reported)")
+	bigMB := flag.Int("big-mb", 2048, "size of the generated tar for the memory check (0 to skip)")
+	comps := flag.String("compressors", "zstd,lz4_block,gzip,none", "compressors to measure")
+	flag.Parse()
+
+	data, files := loadTree(*tree)
+	fmt.Printf("tree %s: %d files, %.1f MB of file data\n\n", *tree, files, mb(int64(len(data))))
+	fmt.Printf("%-10s %-7s %12s %12s %7s %12s\n", "compressor", "digest", "build MB/s", "limit MB/s", "ratio", "peak RSS")
+	for _, name := range splitComma(*comps) {
+		comp, err := rafs.ParseCompressor(name)
+		check(err)
+		limit := median(*runs, func() float64 { return limitRate(data, comp, rafs.DigestBlake3) })
+		var rss int64
+		rate := median(*runs, func() float64 {
+			r, m := buildRate(*bin, *tree, name, int64(len(data)))
+			rss = max(rss, m)
+			return r
+		})
+		fmt.Printf("%-10s %-7s %12.1f %12.1f %7.2f %9.1f MiB\n", name, "blake3", rate, limit, rate/limit, float64(rss)/(1<<20))
+	}
+	if *bigMB > 0 {
+		fmt.Println()
+		bigMemory(*bin, int64(*bigMB)<<20)
+	}
+}
+
+// loadTree reads every regular file of the tree into one buffer, in the builder's order.
+func loadTree(root string) ([]byte, int) {
+	var paths []string
+	check(filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			paths = append(paths, p)
+		}
+		return err
+	}))
+	sort.Strings(paths)
+	var buf []byte
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		check(err)
+		buf = append(buf, b...)
+	}
+	return buf, len(paths)
+}
+
+// limitRate digests and compresses 1 MiB chunks of data on every CPU, as fast as it can, in MB/s.
+func limitRate(data []byte, comp rafs.Compressor, dig rafs.Digester) float64 {
+	const cs = rafs.DefaultChunkSize
+	next := make(chan int, 64)
+	go func() {
+		for off := 0; off < len(data); off += cs {
+			next <- off
+		}
+		close(next)
+	}()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var dst []byte
+			for off := range next {
+				chunk := data[off:min(off+cs, len(data))]
+				_ = digest.Sum(dig, chunk)
+				var err error
+				dst, err = compress.Compress(comp, dst, chunk)
+				check(err)
+			}
+		}()
+	}
+	wg.Wait()
+	return mb(int64(len(data))) / time.Since(start).Seconds()
+}
+
+// buildRate runs dfnydus build on the tree and returns MB/s of file data and the peak RSS in bytes.
+func buildRate(bin, tree, comp string, bytes int64) (float64, int64) {
+	dir, err := os.MkdirTemp("/var/tmp", "buildbench-")
+	check(err)
+	defer os.RemoveAll(dir)
+	cmd := exec.Command(bin, "build", "--log-level", "warn", "--compressor", comp, "--bootstrap", filepath.Join(dir, "boot"), "--blob-dir", filepath.Join(dir, "blobs"), tree)
+	cmd.Stderr = os.Stderr
+	start := time.Now()
+	check(cmd.Run())
+	return mb(bytes) / time.Since(start).Seconds(), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+}
+
+// bigMemory builds a generated tar of size bytes (compressible, few large files and many small
+// ones) from a pipe and reports the build's peak RSS.
+func bigMemory(bin string, size int64) {
+	dir, err := os.MkdirTemp("/var/tmp", "buildbench-")
+	check(err)
+	defer os.RemoveAll(dir)
+	cmd := exec.Command(bin, "build", "--log-level", "warn", "--bootstrap", filepath.Join(dir, "boot"), "--blob-dir", filepath.Join(dir, "blobs"), "/dev/stdin")
+	stdin, err := cmd.StdinPipe()
+	check(err)
+	cmd.Stderr = os.Stderr
+	check(cmd.Start())
+	start := time.Now()
+	check(writeTar(stdin, size))
+	check(stdin.Close())
+	check(cmd.Wait())
+	rss := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	fmt.Printf("generated tar %.0f MB via a pipe: %.1f MB/s, peak RSS %.1f MiB\n", mb(size), mb(size)/time.Since(start).Seconds(), float64(rss)/(1<<20))
+}
+
+func writeTar(w io.Writer, size int64) error {
+	tw := tar.NewWriter(w)
+	rng := rand.New(rand.NewPCG(1, 2))
+	block := make([]byte, 1<<20)
+	for i := range block {
+		block[i] = byte(rng.IntN(16)) // compressible, but not trivially
+	}
+	var written int64
+	for i := 0; written < size; i++ {
+		n := int64(64 << 20)
+		if i%2 == 1 {
+			n = 4096
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/f%d", i/100, i), Mode: 0o644, Size: n, Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		for left := n; left > 0; {
+			k := min(left, int64(len(block)))
+			block[0], block[1] = byte(i), byte(left) // keep chunks distinct so dedup does not hide work
+			block[2] = byte(left >> 8)
+			if _, err := tw.Write(block[:k]); err != nil {
+				return err
+			}
+			left -= k
+		}
+		written += n
+	}
+	return tw.Close()
+}
+
+func median(n int, f func() float64) float64 {
+	var xs []float64
+	for range n {
+		xs = append(xs, f())
+	}
+	sort.Float64s(xs)
+	return xs[len(xs)/2]
+}
+
+func mb(n int64) float64 { return float64(n) / 1e6 }
+
+func splitComma(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "buildbench:", err)
+		os.Exit(1)
+	}
+}
