@@ -207,7 +207,7 @@ type Blob struct {
 	Compressor       Compressor
 	Digester         Digester
 	Features         uint32 // BlobFeatures bits (storage/src/device.rs)
-	CompressedSize   uint64 // size of the chunk data (image.blob) region
+	CompressedSize   uint64 // size of the whole blob file, as nydus-image records it
 	UncompressedSize uint64 // size of the uncompressed view
 
 	// Chunk-info (blob.meta) location inside the blob file, nydus >= 2.2.
@@ -225,23 +225,22 @@ type Blob struct {
 	ReadaheadSize   uint32
 }
 
-// BlobFeatures bits (storage/src/device.rs BlobFeatures).
+// BlobFeatures bits (storage/src/device.rs BlobFeatures in dragonflyoss/nydus).
 const (
-	BlobFeatureAligned        uint32 = 0x1
-	BlobFeatureInlinedMeta    uint32 = 0x2
-	BlobFeatureChunkInfoV2    uint32 = 0x4
-	BlobFeatureZran           uint32 = 0x8
-	BlobFeatureSeparate       uint32 = 0x10
-	BlobFeatureInlinedChunkDg uint32 = 0x20
-	BlobFeatureBatch          uint32 = 0x40
-	BlobFeatureEncrypted      uint32 = 0x80
-	BlobFeatureHasTarHeader   uint32 = 0x1000
-	BlobFeatureHasTOC         uint32 = 0x2000
-	BlobFeatureCapTarTOC      uint32 = 0x4000
-	BlobFeatureTarfs          uint32 = 0x8000
-	BlobFeatureHasCRC32       uint32 = 0x10000
-	BlobFeatureV5NoExtBlobTbl uint32 = 0x4000_0000
-	BlobFeatureChunkInfoV1Ext uint32 = 0x8000_0000
+	BlobFeatureAligned            uint32 = 0x1
+	BlobFeatureInlinedFSMeta      uint32 = 0x2
+	BlobFeatureChunkInfoV2        uint32 = 0x4
+	BlobFeatureZran               uint32 = 0x8
+	BlobFeatureSeparate           uint32 = 0x10
+	BlobFeatureInlinedChunkDigest uint32 = 0x20
+	BlobFeatureTarfs              uint32 = 0x40
+	BlobFeatureBatch              uint32 = 0x80
+	BlobFeatureEncrypted          uint32 = 0x100
+	BlobFeatureChunkdictGenerated uint32 = 0x200
+	BlobFeatureHasTarHeader       uint32 = 0x1000_0000
+	BlobFeatureHasTOC             uint32 = 0x2000_0000
+	BlobFeatureCapTarTOC          uint32 = 0x4000_0000
+	BlobFeatureV5NoExtBlobTable   uint32 = 0x8000_0000
 )
 
 // Xattr is one extended attribute.

@@ -29,13 +29,21 @@ const LayerPath = "image/image.boot"
 // ErrNotBootstrap is returned when data is none of the accepted forms.
 var ErrNotBootstrap = errors.New("not a RAFS bootstrap, bootstrap layer or blob with an inlined bootstrap")
 
-// Decode parses a bare v5 or v6 bootstrap.
+// Decode parses a bare v5 or v6 bootstrap. A v5 image's Merkle tree is verified too: it is the
+// integrity of v5 metadata, so no caller should use a v5 tree that fails it.
 func Decode(data []byte) (*rafs.Image, error) {
 	switch {
 	case v6.IsV6(data):
 		return v6.Decode(data)
 	case v5.IsV5(data):
-		return v5.Decode(data)
+		img, err := v5.Decode(data)
+		if err != nil {
+			return nil, err
+		}
+		if err := v5.Verify(img); err != nil {
+			return nil, fmt.Errorf("v5 merkle tree: %w", err)
+		}
+		return img, nil
 	}
 	return nil, ErrNotBootstrap
 }

@@ -49,12 +49,12 @@ func TarLayer(name string, r io.Reader) Layer {
 
 // Stats count what a build did.
 type Stats struct {
-	Files        int64
-	BytesRead    int64 // file data read from the sources
-	StoredChunks int64 // chunks written to new blobs
-	StoredBytes  int64 // their compressed bytes
-	DedupChunks  int64 // chunks found earlier in this build
-	DictChunks   int64 // chunks found in the chunk dict
+	Files        int64 `json:"files"`
+	BytesRead    int64 `json:"bytes_read"`    // file data read from the sources
+	StoredChunks int64 `json:"stored_chunks"` // chunks written to new blobs
+	StoredBytes  int64 `json:"stored_bytes"`  // their compressed bytes
+	DedupChunks  int64 `json:"dedup_chunks"`  // chunks found earlier in this build
+	DictChunks   int64 `json:"dict_chunks"`   // chunks found in the chunk dict
 }
 
 // Result is a finished build.

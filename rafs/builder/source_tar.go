@@ -118,4 +118,3 @@ func tarXattrs(hdr *tar.Header) []rafs.Xattr {
 	sort.Slice(xs, func(i, j int) bool { return xs[i].Name < xs[j].Name })
 	return xs
 }
-

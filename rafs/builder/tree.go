@@ -85,26 +85,17 @@ func (t *tree) apply(e *entry, layer int) (*rafs.Inode, error) {
 		setMeta(t.root.Inode, e)
 		return nil, nil
 	}
+	name := path.Base(e.path)
+	if strings.HasPrefix(name, whiteoutPrefix) {
+		t.whiteout(e.path, name, layer)
+		return nil, nil
+	}
 	parent, err := t.parentDir(e.path, layer)
 	if err != nil {
 		return nil, err
 	}
-	name := path.Base(e.path)
-	switch {
-	case name == whiteoutOpaque:
-		kept := parent.Children[:0]
-		for _, c := range parent.Children {
-			if t.layerOf[c] >= layer {
-				kept = append(kept, c)
-			}
-		}
-		parent.Children = kept
-		return nil, nil
-	case strings.HasPrefix(name, whiteoutPrefix):
-		parent.RemoveChild(strings.TrimPrefix(name, whiteoutPrefix))
-		return nil, nil
-	}
 	if e.hardlink != "" {
+
 		target := t.lookup(e.hardlink)
 		if target == nil {
 			return nil, fmt.Errorf("entry %s: hard link target %s does not exist", e.path, e.hardlink)
@@ -135,6 +126,27 @@ func (t *tree) apply(e *entry, layer int) (*rafs.Inode, error) {
 		return ino, nil
 	}
 	return nil, nil
+}
+
+// whiteout applies .wh.NAME (delete NAME) or .wh..wh..opq (hide what lower layers put in the
+// directory). A whiteout under a path that is not a directory hides nothing: umoci, for one, writes
+// "dir/.wh.x" after replacing dir with a file in the same layer.
+func (t *tree) whiteout(p, name string, layer int) {
+	parent := t.lookup(path.Dir(p))
+	if parent == nil || !parent.Inode.IsDir() {
+		return
+	}
+	if name != whiteoutOpaque {
+		parent.RemoveChild(strings.TrimPrefix(name, whiteoutPrefix))
+		return
+	}
+	kept := parent.Children[:0]
+	for _, c := range parent.Children {
+		if t.layerOf[c] >= layer {
+			kept = append(kept, c)
+		}
+	}
+	parent.Children = kept
 }
 
 func setMeta(ino *rafs.Inode, e *entry) {

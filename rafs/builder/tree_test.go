@@ -48,7 +48,9 @@ func TestTreeOverlayRules(t *testing.T) {
 		{"directory over directory merges", [][]*entry{{file("/d/a")}, {dir("/d"), file("/d/b")}}, "/ /d /d/a /d/b"},
 		{"file replaces a directory and its subtree", [][]*entry{{file("/d/a")}, {file("/d")}}, "/ /d"},
 		{"directory replaces a file", [][]*entry{{file("/d")}, {dir("/d"), file("/d/a")}}, "/ /d /d/a"},
-		{"whiteouts never reach the image", [][]*entry{{file("/.wh.x"), file("/d/.wh..wh..opq")}}, "/ /d"},
+		{"whiteouts never reach the image", [][]*entry{{file("/.wh.x"), dir("/d"), file("/d/.wh..wh..opq")}}, "/ /d"},
+		{"whiteout under a missing directory is a no-op", [][]*entry{{file("/nodir/.wh..wh..opq"), file("/nodir2/.wh.x")}}, "/"},
+		{"whiteout under a file is a no-op (umoci writes these)", [][]*entry{{file("/d/x")}, {file("/d"), file("/d/.wh.x")}}, "/ /d"},
 		{"hard link to a lower layer file", [][]*entry{{file("/a")}, {link("/b", "/a")}}, "/ /a /b"},
 	}
 	for _, tc := range tests {

@@ -2,7 +2,6 @@ package format_test
 
 import (
 	"archive/tar"
-	"compress/gzip"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -64,15 +63,14 @@ func sh(t *testing.T, script string) {
 	testenv.MustExec(t, "bash", "-euo", "pipefail", "-c", script)
 }
 
-// writeLayer writes a gzip tar layer by hand, for whiteout forms umoci never generates itself.
+// writeLayer writes a tar layer by hand (umoci raw add-layer compresses it), for whiteout forms umoci never generates itself.
 func writeLayer(t *testing.T, p string, entries []tar.Header, bodies map[string]string) {
 	t.Helper()
 	f, err := os.Create(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	zw := gzip.NewWriter(f)
-	tw := tar.NewWriter(zw)
+	tw := tar.NewWriter(f)
 	for _, h := range entries {
 		h := h
 		h.ModTime = time.Unix(1700000000, 0)
@@ -90,7 +88,7 @@ func writeLayer(t *testing.T, p string, entries []tar.Header, bodies map[string]
 			}
 		}
 	}
-	for _, c := range []interface{ Close() error }{tw, zw, f} {
+	for _, c := range []interface{ Close() error }{tw, f} {
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -122,6 +120,8 @@ setfattr -n user.kind -v layer1 $R/etc/app/a.conf
 chmod 4755 $R/usr/lib/app/big.bin; chown 1234:5678 $R/opt/keep/file
 touch -d '2021-02-03 04:05:06.123456789' $R/opt/keep/file
 $umoci repack --image $L:img $B
+# umoci repack diffs against the manifest the bundle came from: unpack again to stack a new layer
+rm -rf $B && $umoci unpack --image $L:img $B
 # layer 2: delete a file and a directory, replace a dir by a file, modify a file, new hard link
 rm $R/etc/app/conf.d/b.conf; rm -rf $R/var/cache/app
 rm -rf $R/opt/keep && echo now-a-file > $R/opt/keep
@@ -130,7 +130,7 @@ $umoci repack --image $L:img $B
 `)
 	// layer 3, by hand: /etc/app becomes opaque (its lower contents vanish, only new.conf stays),
 	// /srv/www/link is whited out, and a file whose whiteout comes in the same layer as its sibling.
-	writeLayer(t, filepath.Join(dir, "l3.tar.gz"), []tar.Header{
+	writeLayer(t, filepath.Join(dir, "l3.tar"), []tar.Header{
 		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
 		{Name: "etc/app/", Typeflag: tar.TypeDir, Mode: 0o750, Uid: 7, Gid: 8},
 		{Name: "etc/app/.wh..wh..opq", Typeflag: tar.TypeReg, Mode: 0o644},
@@ -138,7 +138,7 @@ $umoci repack --image $L:img $B
 		{Name: "srv/www/.wh.link", Typeflag: tar.TypeReg, Mode: 0o644},
 		{Name: "usr/lib/app/extra", Typeflag: tar.TypeReg, Mode: 0o644},
 	}, map[string]string{"etc/app/new.conf": "new\n", "usr/lib/app/extra": "x"})
-	sh(t, umoci+` raw add-layer --image `+layout+`:img `+filepath.Join(dir, "l3.tar.gz")+`
+	sh(t, umoci+` raw add-layer --image `+layout+`:img `+filepath.Join(dir, "l3.tar")+`
 `+umoci+` unpack --image `+layout+`:img `+filepath.Join(dir, "oracle"))
 
 	layers := ociLayers(t, layout, "img")

@@ -1,7 +1,6 @@
 package format_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -28,12 +27,12 @@ type buildSummary struct {
 	Blobs    []string  `json:"blobs"`
 	NewBlobs []*string `json:"layer_blobs"`
 	Stats    struct {
-		Files        int64
-		BytesRead    int64
-		StoredChunks int64
-		StoredBytes  int64
-		DedupChunks  int64
-		DictChunks   int64
+		Files        int64 `json:"files"`
+		BytesRead    int64 `json:"bytes_read"`
+		StoredChunks int64 `json:"stored_chunks"`
+		StoredBytes  int64 `json:"stored_bytes"`
+		DedupChunks  int64 `json:"dedup_chunks"`
+		DictChunks   int64 `json:"dict_chunks"`
 	} `json:"stats"`
 }
 
@@ -204,5 +203,3 @@ func TestReproducible(t *testing.T) {
 		t.Errorf("blob ids differ or are missing: %v vs %v", blobs[0], blobs[1])
 	}
 }
-
-var _ = context.Background

@@ -1,0 +1,79 @@
+package blob
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/dfnydus/dfnydus/rafs"
+)
+
+// fuzzSeeds are small blobs covering each layout and section kind.
+func fuzzSeeds(t testing.TB) [][]byte {
+	fixture := readFixture(t)
+	small := func(opts WriterOptions, n int, boot []byte) []byte {
+		chunks := make([][]byte, n)
+		for i := range chunks {
+			chunks[i] = textBytes(100 + 97*i)
+		}
+		file, _, _ := writeBlob(t, opts, chunks, boot)
+		return file
+	}
+	// --blob-inline-meta without a ToC: raw bootstrap, then its tar header.
+	boot := textBytes(700)
+	hdr := tarHeader(NameBootstrap, uint64(len(boot)))
+	inlineNoTOC := append(append(textBytes(300), boot...), hdr[:]...)
+	return [][]byte{
+		fixture,
+		fixture[len(fixture)-1024:],
+		small(WriterOptions{Compressor: rafs.CompressZstd, ChunkSize: rafs.MinChunkSize}, 3, textBytes(2000)),
+		small(WriterOptions{Compressor: rafs.CompressLZ4Block, ChunkSize: rafs.MinChunkSize}, 40, nil),
+		small(WriterOptions{Compressor: rafs.CompressNone, Digester: rafs.DigestSHA256, ChunkSize: rafs.MinChunkSize}, 2, nil),
+		small(WriterOptions{}, 0, nil),
+		small(WriterOptions{Compressor: rafs.CompressGzip, ChunkSize: rafs.MinChunkSize, Version: 5}, 3, nil),
+		inlineNoTOC,
+	}
+}
+
+// FuzzOpen feeds arbitrary bytes to the ToC and blob.meta parsers and everything that reads the
+// sections they describe. Nothing may panic, and since the input is in memory every error must be
+// a format error (ErrCorrupt), or ErrNoBootstrap.
+func FuzzOpen(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		corrupt := func(what string, err error) {
+			if err != nil && !errors.Is(err, rafs.ErrCorrupt) {
+				t.Fatalf("%s: error not wrapping ErrCorrupt: %v", what, err)
+			}
+		}
+		rd, err := Open(bytes.NewReader(data), int64(len(data)))
+		if err != nil {
+			corrupt("Open", err)
+			return
+		}
+		_ = rd.TOC()
+		_ = rd.TableEntry()
+		_ = rd.DataSize()
+		infos, err := rd.ChunkInfos()
+		corrupt("ChunkInfos", err)
+		ds, err := rd.Digests()
+		corrupt("Digests", err)
+		if _, err := rd.Bootstrap(); !errors.Is(err, ErrNoBootstrap) {
+			corrupt("Bootstrap", err)
+		}
+		corrupt("Verify", rd.Verify(nil))
+		corrupt("Verify(entry)", rd.Verify(rd.TableEntry()))
+		for i := 0; i < len(infos) && i < len(ds) && i < 4; i++ {
+			c := infos[i].Chunk(uint32(i), ds[i])
+			if c.Flags&(rafs.ChunkEncrypted|rafs.ChunkBatch) != 0 {
+				continue // unsupported, not corrupt
+			}
+			for _, comp := range []rafs.Compressor{rafs.CompressZstd, rafs.CompressLZ4Block, rafs.CompressGzip} {
+				_, err := ReadChunk(bytes.NewReader(data), "fuzz", &c, comp, rafs.DigestBlake3, nil)
+				corrupt("ReadChunk", err)
+			}
+		}
+	})
+}
