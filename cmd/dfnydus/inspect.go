@@ -39,6 +39,9 @@ func newInspectCmd(g *globals) *cobra.Command {
 			for i, b := range img.Blobs {
 				fmt.Fprintf(out, "blob %d: %s  %d chunks  %d bytes compressed, %d uncompressed  %v\n", i, b.ID, b.ChunkCount, b.CompressedSize, b.UncompressedSize, b.Compressor)
 			}
+			if len(img.Prefetch) > 0 {
+				fmt.Fprintf(out, "prefetch: %s\n", strings.Join(img.Prefetch, " "))
+			}
 			tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
 			for _, e := range entries {
 				x := make([]string, 0, len(e.Xattrs))

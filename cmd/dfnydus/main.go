@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -26,8 +27,10 @@ func main() {
 }
 
 type globals struct {
-	logLevel string
-	log      *zap.Logger
+	logLevel   string
+	cpuProfile string
+	log        *zap.Logger
+	stopProf   func()
 }
 
 func newRoot() *cobra.Command {
@@ -52,10 +55,36 @@ func newRoot() *cobra.Command {
 				return err
 			}
 			g.log = log
-			return nil
+			return g.startProfile()
 		},
+		PersistentPostRun: func(*cobra.Command, []string) { g.stopProfile() },
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file")
+	_ = root.PersistentFlags().MarkHidden("cpu-profile")
 	root.AddCommand(newBuildCmd(g), newInspectCmd(g), newCheckCmd(g), newUnpackCmd(g))
 	return root
+}
+
+func (g *globals) startProfile() error {
+	if g.cpuProfile == "" {
+		return nil
+	}
+	f, err := os.Create(g.cpuProfile)
+	if err != nil {
+		return fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("--cpu-profile: %w", err)
+	}
+	g.stopProf = func() { pprof.StopCPUProfile(); f.Close() }
+	return nil
+}
+
+func (g *globals) stopProfile() {
+	if g.stopProf != nil {
+		g.stopProf()
+		g.stopProf = nil
+	}
 }

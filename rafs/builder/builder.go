@@ -234,7 +234,7 @@ func (b *build) image() (*rafs.Image, []string) {
 			ino.Chunks[k].BlobIndex = remap[ino.Chunks[k].BlobIndex]
 		}
 	}
-	img := &rafs.Image{Version: b.opts.FSVersion, ChunkSize: b.opts.ChunkSize, Compressor: b.opts.Compressor,
+	img := &rafs.Image{Version: b.opts.FSVersion, Flags: rafs.FlagExplicitUIDGID, ChunkSize: b.opts.ChunkSize, Compressor: b.opts.Compressor,
 		Digester: b.opts.Digester, Blobs: blobs, Root: b.tree.root}
 	var warnings []string
 	for _, p := range b.opts.Prefetch {

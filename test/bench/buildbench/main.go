@@ -17,8 +17,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/dfnydus/dfnydus/rafs"
@@ -34,13 +34,14 @@ func main() {
 	comps := flag.String("compressors", "zstd,lz4_block,gzip,none", "compressors to measure")
 	flag.Parse()
 
-	data, files := loadTree(*tree)
+	data, ends := loadTree(*tree)
+	files := len(ends)
 	fmt.Printf("tree %s: %d files, %.1f MB of file data\n\n", *tree, files, mb(int64(len(data))))
 	fmt.Printf("%-10s %-7s %12s %12s %7s %12s\n", "compressor", "digest", "build MB/s", "limit MB/s", "ratio", "peak RSS")
 	for _, name := range splitComma(*comps) {
 		comp, err := rafs.ParseCompressor(name)
 		check(err)
-		limit := median(*runs, func() float64 { return limitRate(data, comp, rafs.DigestBlake3) })
+		limit := median(*runs, func() float64 { return limitRate(data, ends, comp, rafs.DigestBlake3) })
 		var rss int64
 		rate := median(*runs, func() float64 {
 			r, m := buildRate(*bin, *tree, name, int64(len(data)))
@@ -55,8 +56,9 @@ func main() {
 	}
 }
 
-// loadTree reads every regular file of the tree into one buffer, in the builder's order.
-func loadTree(root string) ([]byte, int) {
+// loadTree reads every regular file of the tree into one buffer, in the builder's order, and
+// returns where each file ends.
+func loadTree(root string) ([]byte, []int) {
 	var paths []string
 	check(filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
@@ -66,33 +68,45 @@ func loadTree(root string) ([]byte, int) {
 	}))
 	sort.Strings(paths)
 	var buf []byte
+	var ends []int
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
 		check(err)
 		buf = append(buf, b...)
+		ends = append(ends, len(buf))
 	}
-	return buf, len(paths)
+	return buf, ends
 }
 
-// limitRate digests and compresses 1 MiB chunks of data on every CPU, as fast as it can, in MB/s.
-func limitRate(data []byte, comp rafs.Compressor, dig rafs.Digester) float64 {
+// limitRate cuts every file into the builder's chunks (1 MiB pieces, a file's last piece shorter),
+// then digests and compresses them on every CPU as fast as it can, from memory. It returns MB/s.
+func limitRate(data []byte, ends []int, comp rafs.Compressor, dig rafs.Digester) float64 {
 	const cs = rafs.DefaultChunkSize
-	next := make(chan int, 64)
+	type span struct{ off, end int }
+	var spans []span
+	start := 0
+	for _, end := range ends {
+		for off := start; off < end; off += cs {
+			spans = append(spans, span{off, min(off+cs, end)})
+		}
+		start = end
+	}
+	next := make(chan span, 64)
 	go func() {
-		for off := 0; off < len(data); off += cs {
-			next <- off
+		for _, s := range spans {
+			next <- s
 		}
 		close(next)
 	}()
-	start := time.Now()
+	t0 := time.Now()
 	var wg sync.WaitGroup
 	for range runtime.GOMAXPROCS(0) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var dst []byte
-			for off := range next {
-				chunk := data[off:min(off+cs, len(data))]
+			for s := range next {
+				chunk := data[s.off:s.end]
 				_ = digest.Sum(dig, chunk)
 				var err error
 				dst, err = compress.Compress(comp, dst, chunk)
@@ -101,7 +115,7 @@ func limitRate(data []byte, comp rafs.Compressor, dig rafs.Digester) float64 {
 		}()
 	}
 	wg.Wait()
-	return mb(int64(len(data))) / time.Since(start).Seconds()
+	return mb(int64(len(data))) / time.Since(t0).Seconds()
 }
 
 // buildRate runs dfnydus build on the tree and returns MB/s of file data and the peak RSS in bytes.
@@ -112,8 +126,10 @@ func buildRate(bin, tree, comp string, bytes int64) (float64, int64) {
 	cmd := exec.Command(bin, "build", "--log-level", "warn", "--compressor", comp, "--bootstrap", filepath.Join(dir, "boot"), "--blob-dir", filepath.Join(dir, "blobs"), tree)
 	cmd.Stderr = os.Stderr
 	start := time.Now()
-	check(cmd.Run())
-	return mb(bytes) / time.Since(start).Seconds(), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	check(cmd.Start())
+	hwm := watchHWM(cmd.Process.Pid)
+	check(cmd.Wait())
+	return mb(bytes) / time.Since(start).Seconds(), <-hwm
 }
 
 // bigMemory builds a generated tar of size bytes (compressible, few large files and many small
@@ -127,12 +143,41 @@ func bigMemory(bin string, size int64) {
 	check(err)
 	cmd.Stderr = os.Stderr
 	check(cmd.Start())
+	hwm := watchHWM(cmd.Process.Pid)
 	start := time.Now()
 	check(writeTar(stdin, size))
 	check(stdin.Close())
 	check(cmd.Wait())
-	rss := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	rss := <-hwm
 	fmt.Printf("generated tar %.0f MB via a pipe: %.1f MB/s, peak RSS %.1f MiB\n", mb(size), mb(size)/time.Since(start).Seconds(), float64(rss)/(1<<20))
+}
+
+// watchHWM polls the child's VmHWM (peak resident set since its exec) every 10 ms until it exits.
+// rusage's ru_maxrss is no use here: a child forked from this large process inherits its peak.
+func watchHWM(pid int) <-chan int64 {
+	out := make(chan int64, 1)
+	go func() {
+		var peak int64
+		for {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err != nil {
+				break
+			}
+			for _, line := range strings.Split(string(data), "\n") {
+				if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+					var kb int64
+					fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+					peak = max(peak, kb<<10)
+				}
+			}
+			if strings.Contains(string(data), "State:\tZ") {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		out <- peak
+	}()
+	return out
 }
 
 func writeTar(w io.Writer, size int64) error {

@@ -1,0 +1,140 @@
+package bootstrap
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/blob"
+)
+
+var fixtures = filepath.Join("..", "..", "testdata", "fixtures", "nydus")
+
+func layerTar(t *testing.T, name string, boot []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, d := range []string{"image/"} {
+		tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(boot))})
+	tw.Write(boot)
+	tw.Close()
+	return buf.Bytes()
+}
+
+func gz(b []byte) []byte {
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+func zst(b []byte) []byte {
+	var buf bytes.Buffer
+	w, _ := zstd.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+// blobWithBootstrap makes a nydus blob whose ToC carries the bootstrap inline.
+func blobWithBootstrap(t *testing.T, boot []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w := blob.NewWriter(&buf, blob.WriterOptions{Compressor: rafs.CompressZstd, Digester: rafs.DigestBlake3})
+	if _, err := w.AddChunk([]byte("some chunk data"), rafs.Digest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Finish(boot); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// Every form a user may hand to --bootstrap yields the same bootstrap bytes.
+func TestLoadAcceptsEveryForm(t *testing.T) {
+	for _, fix := range []struct{ name, path string }{
+		{"v6", filepath.Join(fixtures, "v6-zstd-blake3", "rafs-v6-2.2.boot")},
+		{"v5", filepath.Join(fixtures, "v5-repeatable", "sha256-nocompress-repeatable")},
+	} {
+		boot, err := os.ReadFile(fix.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forms := map[string][]byte{
+			"bare":                   boot,
+			"layer tar":              layerTar(t, "image/image.boot", boot),
+			"layer tar ./ prefix":    layerTar(t, "./image/image.boot", boot),
+			"layer tar.gz":           gz(layerTar(t, "image/image.boot", boot)),
+			"layer tar.zst":          zst(layerTar(t, "image/image.boot", boot)),
+			"blob with inlined boot": blobWithBootstrap(t, boot),
+		}
+		for form, data := range forms {
+			t.Run(fix.name+"/"+form, func(t *testing.T) {
+				p := filepath.Join(t.TempDir(), "input")
+				if err := os.WriteFile(p, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				got, img, err := Load(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, boot) {
+					t.Errorf("extracted %d bytes, want the %d-byte bootstrap", len(got), len(boot))
+				}
+				if want := map[string]int{"v5": 5, "v6": 6}[fix.name]; img.Version != want {
+					t.Errorf("version %d, want %d", img.Version, want)
+				}
+			})
+		}
+	}
+}
+
+func TestLoadRejects(t *testing.T) {
+	boot, _ := os.ReadFile(filepath.Join(fixtures, "v6-zstd-blake3", "rafs-v6-2.2.boot"))
+	tests := map[string][]byte{
+		"empty":                   nil,
+		"garbage":                 bytes.Repeat([]byte("x"), 5000),
+		"tar without image.boot":  layerTar(t, "image/other", boot),
+		"tar with garbage boot":   layerTar(t, "image/image.boot", []byte("not a bootstrap")),
+		"truncated gzip":          gz(layerTar(t, "image/image.boot", boot))[:100],
+		"blob without bootstrap":  blobWithBootstrap(t, nil),
+		"bootstrap cut in half":   boot[:len(boot)/2],
+		"a blob of the v5 images": mustRead(t, filepath.Join(fixtures, "v5-repeatable", "blobs", "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00")),
+	}
+	for name, data := range tests {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "input")
+			if err := os.WriteFile(p, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := Load(p)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, ErrNotBootstrap) && !errors.Is(err, rafs.ErrCorrupt) && !errors.Is(err, blob.ErrNoBootstrap) &&
+				!errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("error %q wraps none of the expected causes", err)
+			}
+		})
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

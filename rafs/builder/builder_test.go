@@ -1,0 +1,126 @@
+package builder
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/blob"
+	v5 "github.com/dfnydus/dfnydus/rafs/v5"
+	v6 "github.com/dfnydus/dfnydus/rafs/v6"
+)
+
+func writeTree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for p, body := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+// A build decodes back to the same tree with every file's bytes reachable through its chunks, for
+// both fs-versions; prefetch paths survive, and unknown ones are reported, not fatal.
+func TestBuildDecodesToTheSameTree(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 1<<14) // 256 KiB: 4 chunks of 64 KiB
+	files := map[string]string{"etc/conf": "x=1\n", "usr/bin/tool": big, "usr/share/copy": big, "empty": ""}
+	src := writeTree(t, files)
+	for _, fsv := range []int{5, 6} {
+		t.Run(map[int]string{5: "v5", 6: "v6"}[fsv], func(t *testing.T) {
+			opts := DefaultOptions()
+			opts.FSVersion, opts.ChunkSize = fsv, 0x10000
+			opts.Prefetch = []string{"/usr/bin", "/missing"}
+			blobDir := t.TempDir()
+			res, err := Build(context.Background(), opts, blobDir, []Layer{PathLayer(src)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "/missing") {
+				t.Errorf("warnings %v, want one about /missing", res.Warnings)
+			}
+			// 4 chunks of "big" (identical content repeats every 16 bytes, so all 4 chunks are
+			// equal: 1 stored, 7 deduped across both files) and one for conf.
+			if res.Stats.StoredChunks != 2 || res.Stats.DedupChunks != 7 {
+				t.Errorf("stored %d deduped %d chunks, want 2 and 7", res.Stats.StoredChunks, res.Stats.DedupChunks)
+			}
+			var img *rafs.Image
+			if fsv == 5 {
+				img, err = v5.Decode(res.Bootstrap)
+			} else {
+				img, err = v6.Decode(res.Bootstrap)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(img.Prefetch) != 1 || img.Prefetch[0] != "/usr/bin" {
+				t.Errorf("prefetch %v, want [/usr/bin]", img.Prefetch)
+			}
+			dir := blob.NewDir(blobDir)
+			defer dir.Close()
+			for p, body := range files {
+				n := img.Lookup(p)
+				if n == nil {
+					t.Fatalf("%s missing", p)
+				}
+				var got []byte
+				for _, c := range n.Inode.Chunks {
+					data, err := dir.ReadChunk(context.Background(), img.Blobs[c.BlobIndex], &c, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got = append(got, data...)
+				}
+				if string(got) != body || n.Inode.Size != uint64(len(body)) {
+					t.Errorf("%s: %d bytes read back, want %d", p, len(got), len(body))
+				}
+			}
+		})
+	}
+}
+
+// A failing source leaves neither blob nor temp file behind, and the error names the layer.
+func TestBuildFailureLeavesNothing(t *testing.T) {
+	blobDir := t.TempDir()
+	_, err := Build(context.Background(), DefaultOptions(), blobDir, []Layer{PathLayer(writeTree(t, map[string]string{"a": "1"})), PathLayer("/nonexistent/layer")})
+	if err == nil || !strings.Contains(err.Error(), "layer 1") {
+		t.Fatalf("err = %v, want one naming layer 1", err)
+	}
+	left, _ := os.ReadDir(blobDir)
+	for _, e := range left {
+		if strings.HasPrefix(e.Name(), ".blob-") {
+			t.Errorf("temp file %s left behind", e.Name())
+		}
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	dict := &rafs.Image{Digester: rafs.DigestSHA256, ChunkSize: rafs.DefaultChunkSize}
+	tests := []struct {
+		name string
+		mod  func(*Options)
+		want string
+	}{
+		{"fs-version 4", func(o *Options) { o.FSVersion = 4 }, "fs-version"},
+		{"chunk size not a power of two", func(o *Options) { o.ChunkSize = 0x3000 }, "chunk size"},
+		{"chunk size too large", func(o *Options) { o.ChunkSize = 0x2000000 }, "chunk size"},
+		{"dict with another digester", func(o *Options) { o.ChunkDict = dict }, "digester"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := DefaultOptions()
+			tc.mod(&o)
+			if err := o.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("validate = %v, want an error about %s", err, tc.want)
+			}
+		})
+	}
+}
