@@ -13,7 +13,7 @@ $bin build --bootstrap "$work/image.boot" --blob-dir "$work/blobs" --output-json
 echo "== checking it (superblock, tables, ToC, every chunk digest)"
 $bin check --bootstrap "$work/image.boot" --blob-dir "$work/blobs"
 echo "== first entries"
-$bin inspect --bootstrap "$work/image.boot" | head -8
+$bin inspect --bootstrap "$work/image.boot" > "$work/inspect.txt"; head -8 "$work/inspect.txt"
 echo "== unpacking and comparing with the source"
 $bin unpack --bootstrap "$work/image.boot" --blob-dir "$work/blobs" --output "$work/out"
 diff -r --no-dereference "$src" "$work/out" && echo "identical content"

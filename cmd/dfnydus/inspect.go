@@ -51,10 +51,17 @@ func newInspectCmd(g *globals) *cobra.Command {
 				sort.Strings(x)
 				target := ""
 				if e.Target != "" {
-					target = "-> " + e.Target
+					target = " -> " + e.Target
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d:%d\t%d\t%s\tnlink=%d\tchunks=%d\t%s\t%s\t%s\n", e.Path, e.Type, e.Mode, e.UID, e.GID,
-					e.Size, e.Mtime, e.Nlink, e.Chunks, target, strings.Join(x, ","), e.Digest)
+				digest, xattrs := "", ""
+				if e.Digest != "" {
+					digest = e.Digest[:16] + "\t"
+				}
+				if len(x) > 0 {
+					xattrs = "  xattrs=" + strings.Join(x, ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d:%d\t%d\t%s\tnlink=%d\tchunks=%d\t%s%s%s%s\n", e.Type, e.Mode, e.UID, e.GID,
+					e.Size, e.Mtime, e.Nlink, e.Chunks, digest, e.Path, target, xattrs)
 			}
 			return tw.Flush()
 		},
