@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/dfnydus/dfnydus/internal/progress"
@@ -20,9 +21,47 @@ import (
 	"github.com/dfnydus/dfnydus/rafs/builder"
 )
 
+// formatFlags are the image-format options build and convert share.
+type formatFlags struct {
+	compressor, digester, chunkSize, prefetchList string
+	fsVersion, workers                            int
+}
+
+func (f *formatFlags) add(fl *pflag.FlagSet) {
+	fl.IntVar(&f.fsVersion, "fs-version", 6, "RAFS version: 5 or 6")
+	fl.StringVar(&f.compressor, "compressor", "zstd", "chunk compressor: none, lz4_block, gzip, zstd")
+	fl.StringVar(&f.digester, "digester", "blake3", "chunk digest: blake3, sha256")
+	fl.StringVar(&f.chunkSize, "chunk-size", "0x100000", "chunk size, a power of two from 0x1000 to 0x1000000")
+	fl.StringVar(&f.prefetchList, "prefetch-list", "", "file with one absolute path per line to prefetch first ('-' for stdin)")
+	fl.IntVar(&f.workers, "workers", 0, "compression workers (0: one per CPU)")
+}
+
+func (f *formatFlags) options() (builder.Options, error) {
+	o := builder.DefaultOptions()
+	o.FSVersion, o.Workers = f.fsVersion, f.workers
+	var err error
+	if o.Compressor, err = rafs.ParseCompressor(f.compressor); err != nil {
+		return o, err
+	}
+	if o.Digester, err = rafs.ParseDigester(f.digester); err != nil {
+		return o, err
+	}
+	cs, err := strconv.ParseUint(f.chunkSize, 0, 32)
+	if err != nil || !rafs.ValidChunkSize(cs) {
+		return o, fmt.Errorf("--chunk-size %q: want a power of two from 0x1000 to 0x1000000", f.chunkSize)
+	}
+	o.ChunkSize = uint32(cs)
+	if f.prefetchList != "" {
+		if o.Prefetch, err = readPrefetchList(f.prefetchList); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
 type buildFlags struct {
-	bootstrap, blobDir, compressor, digester, chunkSize, chunkDict, prefetchList, outputJSON string
-	fsVersion, workers                                                                       int
+	formatFlags
+	bootstrap, blobDir, chunkDict, outputJSON string
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -39,45 +78,25 @@ directory or a tar, plain or gzip/zstd compressed.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.bootstrap, "bootstrap", "", "output bootstrap file (required)")
 	fl.StringVar(&f.blobDir, "blob-dir", "", "directory the blobs are written to (required)")
-	fl.IntVar(&f.fsVersion, "fs-version", 6, "RAFS version: 5 or 6")
-	fl.StringVar(&f.compressor, "compressor", "zstd", "chunk compressor: none, lz4_block, gzip, zstd")
-	fl.StringVar(&f.digester, "digester", "blake3", "chunk digest: blake3, sha256")
-	fl.StringVar(&f.chunkSize, "chunk-size", "0x100000", "chunk size, a power of two from 0x1000 to 0x1000000")
+	f.formatFlags.add(fl)
 	fl.StringVar(&f.chunkDict, "chunk-dict", "", "bootstrap of an existing image whose chunks may be reused (also bootstrap=PATH)")
-	fl.StringVar(&f.prefetchList, "prefetch-list", "", "file with one absolute path per line to prefetch first ('-' for stdin)")
 	fl.StringVar(&f.outputJSON, "output-json", "", "write a JSON summary (blobs, stats) to this file")
-	fl.IntVar(&f.workers, "workers", 0, "compression workers (0: one per CPU)")
 	_ = cmd.MarkFlagRequired("bootstrap")
 	_ = cmd.MarkFlagRequired("blob-dir")
 	return cmd
 }
 
 func (f *buildFlags) options() (builder.Options, error) {
-	o := builder.DefaultOptions()
-	o.FSVersion, o.Workers = f.fsVersion, f.workers
-	var err error
-	if o.Compressor, err = rafs.ParseCompressor(f.compressor); err != nil {
+	o, err := f.formatFlags.options()
+	if err != nil {
 		return o, err
 	}
-	if o.Digester, err = rafs.ParseDigester(f.digester); err != nil {
-		return o, err
-	}
-	cs, err := strconv.ParseUint(f.chunkSize, 0, 32)
-	if err != nil || !rafs.ValidChunkSize(cs) {
-		return o, fmt.Errorf("--chunk-size %q: want a power of two from 0x1000 to 0x1000000", f.chunkSize)
-	}
-	o.ChunkSize = uint32(cs)
 	if f.chunkDict != "" {
 		_, dict, err := bootstrap.Load(strings.TrimPrefix(f.chunkDict, "bootstrap="))
 		if err != nil {
 			return o, fmt.Errorf("--chunk-dict: %w", err)
 		}
 		o.ChunkDict = dict
-	}
-	if f.prefetchList != "" {
-		if o.Prefetch, err = readPrefetchList(f.prefetchList); err != nil {
-			return o, err
-		}
 	}
 	return o, nil
 }

@@ -4,24 +4,23 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	"go.uber.org/zap"
 
-	"github.com/dfnydus/dfnydus/rafs/bootstrap"
 	"github.com/dfnydus/dfnydus/rafs/check"
 )
 
 func newCheckCmd(g *globals) *cobra.Command {
-	var boot, blobDir string
+	src := &imageSource{}
 	cmd := &cobra.Command{
-		Use:   "check --bootstrap FILE --blob-dir DIR",
+		Use:   "check (--bootstrap FILE --blob-dir DIR | --image REF)",
 		Short: "Verify an image: superblock, tables, Merkle tree, ToC and every chunk",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, img, err := bootstrap.Load(boot)
+			img, dir, cleanup, err := src.load(cmd.Context(), g, true)
 			if err != nil {
 				return err
 			}
-			rep, err := check.Image(cmd.Context(), img, blobDir)
+			defer cleanup()
+			rep, err := check.Image(cmd.Context(), img, dir)
 			if err != nil {
 				return fmt.Errorf("check failed: %w", err)
 			}
@@ -30,13 +29,9 @@ func newCheckCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "OK: RAFS v%d, %d entries, %d blobs, %d chunks (%d bytes) verified\n",
 				img.Version, rep.Inodes, rep.Blobs, rep.Chunks, rep.Bytes)
-			g.log.Debug("check passed", zap.Int("chunks", rep.Chunks))
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&boot, "bootstrap", "", "bootstrap file, bootstrap layer tar(.gz), or blob with an inlined bootstrap")
-	cmd.Flags().StringVar(&blobDir, "blob-dir", "", "directory holding the blobs, named by blob id")
-	_ = cmd.MarkFlagRequired("bootstrap")
-	_ = cmd.MarkFlagRequired("blob-dir")
+	src.add(cmd.Flags(), true)
 	return cmd
 }

@@ -9,22 +9,22 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dfnydus/dfnydus/rafs/bootstrap"
 	"github.com/dfnydus/dfnydus/rafs/inspect"
 )
 
 func newInspectCmd(g *globals) *cobra.Command {
-	var boot string
+	src := &imageSource{}
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "inspect --bootstrap FILE [--json]",
+		Use:   "inspect (--bootstrap FILE | --image REF) [--json]",
 		Short: "List every entry of an image",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, img, err := bootstrap.Load(boot)
+			img, _, cleanup, err := src.load(cmd.Context(), g, false)
 			if err != nil {
 				return err
 			}
+			defer cleanup()
 			entries, err := inspect.Entries(img)
 			if err != nil {
 				return err
@@ -66,8 +66,7 @@ func newInspectCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&boot, "bootstrap", "", "bootstrap file, bootstrap layer tar(.gz), or blob with an inlined bootstrap")
+	src.add(cmd.Flags(), false)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array with one object per path")
-	_ = cmd.MarkFlagRequired("bootstrap")
 	return cmd
 }

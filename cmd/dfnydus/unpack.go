@@ -12,39 +12,37 @@ import (
 
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/blob"
-	"github.com/dfnydus/dfnydus/rafs/bootstrap"
 	"github.com/dfnydus/dfnydus/rafs/unpack"
 )
 
 func newUnpackCmd(g *globals) *cobra.Command {
-	var boot, blobDir, output string
+	src := &imageSource{}
+	var output string
 	cmd := &cobra.Command{
-		Use:   "unpack --bootstrap FILE --blob-dir DIR --output DIR|FILE.tar",
+		Use:   "unpack (--bootstrap FILE --blob-dir DIR | --image REF) --output DIR|FILE.tar",
 		Short: "Write an image's tree into a directory or a tar file, verifying every chunk",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, img, err := bootstrap.Load(boot)
+			img, dir, cleanup, err := src.load(cmd.Context(), g, true)
 			if err != nil {
 				return err
 			}
-			src := blob.NewDir(blobDir)
-			defer src.Close()
+			defer cleanup()
+			blobs := blob.NewDir(dir)
+			defer blobs.Close()
 			if strings.HasSuffix(output, ".tar") {
-				return unpackTar(cmd, img, src, output)
+				return unpackTar(cmd, img, blobs, output)
 			}
-			if err := unpack.ToDir(cmd.Context(), img, src, output, unpack.Options{}); err != nil {
+			if err := unpack.ToDir(cmd.Context(), img, blobs, output, unpack.Options{}); err != nil {
 				return err
 			}
 			g.log.Info("unpacked", zap.String("output", output))
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&boot, "bootstrap", "", "bootstrap file, bootstrap layer tar(.gz), or blob with an inlined bootstrap")
-	cmd.Flags().StringVar(&blobDir, "blob-dir", "", "directory holding the blobs, named by blob id")
+	src.add(cmd.Flags(), true)
 	cmd.Flags().StringVar(&output, "output", "", "output directory (created, must be empty) or a file ending in .tar")
-	for _, n := range []string{"bootstrap", "blob-dir", "output"} {
-		_ = cmd.MarkFlagRequired(n)
-	}
+	_ = cmd.MarkFlagRequired("output")
 	return cmd
 }
 

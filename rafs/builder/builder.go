@@ -34,17 +34,52 @@ func PathLayer(p string) Layer {
 
 // TarLayer reads a tar stream (plain, gzip or zstd, sniffed) from r.
 func TarLayer(name string, r io.Reader) Layer {
+	return StreamLayer(name, func() (io.ReadCloser, error) { return io.NopCloser(r), nil })
+}
+
+// StreamLayer reads a tar stream (plain, gzip or zstd, sniffed) that open returns when the build
+// reaches this layer, so a remote layer is not fetched before it is needed. When the layer is done
+// the rest of the stream is read to its end and closed, and an error from either (a digest that does
+// not match, a truncated download) fails the build: a verifying reader reports at EOF.
+func StreamLayer(name string, open func() (io.ReadCloser, error)) Layer {
 	return Layer{Name: name, open: func() (source, error) {
-		dr, err := decompressStream(bufio.NewReaderSize(r, 1<<20))
+		rc, err := open()
 		if err != nil {
+			return nil, err
+		}
+		dr, err := decompressStream(bufio.NewReaderSize(rc, 1<<20))
+		if err != nil {
+			rc.Close()
 			return nil, fmt.Errorf("layer %s: %w", name, err)
 		}
-		var c io.Closer
-		if rc, ok := dr.(io.Closer); ok {
-			c = rc
-		}
-		return newTarSource(dr, c), nil
+		return newTarSource(dr, &drainCloser{r: rc, dr: dr}), nil
 	}}
+}
+
+// drainCloser finishes a layer stream: the decompressor and the raw stream are read to EOF so their
+// trailers (gzip CRC, digest verification) are checked, then closed.
+type drainCloser struct {
+	r  io.ReadCloser
+	dr io.Reader
+}
+
+func (d *drainCloser) Close() error {
+	_, err := io.Copy(io.Discard, d.dr)
+	if c, ok := d.dr.(io.Closer); ok {
+		if cerr := c.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		_, err = io.Copy(io.Discard, d.r)
+	}
+	if cerr := d.r.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("finish layer stream: %w", err)
+	}
+	return nil
 }
 
 // Stats count what a build did.
@@ -144,7 +179,12 @@ func (b *build) layer(ctx context.Context, i int, l Layer) (*rafs.Blob, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer src.Close()
+	srcOpen := true
+	defer func() {
+		if srcOpen {
+			src.Close()
+		}
+	}()
 	tmp, err := os.CreateTemp(b.blobDir, ".blob-*.tmp")
 	if err != nil {
 		return nil, fmt.Errorf("create blob: %w", err)
@@ -162,6 +202,10 @@ func (b *build) layer(ctx context.Context, i int, l Layer) (*rafs.Blob, error) {
 	}
 	if readErr != nil {
 		return nil, readErr
+	}
+	srcOpen = false
+	if err := src.Close(); err != nil {
+		return nil, err
 	}
 	if w.ChunkCount() == 0 {
 		return nil, nil

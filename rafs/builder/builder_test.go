@@ -1,7 +1,11 @@
 package builder
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,5 +126,33 @@ func TestOptionsValidate(t *testing.T) {
 				t.Errorf("validate = %v, want an error about %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// errAtEOF is a stream whose last Read reports an error, as a digest-verifying download does.
+type errAtEOF struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errAtEOF) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF {
+		return n, e.err
+	}
+	return n, err
+}
+func (e *errAtEOF) Close() error { return nil }
+
+// A layer stream that only fails at its very end (after the tar's end-of-archive marker) still fails
+// the build: the stream is drained so its verification runs.
+func TestStreamLayerErrorAtEOFFailsBuild(t *testing.T) {
+	data := tarBytes(t, []tar.Header{{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644}}, "hello")
+	data = append(data, make([]byte, 4096)...) // padding after the end-of-archive marker
+	bad := errors.New("digest mismatch")
+	layer := StreamLayer("remote", func() (io.ReadCloser, error) { return &errAtEOF{r: bytes.NewReader(data), err: bad}, nil })
+	_, err := Build(context.Background(), DefaultOptions(), t.TempDir(), []Layer{layer})
+	if !errors.Is(err, bad) {
+		t.Fatalf("err = %v, want the stream's error", err)
 	}
 }

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/oci"
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/bootstrap"
+	"github.com/dfnydus/dfnydus/registry"
+)
+
+// registryFlags are the registry access options every command that talks to a registry takes.
+type registryFlags struct {
+	plainHTTP, insecure bool
+	caFile, dockerCfg   string
+	creds               string
+	retries             int
+}
+
+func (f *registryFlags) add(fl *pflag.FlagSet) {
+	fl.BoolVar(&f.plainHTTP, "plain-http", false, "talk plain HTTP to the registry (always done for loopback registries)")
+	fl.BoolVar(&f.insecure, "insecure", false, "skip TLS certificate verification")
+	fl.StringVar(&f.caFile, "ca-file", "", "extra CA certificates (PEM) to trust")
+	fl.StringVar(&f.dockerCfg, "docker-config", "", "docker config.json with credentials (default $DOCKER_CONFIG or ~/.docker/config.json)")
+	fl.StringVar(&f.creds, "creds", "", "USER:PASSWORD for the registry (default: from the docker config; env DFNYDUS_CREDS)")
+	fl.IntVar(&f.retries, "retries", 5, "retries with backoff for failed registry requests")
+}
+
+func (f *registryFlags) client(log *zap.Logger) (*registry.Client, error) {
+	o := registry.Options{PlainHTTP: f.plainHTTP, Insecure: f.insecure, CAFile: f.caFile, DockerConfig: f.dockerCfg,
+		Retries: f.retries, Logger: log, UserAgent: "dfnydus/" + version}
+	creds := f.creds
+	if creds == "" {
+		creds = os.Getenv("DFNYDUS_CREDS")
+	}
+	if creds != "" {
+		user, pass, ok := strings.Cut(creds, ":")
+		if !ok {
+			return nil, fmt.Errorf("--creds: want USER:PASSWORD")
+		}
+		o.Username, o.Password = user, pass
+	}
+	return registry.New(o)
+}
+
+// imageSource is what inspect, check and unpack read: a local bootstrap + blob dir, or an image in a
+// registry (--image), whose blobs are downloaded into the blob dir (or a temp dir) when needed.
+type imageSource struct {
+	bootstrap, blobDir, image string
+	reg                       registryFlags
+}
+
+func (s *imageSource) add(fl *pflag.FlagSet, needBlobs bool) {
+	fl.StringVar(&s.bootstrap, "bootstrap", "", "bootstrap file, bootstrap layer tar(.gz), or blob with an inlined bootstrap")
+	if needBlobs {
+		fl.StringVar(&s.blobDir, "blob-dir", "", "directory holding the blobs, named by blob id (with --image: where to download them)")
+	}
+	fl.StringVar(&s.image, "image", "", "read the nydus image REF from its registry instead of --bootstrap")
+	s.reg.add(fl)
+}
+
+// load returns the image and, when blobs are wanted, a blob directory holding all of them; cleanup
+// removes what load created.
+func (s *imageSource) load(ctx context.Context, g *globals, needBlobs bool) (img *rafs.Image, dir string, cleanup func(), err error) {
+	cleanup = func() {}
+	switch {
+	case s.image != "" && s.bootstrap != "":
+		return nil, "", cleanup, fmt.Errorf("give --image or --bootstrap, not both")
+	case s.image == "" && s.bootstrap == "":
+		return nil, "", cleanup, fmt.Errorf("give --bootstrap FILE or --image REF")
+	case s.bootstrap != "":
+		if needBlobs && s.blobDir == "" {
+			return nil, "", cleanup, fmt.Errorf("--blob-dir is required with --bootstrap")
+		}
+		_, img, err := bootstrap.Load(s.bootstrap)
+		return img, s.blobDir, cleanup, err
+	}
+	ref, err := registry.ParseRef(s.image)
+	if err != nil {
+		return nil, "", cleanup, fmt.Errorf("--image: %w", err)
+	}
+	c, err := s.reg.client(g.log)
+	if err != nil {
+		return nil, "", cleanup, err
+	}
+	oimg, err := oci.Open(ctx, c, ref, registry.HostPlatform())
+	if err != nil {
+		return nil, "", cleanup, err
+	}
+	if !needBlobs {
+		return oimg.RAFS, "", cleanup, nil
+	}
+	dir = s.blobDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "dfnydus-blobs-"); err != nil {
+			return nil, "", cleanup, err
+		}
+		cleanup = func() { os.RemoveAll(dir) }
+	}
+	if err := oci.DownloadBlobs(ctx, c, oimg, dir); err != nil {
+		cleanup()
+		return nil, "", func() {}, err
+	}
+	return oimg.RAFS, dir, cleanup, nil
+}

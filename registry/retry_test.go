@@ -1,0 +1,124 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		header string
+		want   time.Duration
+	}{
+		{"", 0},
+		{"3", 3 * time.Second},
+		{"0", 0},
+		{"-5", 0},
+		{"100000", maxRetryAfter},
+		{now.Add(10 * time.Second).Format(http.TimeFormat), 10 * time.Second},
+		{now.Add(-10 * time.Second).Format(http.TimeFormat), 0},
+		{"soon", 0},
+	}
+	for _, tt := range tests {
+		h := http.Header{}
+		if tt.header != "" {
+			h.Set("Retry-After", tt.header)
+		}
+		if got := retryAfter(h, now); got != tt.want {
+			t.Errorf("retryAfter(%q) = %v, want %v", tt.header, got, tt.want)
+		}
+	}
+}
+
+func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
+	base, maxDelay := 100*time.Millisecond, time.Second
+	for attempt := 0; attempt < 10; attempt++ {
+		ceiling := min(base<<attempt, maxDelay)
+		for i := 0; i < 50; i++ {
+			d := backoff(attempt, base, maxDelay)
+			if d < ceiling/2 || d > ceiling {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", attempt, d, ceiling/2, ceiling)
+			}
+		}
+	}
+}
+
+func TestRetryableStatus(t *testing.T) {
+	for code, want := range map[int]bool{
+		200: false, 400: false, 401: false, 403: false, 404: false, 408: true, 416: false, 429: true,
+		500: true, 501: false, 502: true, 503: true, 504: true, 505: false, 599: true,
+	} {
+		if got := retryableStatus(code); got != want {
+			t.Errorf("retryableStatus(%d) = %v, want %v", code, got, want)
+		}
+	}
+}
+
+func TestRetryableError(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{io.EOF, true},
+		{io.ErrUnexpectedEOF, true},
+		{fmt.Errorf("read: %w", syscall.ECONNRESET), true},
+		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, true},
+		{context.Canceled, false},
+		{context.DeadlineExceeded, false},
+		{&sourceError{err: io.ErrUnexpectedEOF}, false},
+		{errors.New("x509: certificate signed by unknown authority"), false},
+		{nil, false},
+	}
+	for _, tt := range tests {
+		if got := retryableError(tt.err); got != tt.want {
+			t.Errorf("retryableError(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestParseRanges(t *testing.T) {
+	cr := []struct {
+		in           string
+		start, total int64
+		ok           bool
+	}{
+		{"bytes 0-99/1000", 0, 1000, true},
+		{"bytes 10-19/*", 10, -1, true},
+		{"bytes 10-9/100", 0, 0, false},
+		{"bytes 0-100/100", 0, 0, false},
+		{"0-99/100", 0, 0, false},
+		{"bytes x-1/2", 0, 0, false},
+	}
+	for _, tt := range cr {
+		s, tot, ok := parseContentRange(tt.in)
+		if ok != tt.ok || (ok && (s != tt.start || tot != tt.total)) {
+			t.Errorf("parseContentRange(%q) = %d, %d, %v", tt.in, s, tot, ok)
+		}
+	}
+	ur := []struct {
+		in  string
+		end int64
+		ok  bool
+	}{
+		{"0-0", 0, true},
+		{"0-1048575", 1048575, true},
+		{"bytes=0-10", 10, true},
+		{"5-10", 0, false},
+		{"0--1", 0, false},
+		{"", 0, false},
+	}
+	for _, tt := range ur {
+		end, ok := parseUploadRange(tt.in)
+		if ok != tt.ok || end != tt.end {
+			t.Errorf("parseUploadRange(%q) = %d, %v", tt.in, end, ok)
+		}
+	}
+}
