@@ -23,8 +23,12 @@ type PushResult struct {
 	BytesUploaded int64 // request body bytes sent, including any resent after failures
 }
 
-// errSessionGone means the registry no longer knows an upload session.
-var errSessionGone = errors.New("upload session gone")
+var (
+	// errSessionGone means the registry no longer knows an upload session.
+	errSessionGone = errors.New("upload session gone")
+	// errNoProgress means a PATCH was accepted but the session did not grow.
+	errNoProgress = errors.New("upload session did not grow")
+)
 
 // PushBlob makes blob desc present in repo, reading its bytes from src only when needed:
 //  1. HEAD: already there -> Skipped;
@@ -178,9 +182,14 @@ func (c *Client) upload(ctx context.Context, repo Ref, desc ocispec.Descriptor, 
 	for off < desc.Size {
 		n := min(c.opts.UploadChunkSize, desc.Size-off)
 		newLoc, newOff, err := c.patch(ctx, repo, loc, src, off, n, sent)
-		if err == nil {
+		if err == nil && newOff > off {
 			loc, off, failures = newLoc, newOff, 0
 			continue
+		}
+		if err == nil {
+			// Accepted but not kept: count it as a failure so this cannot loop forever.
+			loc = newLoc
+			err = fmt.Errorf("registry %s: %w past %d bytes", repo.Registry, errNoProgress, off)
 		}
 		var se *sourceError
 		if errors.As(err, &se) {
@@ -278,6 +287,9 @@ func parseUploadRange(s string) (int64, bool) {
 // resumable reports whether a failed PATCH is worth asking the session about: network failures,
 // transient statuses, and the session/range complaints a resume can fix.
 func resumable(err error) bool {
+	if errors.Is(err, errNoProgress) {
+		return true
+	}
 	var he *HTTPError
 	if errors.As(err, &he) {
 		switch he.StatusCode {

@@ -551,3 +551,22 @@ func TestPushBlobMounts(t *testing.T) {
 		t.Errorf("%d DELETEs, want lacks/it's session cancelled", n)
 	}
 }
+
+func TestPushBlobRegistryThatKeepsNothing(t *testing.T) {
+	f := newFakeRegistry(t)
+	f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPatch {
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Range", "0-0")
+			w.WriteHeader(http.StatusAccepted)
+			return true
+		}
+		return false
+	}
+	data := pattern(5000, 14)
+	c, _ := testClient(t, Options{UploadChunkSize: 1000, Retries: 3})
+	_, err := c.PushBlob(testCtx(t), f.ref("a"), ocispec.Descriptor{Digest: digest.FromBytes(data), Size: 5000}, bytes.NewReader(data), nil)
+	if err == nil || !strings.Contains(err.Error(), "did not grow") {
+		t.Fatalf("error %v, want the upload to stop", err)
+	}
+}

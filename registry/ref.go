@@ -103,7 +103,7 @@ func splitDomain(name string) (host, path string) {
 	return "", name
 }
 
-// normalizeHost validates host[:port], lowercases it and maps Docker Hub's aliases to DockerHub.
+// normalizeHost validates host[:port] and maps Docker Hub's aliases to DockerHub.
 func normalizeHost(h string) (string, error) {
 	hostname, port := h, ""
 	if strings.HasPrefix(h, "[") {
@@ -140,8 +140,9 @@ func normalizeHost(h string) (string, error) {
 			}
 		}
 	}
-	h = strings.ToLower(h)
-	switch h {
+	// Case is kept (a host without '.' or ':' is only a host because of its uppercase letters), but
+	// Docker Hub's aliases match in any case.
+	switch strings.ToLower(h) {
 	case "docker.io", "index.docker.io", "registry-1.docker.io":
 		return DockerHub, nil
 	}

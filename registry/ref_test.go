@@ -24,7 +24,9 @@ func TestParseRef(t *testing.T) {
 		{"localhost:5000/a/b:t", Ref{"localhost:5000", "a/b", "t", ""}},
 		{"127.0.0.1:5000/a/b/c", Ref{"127.0.0.1:5000", "a/b/c", "latest", ""}},
 		{"[::1]:5000/a:t", Ref{"[::1]:5000", "a", "t", ""}},
-		{"GHCR.io/owner/repo", Ref{"ghcr.io", "owner/repo", "latest", ""}},
+		{"GHCR.io/owner/repo", Ref{"GHCR.io", "owner/repo", "latest", ""}},
+		{"Docker.IO/owner/repo", Ref{DockerHub, "owner/repo", "latest", ""}},
+		{"0A0/x", Ref{"0A0", "x", "latest", ""}}, // a host only because of its uppercase letter
 		{"ghcr.io/o/r@" + testDigest, Ref{"ghcr.io", "o/r", "", testDigest}},
 		{"ghcr.io/o/r:v2@" + testDigest, Ref{"ghcr.io", "o/r", "v2", testDigest}},
 		{"busybox@" + testDigest, Ref{DockerHub, "library/busybox", "", testDigest}},

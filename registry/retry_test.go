@@ -122,3 +122,21 @@ func TestParseRanges(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseRanges(f *testing.F) {
+	for _, s := range []string{"bytes 0-99/1000", "bytes 10-19/*", "0-0", "bytes=0-10", "bytes 9223372036854775806-9223372036854775807/*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if start, total, ok := parseContentRange(s); ok && (start < 0 || (total != -1 && total <= start)) {
+			t.Fatalf("parseContentRange(%q) = %d, %d", s, start, total)
+		}
+		if end, ok := parseUploadRange(s); ok && end < 0 {
+			t.Fatalf("parseUploadRange(%q) = %d", s, end)
+		}
+		h := http.Header{"Retry-After": {s}}
+		if d := retryAfter(h, time.Now()); d < 0 || d > maxRetryAfter {
+			t.Fatalf("retryAfter(%q) = %v", s, d)
+		}
+	})
+}
