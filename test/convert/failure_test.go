@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/dfnydus/dfnydus/registry"
 	"github.com/dfnydus/dfnydus/test/internal/registrytest"
