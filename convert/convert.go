@@ -307,15 +307,16 @@ func (cv *converter) pushBlob(ctx context.Context, id, dir string, pr *platformR
 	path := filepath.Join(dir, id)
 	var mountFrom []registry.Ref
 	size := int64(-1)
-	if fi, err := os.Stat(path); err == nil {
-		size = fi.Size()
-	} else if cv.dict != nil {
+	if cv.dict != nil {
 		if d, ok := cv.dict.Blobs[id]; ok {
 			size = d.Size
 			if cv.dict.Ref.Registry == cv.dst.Registry {
 				mountFrom = append(mountFrom, cv.dict.Ref)
 			}
 		}
+	}
+	if fi, err := os.Stat(path); err == nil {
+		size = fi.Size()
 	}
 	if size < 0 {
 		return ocispec.Descriptor{}, fmt.Errorf("blob %s: %w", id, errNotLocal)

@@ -61,11 +61,12 @@ func TestConvertChunkDictUploadsOnlyNewChunks(t *testing.T) {
 	}
 	v1 := uploaded("convert", srcV1, e.ref("os-nydus", "v1"))
 	plain := uploaded("convert", srcV2, e.ref("os-nydus-plain", "v2"))
-	dedup := uploaded("convert", "--chunk-dict", e.ref("os-nydus", "v1"), srcV2, e.ref("os-nydus", "v2"))
+	// v2 goes to another repository: v1's blob must be mounted across, not uploaded again.
+	dedup := uploaded("convert", "--chunk-dict", e.ref("os-nydus", "v1"), srcV2, e.ref("os-nydus-v2", "v2"))
 
 	// What the dedup run must upload: its own small blob, the bootstrap layer and the config. Their
-	// sizes are in its manifest; v1's blob is referenced, already in the repository.
-	m, _ := e.manifest(t, e.ref("os-nydus", "v2"))
+	// sizes are in its manifest; v1's blob is referenced and mounted from v1's repository.
+	m, _ := e.manifest(t, e.ref("os-nydus-v2", "v2"))
 	mv1, _ := e.manifest(t, e.ref("os-nydus", "v1"))
 	if len(m.Layers) != 3 || m.Layers[0].Digest != mv1.Layers[0].Digest {
 		t.Fatalf("v2 layers %v: want [v1's blob, new blob, bootstrap]", m.Layers)
@@ -74,12 +75,25 @@ func TestConvertChunkDictUploadsOnlyNewChunks(t *testing.T) {
 	if dedup != want {
 		t.Errorf("dedup convert uploaded %d bytes, want exactly the new blob + bootstrap + config = %d", dedup, want)
 	}
+	if !sawMount(e.proxy) {
+		t.Error("no cross-repository mount was made for v1's blob")
+	}
 	if m.Layers[1].Size > 4<<20 {
 		t.Errorf("new blob is %d bytes: more than the ~3.6 MiB of new chunks", m.Layers[1].Size)
 	}
 	out := filepath.Join(dir, "out")
-	e.mustRun(t, "unpack", "--image", e.ref("os-nydus", "v2"), "--output", out)
+	e.mustRun(t, "unpack", "--image", e.ref("os-nydus-v2", "v2"), "--output", out)
 	assertSameTree(t, snapshot(t, tree2), snapshot(t, out))
 	t.Logf("uploaded: v1 %d bytes; v2 without dict %d; v2 with --chunk-dict v1 %d (%.1f%% of a plain convert)",
 		v1, plain, dedup, 100*float64(dedup)/float64(plain))
+}
+
+// sawMount reports whether a cross-repository mount succeeded (POST ...?mount= answered 201).
+func sawMount(p *registrytest.Proxy) bool {
+	for _, r := range p.Requests() {
+		if r.Method == "POST" && r.Status == 201 {
+			return true
+		}
+	}
+	return false
 }
