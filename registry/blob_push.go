@@ -343,8 +343,8 @@ func (c *Client) uploadStatus(ctx context.Context, repo Ref, loc string, acked i
 func (c *Client) commitUpload(ctx context.Context, repo Ref, desc ocispec.Descriptor, loc string) error {
 	resp, err := c.do(ctx, &request{
 		method: http.MethodPut, host: repo.Registry, url: loc,
-		query:  url.Values{"digest": {desc.Digest.String()}},
-		body:   func() io.Reader { return strings.NewReader("") }, size: 0,
+		query: url.Values{"digest": {desc.Digest.String()}},
+		body:  func() io.Reader { return strings.NewReader("") }, size: 0,
 		scopes: pushScopes(repo), idempotent: true,
 	})
 	if err == nil && (resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusAccepted) {

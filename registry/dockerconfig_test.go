@@ -61,7 +61,7 @@ esac`)
 		{"token.example.com", Credential{IdentityToken: "idtok"}, ""},
 		{"localhost:5000", Credential{Username: "local", Password: "pw"}, ""},
 		{"helper.example.com", Credential{IdentityToken: "refresh-me"}, ""},
-		{"missing.example.com", Credential{}, ""},  // helper not installed: anonymous
+		{"missing.example.com", Credential{}, ""},   // helper not installed: anonymous
 		{"elsewhere.example.com", Credential{}, ""}, // the store has nothing
 		{"broken.example.com", Credential{}, "boom"},
 	}

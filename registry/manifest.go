@@ -64,33 +64,26 @@ func (c *Client) GetManifest(ctx context.Context, ref Ref) ([]byte, ocispec.Desc
 	if err := checkRef(ref); err != nil {
 		return nil, ocispec.Descriptor{}, err
 	}
-	resp, err := c.do(ctx, &request{
-		method: http.MethodGet, host: ref.Registry, path: manifestPath(ref),
-		header: http.Header{"Accept": {manifestAccept}},
-		scopes: []string{repoScope(ref.Repository, "pull")}, idempotent: true,
-	})
-	if err != nil {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("get manifest %s: %w", ref, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("get manifest %s: %w", ref, newHTTPError(ref.Registry, resp))
-	}
-	defer resp.Body.Close()
-	if resp.ContentLength > MaxManifestSize {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("get manifest %s: %w: %d bytes, limit %d", ref,
-			ErrManifestTooLarge, resp.ContentLength, MaxManifestSize)
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
-	if err != nil {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("get manifest %s: read: %w", ref, err)
-	}
-	if len(data) > MaxManifestSize {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("get manifest %s: %w: more than %d bytes", ref,
-			ErrManifestTooLarge, MaxManifestSize)
-	}
-	if resp.ContentLength >= 0 && int64(len(data)) != resp.ContentLength {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("get manifest %s: %w: got %d bytes, Content-Length %d",
-			ref, ErrDigestMismatch, len(data), resp.ContentLength)
+	var (
+		resp *http.Response
+		data []byte
+	)
+	// A body cut short by the network is fetched again (the request itself had its retries).
+	for attempt := 0; ; attempt++ {
+		var err error
+		var readFailed bool
+		resp, data, readFailed, err = c.fetchManifest(ctx, ref)
+		if err == nil {
+			break
+		}
+		if !readFailed || attempt >= c.opts.Retries || ctx.Err() != nil || !retryableError(err) {
+			return nil, ocispec.Descriptor{}, fmt.Errorf("get manifest %s: %w", ref, err)
+		}
+		c.stats.retries.Add(1)
+		c.log.Warn("manifest read failed; retrying", zap.String("ref", ref.String()), zap.Error(err))
+		if err := c.sleep(ctx, backoff(attempt, c.opts.RetryBaseDelay, c.opts.RetryMaxDelay)); err != nil {
+			return nil, ocispec.Descriptor{}, err
+		}
 	}
 	want := digest.Digest(ref.Digest)
 	if want == "" {
@@ -114,6 +107,34 @@ func (c *Client) GetManifest(ctx context.Context, ref Ref) ([]byte, ocispec.Desc
 		Size:      int64(len(data)),
 	}
 	return data, desc, nil
+}
+
+// fetchManifest GETs a manifest's bytes (at most MaxManifestSize of them); readFailed says the
+// failure came while reading the body.
+func (c *Client) fetchManifest(ctx context.Context, ref Ref) (_ *http.Response, _ []byte, readFailed bool, _ error) {
+	resp, err := c.do(ctx, &request{
+		method: http.MethodGet, host: ref.Registry, path: manifestPath(ref),
+		header: http.Header{"Accept": {manifestAccept}},
+		scopes: []string{repoScope(ref.Repository, "pull")}, idempotent: true,
+	})
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, false, newHTTPError(ref.Registry, resp)
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > MaxManifestSize {
+		return nil, nil, false, fmt.Errorf("%w: %d bytes, limit %d", ErrManifestTooLarge, resp.ContentLength, MaxManifestSize)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	if err != nil {
+		return nil, nil, true, fmt.Errorf("read: %w", err)
+	}
+	if len(data) > MaxManifestSize {
+		return nil, nil, false, fmt.Errorf("%w: more than %d bytes", ErrManifestTooLarge, MaxManifestSize)
+	}
+	return resp, data, false, nil
 }
 
 // manifestMediaType is the response's Content-Type when it is specific, else the document's own

@@ -201,3 +201,27 @@ func TestPutManifest(t *testing.T) {
 		t.Errorf("registry stored other bytes: %v", err)
 	}
 }
+
+func TestGetManifestRetriesACutBody(t *testing.T) {
+	f := newFakeRegistry(t)
+	c, sleeps := testClient(t, Options{})
+	data := testManifest(5)
+	_, err := c.PutManifest(testCtx(t), f.ref("a:v1"), ocispec.MediaTypeImageManifest, data)
+	noErr(t, err)
+	cut := true
+	f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/manifests/") || !cut {
+			return false
+		}
+		cut = false
+		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+		w.Write(data[:10])
+		dropConn(t, w, true)
+		return true
+	}
+	got, _, err := c.GetManifest(testCtx(t), f.ref("a:v1"))
+	noErr(t, err)
+	if !bytes.Equal(got, data) || len(sleeps.all()) != 1 {
+		t.Errorf("got %d bytes after %d retries", len(got), len(sleeps.all()))
+	}
+}

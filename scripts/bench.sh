@@ -7,3 +7,6 @@ go run ./test/bench/buildbench -bin bin/dfnydus "$@"
 echo
 echo "== micro-benchmarks"
 go test -run='^$' -bench=. -benchtime=3x ./rafs/... 2>&1 | grep -E '^(Benchmark|ok|PASS|FAIL)' || true
+echo
+echo "== convert registry->registry vs skopeo+umoci pull+unpack (issue: registry round trip)"
+go test -run '^$' -bench BenchmarkConvertVsPullUnpack -benchtime=1x ./test/bench/ 2>&1 | grep -vE '^(time=|goos|goarch|pkg|cpu)'

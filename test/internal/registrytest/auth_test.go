@@ -119,3 +119,30 @@ func TestBearerTokenAuth(t *testing.T) {
 		}
 	})
 }
+
+// TestConcurrentPushesShareTokens: one client pushing many blobs at once through token auth, as
+// convert does; tokens are fetched once per scope, not once per request.
+func TestConcurrentPushesShareTokens(t *testing.T) {
+	reg := registrytest.Start(t, registrytest.Options{Auth: registrytest.AuthToken})
+	c := newClient(t, registry.Options{Username: reg.Username, Password: reg.Password, UploadChunkSize: 64 << 10})
+	repo := mustRef(t, reg.Ref("parallel/push", ""))
+	const n = 8
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		data, desc := randomBlob(uint64(100+i), 200_000+i)
+		go func() {
+			_, err := c.PushBlob(ctxT(t), repo, desc, bytes.NewReader(data), nil)
+			errs <- err
+		}()
+	}
+	for i := 0; i < n; i++ {
+		noErr(t, <-errs)
+	}
+	for i := 0; i < n; i++ {
+		data, desc := randomBlob(uint64(100+i), 200_000+i)
+		sameBytes(t, fetchAll(t, c, repo, desc), data, fmt.Sprintf("blob %d", i))
+	}
+	if reqs := reg.TokenServer().Requests(); len(reqs) > 4 {
+		t.Errorf("%d token requests for %d concurrent pushes, want one per scope: %+v", len(reqs), n, reqs)
+	}
+}

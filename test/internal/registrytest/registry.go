@@ -1,6 +1,9 @@
 // Package registrytest runs the real registry (distribution's docker-registry binary) for tests,
 // optionally behind Basic (htpasswd) or Bearer token authentication, and a fault-injecting proxy to
 // put in front of it. It is imported only by tests.
+//
+// This directory also holds the integration tests of package registry against the real registry
+// (Go's internal rule keeps packages outside test/ from importing this one).
 package registrytest
 
 import (
