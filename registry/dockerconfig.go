@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -127,10 +128,23 @@ func (c *credentials) lookup(ctx context.Context, host string) (Credential, erro
 			return c.fromHelper(ctx, helper, helperServer(host))
 		}
 	}
-	for key, a := range c.cfg.Auths {
-		if !matchesServer(key, host) {
-			continue
+	// Exact spellings first, then any key naming the host (in a stable order).
+	var candidates []string
+	for _, k := range keys {
+		if _, ok := c.cfg.Auths[k]; ok {
+			candidates = append(candidates, k)
 		}
+	}
+	var others []string
+	for k := range c.cfg.Auths {
+		if matchesServer(k, host) {
+			others = append(others, k)
+		}
+	}
+	sort.Strings(others)
+	candidates = append(candidates, others...)
+	for _, key := range candidates {
+		a := c.cfg.Auths[key]
 		cred, err := a.credential()
 		if err != nil {
 			return Credential{}, fmt.Errorf("docker config %s: auths[%q]: %w", c.path, key, err)

@@ -33,8 +33,12 @@ func (f *registryFlags) add(fl *pflag.FlagSet) {
 }
 
 func (f *registryFlags) client(log *zap.Logger) (*registry.Client, error) {
+	retries := f.retries
+	if retries == 0 {
+		retries = -1 // the client reads 0 as "default"; on the command line 0 means none
+	}
 	o := registry.Options{PlainHTTP: f.plainHTTP, Insecure: f.insecure, CAFile: f.caFile, DockerConfig: f.dockerCfg,
-		Retries: f.retries, Logger: log, UserAgent: "dfnydus/" + version}
+		Retries: retries, Logger: log, UserAgent: "dfnydus/" + version}
 	creds := f.creds
 	if creds == "" {
 		creds = os.Getenv("DFNYDUS_CREDS")
