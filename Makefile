@@ -18,6 +18,7 @@ help:
 
 setup:
 	bash scripts/setup.sh
+	bash scripts/tools.sh >/dev/null
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/dfnydus

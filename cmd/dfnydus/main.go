@@ -62,7 +62,8 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file")
 	_ = root.PersistentFlags().MarkHidden("cpu-profile")
-	root.AddCommand(newBuildCmd(g), newConvertCmd(g), newInspectCmd(g), newCheckCmd(g), newUnpackCmd(g))
+	root.AddCommand(newBuildCmd(g), newConvertCmd(g), newInspectCmd(g), newCheckCmd(g), newUnpackCmd(g),
+		newMountCmd(g), newUmountCmd(g), newStatCmd(g))
 	return root
 }
 

@@ -1,0 +1,94 @@
+package fuse
+
+import (
+	"fmt"
+	"time"
+
+	gofuse "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/rafs"
+)
+
+// NewRoot returns the root node of img's filesystem for callers that mount it themselves; mount
+// it with GoFuseOptions(opts). Reads go through r. An image that cannot be served (no root, a root
+// that is not a directory, unsorted or invalid names) gives a root on which every operation fails
+// with EIO, and the reason is logged; Mount reports it as an error instead.
+func NewRoot(img *rafs.Image, r rafs.ChunkReader, opts Options) gofuse.InodeEmbedder {
+	fs, err := newFilesystem(img, r, opts)
+	if err != nil {
+		fs.log.Error("image cannot be served", zap.Error(err))
+		fs.broken = err
+		return &node{fs: fs, rn: &rafs.Node{Inode: &rafs.Inode{Ino: rootIno, Mode: rafs.SIFDIR}}}
+	}
+	return &node{fs: fs, rn: img.Root}
+}
+
+// Server is a mounted image.
+type Server struct {
+	fuse       *fuse.Server
+	fs         *filesystem
+	mountpoint string
+}
+
+// Mount serves img at mountpoint (an existing directory) until Unmount. Reads go through r under
+// the context of the FUSE request: a read whose caller is interrupted stops waiting, and the chunk
+// fetch is cancelled once no read waits for it.
+func Mount(mountpoint string, img *rafs.Image, r rafs.ChunkReader, opts Options) (*Server, error) {
+	fs, err := newFilesystem(img, r, opts)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	root := &node{fs: fs, rn: img.Root}
+	gopts := GoFuseOptions(opts)
+	srv, err := fuse.NewServer(gofuse.NewNodeFS(root, gopts), mountpoint, &gopts.MountOptions)
+	if err != nil {
+		fs.close()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		fs.close()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	return &Server{fuse: srv, fs: fs, mountpoint: mountpoint}, nil
+}
+
+// Mountpoint returns where the image is mounted.
+func (s *Server) Mountpoint() string { return s.mountpoint }
+
+// unmountTries and unmountDelay bound how long Unmount waits for a busy mount to be released
+// after cancelling the reads in flight.
+const (
+	unmountTries = 3
+	unmountDelay = 100 * time.Millisecond
+)
+
+// Unmount unmounts the image and returns once the server has stopped. If the mount is busy (a
+// process has a file open or sits in a directory), the chunk fetches in flight are cancelled, so
+// blocked reads fail with EINTR and their callers can let go, and the unmount is retried for a
+// while; a mount that stays busy is left mounted, with every later read failing, and the error
+// wraps the kernel's EBUSY.
+func (s *Server) Unmount() error {
+	err := s.fuse.Unmount()
+	if err == nil {
+		s.fs.close()
+		return nil
+	}
+	s.fs.close()
+	for range unmountTries {
+		time.Sleep(unmountDelay)
+		if err = s.fuse.Unmount(); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("unmount %s: %w", s.mountpoint, err)
+}
+
+// Wait blocks until the mount is gone (Unmount, or an unmount from outside such as
+// `fusermount3 -u` or `umount`).
+func (s *Server) Wait() {
+	s.fuse.Wait()
+	s.fs.close()
+}

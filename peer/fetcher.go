@@ -1,0 +1,185 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/dfnydus/dfnydus/peer/source"
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/blob"
+	"github.com/dfnydus/dfnydus/store"
+)
+
+// Options configure a Fetcher.
+type Options struct {
+	Store *store.Store
+	// MemoryCache bounds the in-memory cache of recently read chunks (bytes); 0 disables it.
+	MemoryCache int64
+	Log         *zap.Logger
+	Metrics     *prometheus.Registry
+}
+
+// DefaultMemoryCache is the default in-memory chunk cache: enough for a few readers streaming
+// through 1 MiB chunks.
+const DefaultMemoryCache = 64 << 20
+
+// Fetcher serves chunks from memory, the store, or back to source, one fetch per chunk in flight
+// whoever asks, and never returns bytes that did not match their digest.
+type Fetcher struct {
+	store *store.Store
+	log   *zap.Logger
+	m     *metrics
+	mem   *chunkLRU
+	group singleflight.Group
+	// foreground counts on-demand fetches in flight; background prefetch waits while it is non-zero.
+	foreground atomic.Int64
+}
+
+// NewFetcher returns a Fetcher over opts.Store.
+func NewFetcher(opts Options) *Fetcher {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	return &Fetcher{store: opts.Store, log: opts.Log, m: newMetrics(opts.Metrics), mem: newChunkLRU(opts.MemoryCache)}
+}
+
+// kinds of fetch, for metrics and scheduling.
+const (
+	kindOnDemand = "ondemand"
+	kindPrefetch = "prefetch"
+)
+
+// ErrVerify is wrapped by errors about fetched bytes that do not match their digest.
+var ErrVerify = errors.New("chunk failed verification")
+
+func keyOf(b *rafs.Blob, c *rafs.Chunk) store.Key {
+	return store.Key{Alg: b.Digester, Digest: c.Digest}
+}
+
+// cached returns the chunk from memory or the store.
+func (f *Fetcher) cached(ctx context.Context, b *rafs.Blob, c *rafs.Chunk, buf []byte) ([]byte, bool, error) {
+	k := keyOf(b, c)
+	if data := f.mem.get(k); data != nil {
+		f.m.memHits.Inc()
+		return data, true, nil
+	}
+	data, ok, err := f.store.Get(ctx, k, c.UncompressedSize, nil)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	f.m.storeHits.Inc()
+	f.mem.add(k, data)
+	return data, true, nil
+}
+
+// load returns one chunk, fetching it from src when it is in neither cache.
+func (f *Fetcher) load(ctx context.Context, src source.Source, st *imageStats, b *rafs.Blob, c *rafs.Chunk, buf []byte) ([]byte, error) {
+	if data, ok, err := f.cached(ctx, b, c, buf); err != nil {
+		return nil, err
+	} else if ok {
+		return data, nil
+	}
+	f.foreground.Add(1)
+	defer f.foreground.Add(-1)
+	for {
+		v, err, _ := f.group.Do(flightKey(b, c), func() (any, error) {
+			out, err := f.fetch(ctx, src, st, b, []rafs.Chunk{*c}, kindOnDemand)
+			if err != nil {
+				return nil, err
+			}
+			return out[0], nil
+		})
+		if err == nil {
+			return v.([]byte), nil
+		}
+		// Another reader's fetch we joined was cancelled with its reader: try again on our own
+		// context unless ours is done too.
+		if (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) && ctx.Err() == nil {
+			continue
+		}
+		return nil, err
+	}
+}
+
+func flightKey(b *rafs.Blob, c *rafs.Chunk) string {
+	return fmt.Sprintf("%d:%x", b.Digester, c.Digest[:])
+}
+
+// fetch reads the compressed range covering chunks (sorted by offset, in one blob) from src in one
+// request, verifies each chunk, stores it and returns the uncompressed chunks in order. A chunk that
+// fails verification fails the whole fetch: nothing unverified is stored or returned.
+func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, b *rafs.Blob, chunks []rafs.Chunk, kind string) ([][]byte, error) {
+	start := chunks[0].CompressedOffset
+	last := chunks[len(chunks)-1]
+	end := last.CompressedOffset + uint64(last.CompressedSize)
+	t0 := time.Now()
+	raw, err := readRange(ctx, src, b.ID, int64(start), int64(end-start))
+	f.m.fetchSeconds.WithLabelValues(src.String(), kind).Observe(time.Since(t0).Seconds())
+	if err != nil {
+		f.m.fetchErrors.WithLabelValues(src.String(), kind).Inc()
+		return nil, fmt.Errorf("fetch blob %s [%d,%d) from %s: %w", b.ID, start, end, src, err)
+	}
+	f.m.fetchBytes.WithLabelValues(src.String(), kind).Add(float64(len(raw)))
+	st.fetched(kind, int64(len(raw)))
+	out := make([][]byte, len(chunks))
+	ra := offsetReaderAt{data: raw, base: int64(start)}
+	for i := range chunks {
+		c := &chunks[i]
+		data, err := blob.ReadChunk(ra, b.ID, c, b.Compressor, b.Digester, nil)
+		if err != nil {
+			f.m.verifyFailed.WithLabelValues(src.String()).Inc()
+			st.verifyFailures.Add(1)
+			f.log.Error("chunk from source failed verification", zap.String("source", src.String()), zap.String("blob", b.ID),
+				zap.Uint32("chunk", c.Index), zap.Uint64("offset", c.CompressedOffset), zap.Error(err))
+			return nil, fmt.Errorf("%w: %w", ErrVerify, err)
+		}
+		if err := f.store.Put(ctx, keyOf(b, c), data); err != nil {
+			// The bytes are verified: serve them even if the store could not keep them (disk full).
+			f.log.Warn("store put failed", zap.String("blob", b.ID), zap.Uint32("chunk", c.Index), zap.Error(err))
+		}
+		f.m.fetchChunks.WithLabelValues(src.String(), kind).Inc()
+		f.mem.add(keyOf(b, c), data)
+		out[i] = data
+	}
+	return out, nil
+}
+
+// readRange reads exactly n bytes at off of a blob.
+func readRange(ctx context.Context, src source.Source, id string, off, n int64) ([]byte, error) {
+	rc, err := src.ReadRange(ctx, id, off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// offsetReaderAt serves a fetched range as if it were the blob file at its original offsets.
+type offsetReaderAt struct {
+	data []byte
+	base int64
+}
+
+func (o offsetReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	off -= o.base
+	if off < 0 || off > int64(len(o.data)) {
+		return 0, fmt.Errorf("read at %d outside the fetched range", off+o.base)
+	}
+	n := copy(p, o.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}

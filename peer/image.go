@@ -1,0 +1,172 @@
+package peer
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dfnydus/dfnydus/peer/source"
+	"github.com/dfnydus/dfnydus/rafs"
+)
+
+// Image is one mounted image as the fetcher sees it: its model, where its blobs come from, and its
+// counters. It is the rafs.ChunkReader the FUSE filesystem reads through.
+type Image struct {
+	Name string
+	f    *Fetcher
+	img  *rafs.Image
+	src  source.Source
+	st   imageStats
+
+	prefetchMu sync.Mutex
+	prefetch   PrefetchStatus
+}
+
+// imageStats are an image's counters, updated atomically.
+type imageStats struct {
+	reads          atomic.Int64
+	bytesOnDemand  atomic.Int64
+	bytesPrefetch  atomic.Int64
+	fetches        atomic.Int64
+	verifyFailures atomic.Int64
+	readErrors     atomic.Int64
+}
+
+func (s *imageStats) fetched(kind string, n int64) {
+	s.fetches.Add(1)
+	if kind == kindPrefetch {
+		s.bytesPrefetch.Add(n)
+	} else {
+		s.bytesOnDemand.Add(n)
+	}
+}
+
+// NewImage attaches an image and its blob source to the fetcher.
+func (f *Fetcher) NewImage(name string, img *rafs.Image, src source.Source) *Image {
+	return &Image{Name: name, f: f, img: img, src: src, prefetch: PrefetchStatus{State: PrefetchIdle}}
+}
+
+// RAFS returns the image model.
+func (im *Image) RAFS() *rafs.Image { return im.img }
+
+// ReadChunk implements rafs.ChunkReader: memory, store, then source; always verified.
+func (im *Image) ReadChunk(ctx context.Context, b *rafs.Blob, c *rafs.Chunk, buf []byte) ([]byte, error) {
+	im.st.reads.Add(1)
+	data, err := im.f.load(ctx, im.src, &im.st, b, c, buf)
+	if err != nil {
+		im.st.readErrors.Add(1)
+	}
+	return data, err
+}
+
+// Stats is a snapshot of an image's progress, as `dfnydus stat` shows it.
+type Stats struct {
+	Name              string         `json:"name"`
+	Source            string         `json:"source"`
+	Chunks            int            `json:"chunks"`        // distinct chunks of the image
+	ChunksCached      int            `json:"chunks_cached"` // of which the store has
+	BytesTotal        int64          `json:"bytes_total"`   // their uncompressed bytes
+	BytesCached       int64          `json:"bytes_cached"`
+	ChunkReads        int64          `json:"chunk_reads"`
+	Fetches           int64          `json:"fetches"` // back-to-source requests
+	BytesFetched      int64          `json:"bytes_fetched"`
+	BytesOnDemand     int64          `json:"bytes_fetched_on_demand"`
+	BytesPrefetched   int64          `json:"bytes_fetched_by_prefetch"`
+	VerifyFailures    int64          `json:"verify_failures"`
+	ReadErrors        int64          `json:"read_errors"`
+	Prefetch          PrefetchStatus `json:"prefetch"`
+	StoreRepairedEver int64          `json:"store_repaired"`
+}
+
+// Stats counts the image's chunks against the store (a scan of the index: cheap, but not free).
+func (im *Image) Stats() Stats {
+	s := Stats{Name: im.Name, Source: im.src.String(),
+		ChunkReads: im.st.reads.Load(), Fetches: im.st.fetches.Load(),
+		BytesOnDemand: im.st.bytesOnDemand.Load(), BytesPrefetched: im.st.bytesPrefetch.Load(),
+		VerifyFailures: im.st.verifyFailures.Load(), ReadErrors: im.st.readErrors.Load(),
+		StoreRepairedEver: int64(im.f.store.Stats().Repaired)}
+	s.BytesFetched = s.BytesOnDemand + s.BytesPrefetched
+	for _, bc := range im.distinctChunks() {
+		for _, c := range bc.chunks {
+			s.Chunks++
+			s.BytesTotal += int64(c.UncompressedSize)
+			if im.f.store.Has(keyOf(bc.blob, &c)) {
+				s.ChunksCached++
+				s.BytesCached += int64(c.UncompressedSize)
+			}
+		}
+	}
+	im.prefetchMu.Lock()
+	s.Prefetch = im.prefetch
+	im.prefetchMu.Unlock()
+	return s
+}
+
+// blobChunks are the distinct chunks of one blob, by compressed offset.
+type blobChunks struct {
+	blob   *rafs.Blob
+	chunks []rafs.Chunk
+}
+
+// distinctChunks lists every chunk the image references once, grouped by blob, in blob order.
+func (im *Image) distinctChunks() []blobChunks {
+	return chunksOf(im.img, nil)
+}
+
+// chunksOf collects the distinct chunks of the regular files under the given roots (nil: the whole
+// image), grouped by blob and sorted by compressed offset.
+func chunksOf(img *rafs.Image, roots []string) []blobChunks {
+	per := make([]map[uint64]rafs.Chunk, len(img.Blobs))
+	seen := map[*rafs.Inode]bool{}
+	visit := func(_ string, n *rafs.Node) error {
+		if seen[n.Inode] || !n.Inode.IsReg() {
+			return nil
+		}
+		seen[n.Inode] = true
+		for _, c := range n.Inode.Chunks {
+			if int(c.BlobIndex) >= len(per) {
+				continue
+			}
+			if per[c.BlobIndex] == nil {
+				per[c.BlobIndex] = map[uint64]rafs.Chunk{}
+			}
+			per[c.BlobIndex][c.CompressedOffset] = c
+		}
+		return nil
+	}
+	if roots == nil {
+		_ = img.Walk(visit)
+	} else {
+		for _, r := range roots {
+			if n := img.Lookup(r); n != nil {
+				_ = walkFrom(r, n, visit)
+			}
+		}
+	}
+	var out []blobChunks
+	for i, m := range per {
+		if len(m) == 0 {
+			continue
+		}
+		bc := blobChunks{blob: img.Blobs[i]}
+		for _, c := range m {
+			bc.chunks = append(bc.chunks, c)
+		}
+		sort.Slice(bc.chunks, func(a, b int) bool { return bc.chunks[a].CompressedOffset < bc.chunks[b].CompressedOffset })
+		out = append(out, bc)
+	}
+	return out
+}
+
+func walkFrom(p string, n *rafs.Node, fn func(string, *rafs.Node) error) error {
+	if err := fn(p, n); err != nil {
+		return err
+	}
+	for _, c := range n.Children {
+		if err := walkFrom(p+"/"+c.Name, c, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,214 @@
+package peer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/dfnydus/dfnydus/rafs"
+)
+
+// PrefetchMode says what an image fetches in the background.
+type PrefetchMode string
+
+const (
+	PrefetchOff   PrefetchMode = "off"   // nothing: only on-demand reads
+	PrefetchFiles PrefetchMode = "files" // the image's prefetch list
+	PrefetchAll   PrefetchMode = "all"   // the prefetch list first, then everything else
+)
+
+// ParsePrefetchMode checks a --prefetch value.
+func ParsePrefetchMode(s string) (PrefetchMode, error) {
+	switch m := PrefetchMode(s); m {
+	case PrefetchOff, PrefetchFiles, PrefetchAll:
+		return m, nil
+	}
+	return "", fmt.Errorf("prefetch mode %q: want off, files or all", s)
+}
+
+// Prefetch states.
+const (
+	PrefetchIdle       = "idle"
+	PrefetchRunning    = "running"
+	PrefetchDone       = "done"
+	PrefetchIncomplete = "incomplete" // finished with chunks it could not fetch; reads fetch them on demand
+)
+
+// PrefetchStatus is the background prefetch's progress.
+type PrefetchStatus struct {
+	State       string `json:"state"`
+	ChunksTotal int    `json:"chunks_total"`
+	ChunksDone  int    `json:"chunks_done"`
+	Failed      int    `json:"chunks_failed"`
+	Error       string `json:"last_error,omitempty"`
+}
+
+// PrefetchOptions tune the background prefetch.
+type PrefetchOptions struct {
+	Mode PrefetchMode
+	// Rate limits prefetch to this many compressed bytes per second (0: unlimited).
+	Rate int64
+	// MaxRequest bounds one back-to-source request; adjacent chunks are fetched together up to it.
+	MaxRequest int64
+}
+
+// defaultMaxRequest merges adjacent chunks into requests of up to 4 MiB, Dragonfly's smallest
+// piece size, so prefetch makes few large requests.
+const defaultMaxRequest = 4 << 20
+
+// batch is a run of adjacent chunks of one blob fetched in one request.
+type batch struct {
+	blob   *rafs.Blob
+	chunks []rafs.Chunk
+	bytes  int64
+}
+
+// plan lists what to prefetch: the prefetch list's chunks first, then (mode all) the rest, in blob
+// order; chunks the store has are dropped; adjacent chunks are merged into batches.
+func (im *Image) plan(mode PrefetchMode, maxReq int64) []batch {
+	var groups []blobChunks
+	if len(im.img.Prefetch) > 0 {
+		groups = append(groups, chunksOf(im.img, im.img.Prefetch)...)
+	}
+	if mode == PrefetchAll {
+		groups = append(groups, chunksOf(im.img, nil)...)
+	}
+	seen := map[string]bool{}
+	var out []batch
+	for _, g := range groups {
+		open := false // whether out's last batch may still grow
+		for _, c := range g.chunks {
+			k := flightKey(g.blob, &c)
+			if seen[k] || im.f.store.Has(keyOf(g.blob, &c)) {
+				seen[k] = true
+				open = false
+				continue
+			}
+			seen[k] = true
+			if open {
+				cur := &out[len(out)-1]
+				last := cur.chunks[len(cur.chunks)-1]
+				gap := int64(c.CompressedOffset) - int64(last.CompressedOffset+uint64(last.CompressedSize))
+				if gap >= 0 && gap <= 64<<10 && cur.bytes+int64(c.CompressedSize)+gap <= maxReq {
+					cur.chunks = append(cur.chunks, c)
+					cur.bytes += int64(c.CompressedSize) + gap
+					continue
+				}
+			}
+			out = append(out, batch{blob: g.blob, chunks: []rafs.Chunk{c}, bytes: int64(c.CompressedSize)})
+			open = true
+		}
+	}
+	return out
+}
+
+// StartPrefetch fetches the image's chunks in the background until done or ctx ends. It yields to
+// on-demand reads: a batch starts only while no on-demand fetch is in flight.
+func (im *Image) StartPrefetch(ctx context.Context, opts PrefetchOptions) {
+	if opts.Mode == PrefetchOff || opts.Mode == "" {
+		return
+	}
+	if opts.MaxRequest <= 0 {
+		opts.MaxRequest = defaultMaxRequest
+	}
+	batches := im.plan(opts.Mode, opts.MaxRequest)
+	total := 0
+	for _, b := range batches {
+		total += len(b.chunks)
+	}
+	im.setPrefetch(func(p *PrefetchStatus) { *p = PrefetchStatus{State: PrefetchRunning, ChunksTotal: total} })
+	var lim *rate.Limiter
+	if opts.Rate > 0 {
+		lim = rate.NewLimiter(rate.Limit(opts.Rate), int(max(opts.Rate, opts.MaxRequest)))
+	}
+	go im.runPrefetch(ctx, batches, lim)
+}
+
+func (im *Image) runPrefetch(ctx context.Context, batches []batch, lim *rate.Limiter) {
+	log := im.f.log.With(zap.String("image", im.Name))
+	start := time.Now()
+	var failed []batch
+	for pass := 0; pass < 2 && len(batches) > 0; pass++ {
+		failed = failed[:0]
+		for _, b := range batches {
+			if err := im.prefetchBatch(ctx, b, lim); err != nil {
+				if ctx.Err() != nil {
+					im.setPrefetch(func(p *PrefetchStatus) { p.State, p.Error = PrefetchIncomplete, ctx.Err().Error() })
+					return
+				}
+				log.Warn("prefetch batch failed", zap.String("blob", b.blob.ID), zap.Int("chunks", len(b.chunks)), zap.Error(err))
+				im.setPrefetch(func(p *PrefetchStatus) { p.Error = err.Error() })
+				failed = append(failed, b)
+				continue
+			}
+			im.setPrefetch(func(p *PrefetchStatus) { p.ChunksDone += len(b.chunks) })
+		}
+		batches = append([]batch(nil), failed...)
+		if len(batches) > 0 {
+			select { // a second pass after a pause, for sources that were briefly unavailable
+			case <-ctx.Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+	state := PrefetchDone
+	if len(failed) > 0 {
+		state = PrefetchIncomplete
+	}
+	nFailed := 0
+	for _, b := range failed {
+		nFailed += len(b.chunks)
+	}
+	im.setPrefetch(func(p *PrefetchStatus) { p.State, p.Failed = state, nFailed })
+	log.Info("prefetch finished", zap.String("state", state), zap.Duration("took", time.Since(start)), zap.Int("failed_chunks", nFailed))
+}
+
+func (im *Image) prefetchBatch(ctx context.Context, b batch, lim *rate.Limiter) error {
+	// Yield to on-demand reads.
+	for im.f.foreground.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	if lim != nil {
+		if err := lim.WaitN(ctx, int(min(b.bytes, int64(lim.Burst())))); err != nil {
+			return err
+		}
+	}
+	// Chunks that on-demand reads brought in meanwhile are skipped.
+	var need []rafs.Chunk
+	for _, c := range b.chunks {
+		if !im.f.store.Has(keyOf(b.blob, &c)) {
+			need = append(need, c)
+		}
+	}
+	if len(need) == 0 {
+		return nil
+	}
+	out, err := im.f.fetch(ctx, im.src, &im.st, b.blob, need, kindPrefetch)
+	if err != nil {
+		return err
+	}
+	for _, d := range out {
+		im.f.m.prefetchBytes.Add(float64(len(d)))
+	}
+	return nil
+}
+
+func (im *Image) setPrefetch(fn func(*PrefetchStatus)) {
+	im.prefetchMu.Lock()
+	fn(&im.prefetch)
+	im.prefetchMu.Unlock()
+}
+
+// PrefetchStatus returns the prefetch's progress.
+func (im *Image) PrefetchStatus() PrefetchStatus {
+	im.prefetchMu.Lock()
+	defer im.prefetchMu.Unlock()
+	return im.prefetch
+}

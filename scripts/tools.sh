@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs the Go-built tools the tests need into bin/tools (gitignored) and prints that directory.
+# Idempotent: a tool already built at the pinned version is not rebuilt.
+#
+#   versitygw  a real S3 gateway over a posix directory (peer/source S3 tests)
+#
+# Progress goes to stderr; stdout is only the tools directory, so callers can do
+#   TOOLS=$(bash scripts/tools.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TOOLS="$ROOT/bin/tools"
+GO=${GO:-go}
+
+VERSITYGW_VERSION=v1.8.0
+
+mkdir -p "$TOOLS"
+# One installer at a time (test packages may run this script concurrently).
+exec 9>"$TOOLS/.lock"
+flock 9
+
+# installed NAME VERSION: true when bin/tools/NAME exists and was built from VERSION.
+installed() {
+  local bin="$TOOLS/$1" stamp="$TOOLS/.$1.version"
+  [ -x "$bin" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$2" ]
+}
+
+# install NAME MODULE/PATH VERSION: go install into bin/tools and record the version.
+install() {
+  local name=$1 pkg=$2 version=$3
+  if installed "$name" "$version"; then
+    echo "tools: $name $version already built" >&2
+    return
+  fi
+  echo "tools: building $name $version (a few minutes)" >&2
+  local start=$SECONDS
+  # GOFLAGS from the environment (e.g. -mod=vendor in the project) must not apply to a module
+  # installed at a version; build it outside the project's module.
+  (cd / && GOFLAGS=-buildvcs=false GOBIN="$TOOLS" "$GO" install "$pkg@$version")
+  echo "$version" >"$TOOLS/.$name.version"
+  echo "tools: built $name in $((SECONDS - start))s" >&2
+}
+
+install versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
+
+echo "$TOOLS"
