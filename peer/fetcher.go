@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,14 +42,51 @@ type Fetcher struct {
 	group singleflight.Group
 	// foreground counts on-demand fetches in flight; background prefetch waits while it is non-zero.
 	foreground atomic.Int64
+	// puts bounds the store writes in flight: verified chunks are written (and synced) in parallel,
+	// and on-demand readers do not wait for the disk.
+	puts  chan struct{}
+	putWG sync.WaitGroup
 }
+
+// maxPutsInFlight bounds background store writes (and the chunk memory they hold).
+const maxPutsInFlight = 32
 
 // NewFetcher returns a Fetcher over opts.Store.
 func NewFetcher(opts Options) *Fetcher {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
-	return &Fetcher{store: opts.Store, log: opts.Log, m: newMetrics(opts.Metrics), mem: newChunkLRU(opts.MemoryCache)}
+	return &Fetcher{store: opts.Store, log: opts.Log, m: newMetrics(opts.Metrics), mem: newChunkLRU(opts.MemoryCache),
+		puts: make(chan struct{}, maxPutsInFlight)}
+}
+
+// Close waits for store writes still in flight.
+func (f *Fetcher) Close() { f.putWG.Wait() }
+
+// put writes a verified chunk to the store in the background; when too many writes are in flight
+// it writes in the caller (backpressure). done, if not nil, is called when the write finished.
+func (f *Fetcher) put(k store.Key, data []byte, done func()) {
+	write := func() {
+		// The store outlives any one reader: its context is not the reader's.
+		if err := f.store.Put(context.Background(), k, data); err != nil {
+			// The bytes are verified: they were served even if the store could not keep them (disk full).
+			f.log.Warn("store put failed", zap.String("chunk", k.Digest.String()), zap.Error(err))
+		}
+		if done != nil {
+			done()
+		}
+	}
+	select {
+	case f.puts <- struct{}{}:
+		f.putWG.Add(1)
+		go func() {
+			defer f.putWG.Done()
+			defer func() { <-f.puts }()
+			write()
+		}()
+	default:
+		write()
+	}
 }
 
 // kinds of fetch, for metrics and scheduling.
@@ -131,6 +169,14 @@ func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, 
 	st.fetched(kind, int64(len(raw)))
 	out := make([][]byte, len(chunks))
 	ra := offsetReaderAt{data: raw, base: int64(start)}
+	// Prefetch waits for its writes so the store answers Has truthfully when it moves on; on-demand
+	// readers get their bytes while the writes finish.
+	var wrote sync.WaitGroup
+	defer func() {
+		if kind == kindPrefetch {
+			wrote.Wait()
+		}
+	}()
 	for i := range chunks {
 		c := &chunks[i]
 		data, err := blob.ReadChunk(ra, b.ID, c, b.Compressor, b.Digester, nil)
@@ -141,12 +187,10 @@ func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, 
 				zap.Uint32("chunk", c.Index), zap.Uint64("offset", c.CompressedOffset), zap.Error(err))
 			return nil, fmt.Errorf("%w: %w", ErrVerify, err)
 		}
-		if err := f.store.Put(ctx, keyOf(b, c), data); err != nil {
-			// The bytes are verified: serve them even if the store could not keep them (disk full).
-			f.log.Warn("store put failed", zap.String("blob", b.ID), zap.Uint32("chunk", c.Index), zap.Error(err))
-		}
 		f.m.fetchChunks.WithLabelValues(src.String(), kind).Inc()
 		f.mem.add(keyOf(b, c), data)
+		wrote.Add(1)
+		f.put(keyOf(b, c), data, wrote.Done)
 		out[i] = data
 	}
 	return out, nil

@@ -1,21 +1,50 @@
 #!/usr/bin/env bash
-# The main job on an embedded default, no cluster: build a nydus image from a real tree (the Go
-# toolchain's source, or DIR if given), verify it, read it back, and compare with the source.
+# The main job on an embedded default, no cluster: a local registry holding a sample image (the Go
+# toolchain, ~270 MB) converted to nydus, mounted lazily by dfnydus alone; a program runs from the
+# mount before the image is downloaded, and dfnydus reports what it fetched. Everything it starts is
+# stopped and removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=${1:-$(go env GOROOT)/src}
-bin=bin/dfnydus
+bin=$PWD/bin/dfnydus
 work=$(mktemp -d /var/tmp/dfnydus-demo.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+regpid=""; mountpid=""
+cleanup() {
+  [ -n "$mountpid" ] && { $bin umount "$work/mnt" 2>/dev/null || true; wait "$mountpid" 2>/dev/null || true; }
+  [ -n "$regpid" ] && { kill "$regpid" 2>/dev/null || true; wait "$regpid" 2>/dev/null || true; }
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
-echo "== building a RAFS v6 image (zstd, blake3) from $src"
-$bin build --bootstrap "$work/image.boot" --blob-dir "$work/blobs" --output-json "$work/build.json" "$src"
-echo "== checking it (superblock, tables, ToC, every chunk digest)"
-$bin check --bootstrap "$work/image.boot" --blob-dir "$work/blobs"
-echo "== first entries"
-$bin inspect --bootstrap "$work/image.boot" > "$work/inspect.txt"; head -8 "$work/inspect.txt"
-echo "== unpacking and comparing with the source"
-$bin unpack --bootstrap "$work/image.boot" --blob-dir "$work/blobs" --output "$work/out"
-diff -r --no-dereference "$src" "$work/out" && echo "identical content"
-src_bytes=$(du -sb "$src" | cut -f1); blob_bytes=$(du -sb "$work/blobs" | cut -f1)
-echo "source $((src_bytes/1024/1024)) MiB -> blobs $((blob_bytes/1024/1024)) MiB + bootstrap $(( $(stat -c %s "$work/image.boot")/1024 )) KiB"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+reg=127.0.0.1:$port
+cat > "$work/registry.yml" <<YML
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $work/registry}, delete: {enabled: true}}
+http: {addr: $reg}
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 & regpid=$!
+for _ in $(seq 50); do curl -sf "http://$reg/v2/" >/dev/null && break; sleep 0.1; done
+
+src=$(go env GOROOT)
+echo "== a sample OCI image: the Go toolchain ($(du -sh "$src" | cut -f1)), pushed to a local registry at $reg"
+umoci init --layout "$work/oci" && umoci new --image "$work/oci:go"
+tar --numeric-owner -C "$src" -cf "$work/go.tar" . && umoci raw add-layer --image "$work/oci:go" "$work/go.tar" && rm "$work/go.tar"
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:go" "docker://$reg/go:latest"
+
+echo "== converting it to a nydus image in the same registry"
+$bin convert --log-level warn --work-dir "$work/convert" "$reg/go:latest" "$reg/go:nydus"
+
+echo "== mounting it lazily (no prefetch, so every byte read is fetched on demand)"
+mkdir -p "$work/mnt"
+$bin mount --log-level warn --cache-dir "$work/cache" --prefetch off --ready-file "$work/ready" "$reg/go:nydus" "$work/mnt" & mountpid=$!
+for _ in $(seq 300); do [ -f "$work/ready" ] && break; sleep 0.1; done
+[ -f "$work/ready" ] || { echo "mount did not come up"; exit 1; }
+
+echo "== running a program from the mount: $work/mnt/bin/go version"
+start=$(date +%s.%N)
+"$work/mnt/bin/go" version
+end=$(date +%s.%N)
+echo "   took $(python3 -c "print(f'{$end-$start:.2f}')") s from a cold cache"
+echo "== what dfnydus fetched"
+$bin stat --cache-dir "$work/cache" "$work/mnt"

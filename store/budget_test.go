@@ -1,6 +1,8 @@
 package store
 
 import (
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/dfnydus/dfnydus/rafs"
@@ -43,9 +45,11 @@ func (h *budgetHarness) pin(from, to int) {
 	}
 }
 
+// unpinAll releases the pins in chunk order. The background goroutine may evict between two
+// unpins, and releasing oldest first keeps what it picks independent of when it runs.
 func (h *budgetHarness) unpinAll() {
-	for i, fs := range h.unpins {
-		for _, f := range fs {
+	for _, i := range slices.Sorted(maps.Keys(h.unpins)) {
+		for _, f := range h.unpins[i] {
 			f()
 		}
 		delete(h.unpins, i)
@@ -138,7 +142,7 @@ func TestBudget(t *testing.T) {
 			opts.Budget = int64(tc.budget) * budgetChunk
 			h := &budgetHarness{t: t, s: openStore(t, t.TempDir(), opts), chunks: map[int]testChunk{}, unpins: map[int][]func(){}}
 			tc.run(h)
-			settle(h.s)
+			settle(t, h.s)
 			for _, i := range tc.kept {
 				if !h.s.Has(h.chunk(i).key) {
 					t.Errorf("chunk %d was evicted", i)
@@ -176,7 +180,7 @@ func TestLRUOrderSurvivesRestart(t *testing.T) {
 	opts := testOptions()
 	opts.Budget = 4 * budgetChunk // Open evicts down to the four most recently used
 	h.s = openStore(t, dir, opts)
-	settle(h.s)
+	settle(t, h.s)
 	for i := range 8 {
 		want := i == 5 || i == 1 || i == 6 || i == 7
 		if got := h.s.Has(h.chunk(i).key); got != want {

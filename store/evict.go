@@ -80,11 +80,18 @@ func (s *Store) evictBatch() bool {
 	}
 
 	// Hold each victim's key lock from before it leaves the map until its file is gone, so a Put of
-	// the same chunk cannot interleave its rename and index write with ours. Only the evictor ever
-	// holds more than one key lock, and nothing waits for evictMu while holding one.
-	for _, e := range victims {
-		unlock := s.keys.lock(e.key)
-		defer unlock()
+	// the same chunk cannot interleave its rename and index write with ours. The committer releases
+	// the locks once the index no longer names the files and the files are removed. Only evictions
+	// hold more than one key lock, one eviction at a time, and nothing that holds a key lock waits
+	// for evictMu or for another key lock.
+	unlocks := make([]func(), len(victims))
+	for i, e := range victims {
+		unlocks[i] = s.keys.lock(e.key)
+	}
+	release := func() {
+		for _, u := range unlocks {
+			u()
+		}
 	}
 	s.mu.Lock()
 	gone := victims[:0]
@@ -96,22 +103,31 @@ func (s *Store) evictBatch() bool {
 	}
 	s.mu.Unlock()
 	if len(gone) == 0 {
+		release()
 		return false
 	}
 	keys := make([]Key, len(gone))
 	for i, e := range gone {
 		keys[i] = e.key
 	}
-	if err := s.idx.do(&indexOp{dels: keys}); err != nil {
-		s.log.Error("unindexing evicted chunks; their files go anyway and the next Open drops the entries",
-			zap.Int("chunks", len(keys)), zap.Error(err))
-	}
-	for _, e := range gone {
-		if err := os.Remove(s.path(e.key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			s.log.Error("removing evicted chunk file", zap.String("chunk", e.key.String()), zap.Error(err))
+	err := s.idx.submit(&indexOp{dels: keys, after: func(err error) {
+		defer release()
+		if err != nil {
+			// The index still names the files, so they stay; the next Open loads them again.
+			s.log.Error("unindexing evicted chunks; keeping their files", zap.Int("chunks", len(keys)), zap.Error(err))
+			return
 		}
+		for _, k := range keys {
+			if err := os.Remove(s.path(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				s.log.Error("removing evicted chunk file", zap.String("chunk", k.String()), zap.Error(err))
+			}
+		}
+	}})
+	if err != nil {
+		release()
+		return false
 	}
 	s.evicted.Add(uint64(len(gone)))
-	s.log.Debug("evicted", zap.Int("chunks", len(gone)), zap.Int64("bytes", s.bytes.Load()))
+	s.log.Debug("evicting", zap.Int("chunks", len(gone)), zap.Int64("bytes", s.bytes.Load()))
 	return true
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Get returns the verified bytes of chunk k, which must be size bytes long (0: whatever size was
@@ -84,35 +84,67 @@ func (s *Store) acquire(k Key) *entry {
 func (s *Store) release(k Key) { s.unpin(k) }
 
 // readFile reads k's file, which should hold size bytes. bad is non-empty when the file is missing
-// or has another size: the chunk must be repaired. err is any other failure.
+// or has another size: the chunk must be repaired. err is any other failure. It calls open, fstat,
+// pread and close directly: os.Open would add fcntl and epoll calls that cost as much again for a
+// 4 KiB chunk and do nothing for a regular file.
 func (s *Store) readFile(k Key, size uint32, buf []byte) (out []byte, bad string, err error) {
-	f, err := os.Open(s.path(k))
-	if errors.Is(err, fs.ErrNotExist) {
+	fd, err := openRead(s.path(k))
+	if errors.Is(err, unix.ENOENT) {
 		return nil, "file is missing", nil
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("store: read %s: %w", k, err)
+		return nil, "", fmt.Errorf("store: open %s: %w", k, err)
 	}
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := fstat(fd, &st); err != nil {
 		return nil, "", fmt.Errorf("store: stat %s: %w", k, err)
 	}
-	if info.Size() != int64(size) {
-		return nil, fmt.Sprintf("file holds %d bytes, want %d", info.Size(), size), nil
+	if st.Size != int64(size) {
+		return nil, fmt.Sprintf("file holds %d bytes, want %d", st.Size, size), nil
 	}
 	if cap(buf) < int(size) {
 		buf = make([]byte, size)
 	}
 	out = buf[:size]
-	n, err := f.ReadAt(out, 0)
-	if n == len(out) {
-		return out, "", nil
+	for n := 0; n < len(out); {
+		m, err := pread(fd, out[n:], int64(n))
+		switch {
+		case err != nil:
+			return nil, "", fmt.Errorf("store: read %s: %w", k, err)
+		case m == 0:
+			return nil, fmt.Sprintf("file shrank to %d bytes while read", n), nil
+		}
+		n += m
 	}
-	if err == nil || errors.Is(err, io.EOF) {
-		return nil, fmt.Sprintf("file shrank to %d bytes while read", n), nil
+	return out, "", nil
+}
+
+// openRead, fstat and pread are the raw system calls, retried on EINTR.
+func openRead(path string) (int, error) {
+	for {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			return fd, err
+		}
 	}
-	return nil, "", fmt.Errorf("store: read %s: %w", k, err)
+}
+
+func fstat(fd int, st *unix.Stat_t) error {
+	for {
+		if err := unix.Fstat(fd, st); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func pread(fd int, p []byte, off int64) (int, error) {
+	for {
+		n, err := unix.Pread(fd, p, off)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
 }
 
 // repair removes the chunk e stands for (index entry first, then the file) unless another

@@ -81,14 +81,24 @@ func wantMiss(t testing.TB, s *Store, c testChunk) {
 	}
 }
 
-// settle runs eviction to completion, as the background goroutine eventually would.
-func settle(s *Store) { s.evict(true) }
+// settle runs eviction to completion, as the background goroutine eventually would, and waits
+// for its index commits and file removals.
+func settle(t testing.TB, s *Store) {
+	t.Helper()
+	s.evict(true)
+	if err := s.Flush(); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+}
 
 // checkConsistent asserts that memory, index and disk agree: every entry has its index record and
 // an intact file, there are no other chunk files, tmp/ is empty and the counters add up. The store
 // must be quiescent.
 func checkConsistent(t testing.TB, s *Store) {
 	t.Helper()
+	if err := s.Flush(); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
 	s.mu.Lock()
 	mem := make(map[Key]uint32, len(s.entries))
 	var bytes int64

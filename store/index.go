@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
+	"go.uber.org/zap"
 )
 
 // bbolt layout.
@@ -46,11 +47,14 @@ func decodeRecord(k, v []byte) (record, error) {
 }
 
 // indexOp is one unit of index work. Puts add entries, dels remove them, and touches update the
-// access time of entries that still exist (a touch never brings back an evicted entry).
+// access time of entries that still exist (a touch never brings back an evicted entry). After the
+// transaction that carried it, after (if set) runs with the transaction's error, then done (if set)
+// receives it.
 type indexOp struct {
 	puts    []record
 	touches []record
 	dels    []Key
+	after   func(error)
 	done    chan error
 }
 
@@ -77,77 +81,108 @@ func (op *indexOp) apply(b *bolt.Bucket) error {
 	return nil
 }
 
-// maxGroup bounds how many ops share one transaction.
-const maxGroup = 256
+// maxQueue bounds the ops waiting for a transaction; submitters wait while it is full.
+const maxQueue = 4096
 
-// committer group-commits index ops: one goroutine takes an op, adds every op already waiting, and
-// commits them in one bbolt transaction. A lone op is committed at once (no batching delay);
-// under load, ops queue while the previous transaction syncs and share the next one.
+// committer applies index ops in the order they were submitted, group-committing: one goroutine
+// takes every op queued so far and commits them in one bbolt transaction (one fsync of the index),
+// while new ops queue for the next one. A lone op is committed at once; there is no batching delay.
 type committer struct {
-	db   *bolt.DB
-	ops  chan *indexOp // unbuffered: a sent op is always received and answered
-	quit chan struct{}
-	wg   sync.WaitGroup
+	db  *bolt.DB
+	log *zap.Logger
+
+	mu      sync.Mutex
+	more    *sync.Cond // queue not empty, or stopping
+	room    *sync.Cond // queue below maxQueue
+	queue   []*indexOp
+	stopped bool
+	exited  chan struct{}
 }
 
-func newCommitter(db *bolt.DB) *committer {
-	c := &committer{db: db, ops: make(chan *indexOp), quit: make(chan struct{})}
-	c.wg.Add(1)
+func newCommitter(db *bolt.DB, log *zap.Logger) *committer {
+	c := &committer{db: db, log: log, exited: make(chan struct{})}
+	c.more = sync.NewCond(&c.mu)
+	c.room = sync.NewCond(&c.mu)
 	go c.run()
 	return c
 }
 
-// do commits op and returns the transaction's error, or ErrClosed after stop.
-func (c *committer) do(op *indexOp) error {
-	op.done = make(chan error, 1)
-	select {
-	case c.ops <- op:
-		return <-op.done
-	case <-c.quit:
+// submit queues op without waiting for its transaction. Ops run in submission order.
+func (c *committer) submit(op *indexOp) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.queue) >= maxQueue && !c.stopped {
+		c.room.Wait()
+	}
+	if c.stopped {
 		return ErrClosed
 	}
+	c.queue = append(c.queue, op)
+	c.more.Signal()
+	return nil
 }
 
+// do queues op and waits for its transaction's result.
+func (c *committer) do(op *indexOp) error {
+	op.done = make(chan error, 1)
+	if err := c.submit(op); err != nil {
+		return err
+	}
+	return <-op.done
+}
+
+// flush waits until every op submitted before it has been committed and its after has run.
+func (c *committer) flush() error { return c.do(&indexOp{}) }
+
 func (c *committer) run() {
-	defer c.wg.Done()
-	group := make([]*indexOp, 0, maxGroup)
+	defer close(c.exited)
+	var spare []*indexOp
 	for {
-		select {
-		case op := <-c.ops:
-			group = append(group[:0], op)
-		drain:
-			for len(group) < maxGroup {
-				select {
-				case op := <-c.ops:
-					group = append(group, op)
-				default:
-					break drain
-				}
-			}
-			err := c.db.Update(func(tx *bolt.Tx) error {
-				b := tx.Bucket(bucketChunks)
-				for _, op := range group {
-					if err := op.apply(b); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				err = fmt.Errorf("store index: %w", err)
-			}
-			for _, op := range group {
-				op.done <- err
-			}
-			clear(group)
-		case <-c.quit:
+		c.mu.Lock()
+		for len(c.queue) == 0 && !c.stopped {
+			c.more.Wait()
+		}
+		if len(c.queue) == 0 {
+			c.mu.Unlock()
 			return
 		}
+		group := c.queue
+		c.queue = spare[:0]
+		c.room.Broadcast()
+		c.mu.Unlock()
+
+		err := c.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketChunks)
+			for _, op := range group {
+				if err := op.apply(b); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			err = fmt.Errorf("store index: %w", err)
+			c.log.Error("index transaction failed", zap.Int("ops", len(group)), zap.Error(err))
+		}
+		for _, op := range group {
+			if op.after != nil {
+				op.after(err)
+			}
+			if op.done != nil {
+				op.done <- err
+			}
+		}
+		clear(group)
+		spare = group
 	}
 }
 
-// stop ends the goroutine; later do calls return ErrClosed.
+// stop commits what is queued and ends the goroutine; later submits return ErrClosed.
 func (c *committer) stop() {
-	close(c.quit)
-	c.wg.Wait()
+	c.mu.Lock()
+	c.stopped = true
+	c.more.Signal()
+	c.room.Broadcast()
+	c.mu.Unlock()
+	<-c.exited
 }

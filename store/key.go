@@ -36,9 +36,28 @@ func (k Key) check() error {
 func (k Key) matches(data []byte) bool { return digest.Sum(k.Alg, data) == k.Digest }
 
 // relPath is the chunk file's path below the store directory: data/<hh>/<alg>-<hex>.
-func (k Key) relPath() string {
-	h := k.Digest.String()
-	return filepath.Join(dataDir, h[:2], k.Alg.String()+"-"+h)
+func (k Key) relPath() string { return k.appendPath(nil, "") }
+
+// appendPath appends dir/data/<hh>/<alg>-<hex> (or the relative path when dir is empty) to b with
+// one allocation at most: Get builds it on every read.
+func (k Key) appendPath(b []byte, dir string) string {
+	alg := k.Alg.String()
+	n := len(dir) + 1 + len(dataDir) + 4 + len(alg) + 1 + 2*len(k.Digest)
+	if cap(b) < n {
+		b = make([]byte, 0, n)
+	}
+	if dir != "" {
+		b = append(b, dir...)
+		b = append(b, filepath.Separator)
+	}
+	b = append(b, dataDir...)
+	b = append(b, filepath.Separator)
+	b = hex.AppendEncode(b, k.Digest[:1])
+	b = append(b, filepath.Separator)
+	b = append(b, alg...)
+	b = append(b, '-')
+	b = hex.AppendEncode(b, k.Digest[:])
+	return string(b)
 }
 
 // indexKeyLen is the length of a bbolt key: one algorithm byte and the 32-byte digest.

@@ -11,9 +11,12 @@ import (
 )
 
 // Put stores data as chunk k. data must hash to k (a mismatch is an error wrapping rafs.ErrCorrupt).
-// The file is written to a temp file, synced (Options.Sync) and renamed before its index entry is
-// committed, so the index never names bytes that were not durable. Putting a stored chunk again only
-// marks it used. Afterwards least recently used unpinned chunks are evicted while over Budget.
+// The bytes go to a temp file, which is synced (Options.Sync) and renamed into place before the
+// index entry is queued, so the index never names bytes that were not durable. Put returns once the
+// chunk can be served; its index entry is group-committed right after (Flush waits for it), and a
+// crash before that commit loses the chunk but never indexes a wrong one. Putting a stored chunk
+// again only marks it used. Afterwards least recently used unpinned chunks are evicted while over
+// Budget.
 func (s *Store) Put(ctx context.Context, k Key, data []byte) error {
 	if err := k.check(); err != nil {
 		return err
@@ -71,16 +74,18 @@ func (s *Store) add(ctx context.Context, k Key, data []byte) error {
 	}
 	s.mu.Lock()
 	s.tick++
-	r := record{key: k, size: uint32(len(data)), tick: s.tick}
+	e := &entry{key: k, size: uint32(len(data)), tick: s.tick, disk: disk}
 	s.mu.Unlock()
-	if err := s.idx.do(&indexOp{puts: []record{r}}); err != nil {
+	// The file is in place (and synced), so the entry may be committed; Put does not wait for the
+	// transaction. A crash before it commits leaves an orphan file, which Open removes.
+	if err := s.idx.submit(&indexOp{puts: []record{{key: k, size: e.size, tick: e.tick}}}); err != nil {
 		if rmErr := os.Remove(s.path(k)); rmErr != nil {
 			err = errors.Join(err, fmt.Errorf("store: remove unindexed %s: %w", k, rmErr))
 		}
 		return fmt.Errorf("store put %s: %w", k, err)
 	}
 	s.mu.Lock()
-	s.insertLocked(&entry{key: k, size: r.size, tick: r.tick, disk: disk})
+	s.insertLocked(e)
 	s.mu.Unlock()
 	return nil
 }

@@ -83,6 +83,7 @@ type Stats struct {
 // one to close and then fails with an error wrapping ErrLocked.
 func Open(dir string, opts Options) (*Store, error) {
 	opts = opts.withDefaults()
+	dir = filepath.Clean(dir)
 	if opts.Budget < 0 {
 		return nil, fmt.Errorf("%w: budget %d", ErrInvalid, opts.Budget)
 	}
@@ -117,7 +118,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s.idx = newCommitter(db)
+	s.idx = newCommitter(db, s.log)
 	if opts.Metrics != nil {
 		if s.unmetrics, err = s.registerMetrics(opts.Metrics); err != nil {
 			s.idx.stop()
@@ -164,6 +165,20 @@ func (s *Store) Stats() Stats {
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }
 
+// Flush writes pending access times to the index and waits until every index change made so far
+// (Puts, evictions, repairs) is committed and every evicted file is removed. Close does this too.
+func (s *Store) Flush() error {
+	leave, err := s.enter()
+	if err != nil {
+		return err
+	}
+	defer leave()
+	if err := s.flushAccess(); err != nil {
+		return err
+	}
+	return s.idx.flush()
+}
+
 // Close waits for running Gets and Puts, writes pending access times to the index and closes it.
 // Later calls fail with ErrClosed; Close itself may be called more than once.
 func (s *Store) Close() error {
@@ -196,7 +211,10 @@ func (s *Store) enter() (leave func(), err error) {
 }
 
 // path returns the absolute path of k's file.
-func (s *Store) path(k Key) string { return filepath.Join(s.dir, k.relPath()) }
+func (s *Store) path(k Key) string {
+	var buf [256]byte
+	return k.appendPath(buf[:0], s.dir)
+}
 
 // insertLocked adds e at the front of the LRU list. s.mu must be held.
 func (s *Store) insertLocked(e *entry) {

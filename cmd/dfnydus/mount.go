@@ -169,6 +169,7 @@ func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) erro
 	}
 	defer st.Close()
 	fetcher := peer.NewFetcher(peer.Options{Store: st, MemoryCache: f.memCache, Log: g.log, Metrics: reg})
+	defer fetcher.Close() // store writes in flight finish before the store closes
 	im := fetcher.NewImage(oi.name, oi.img, src)
 
 	fopts := fuse.DefaultOptions()

@@ -1,0 +1,216 @@
+package fuse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+func key(i int) chunkKey { return chunkKey{offset: uint64(i), size: 100} }
+
+// fetchFunc returns a fetch that counts its calls and returns 100 bytes of value i.
+func fetchFunc(calls *atomic.Int64, i int) func(context.Context) ([]byte, error) {
+	return func(context.Context) ([]byte, error) {
+		calls.Add(1)
+		b := make([]byte, 100)
+		b[0] = byte(i)
+		return b, nil
+	}
+}
+
+// Concurrent reads of one chunk share a single fetch and all get its bytes.
+func TestCacheSharesOneFetch(t *testing.T) {
+	c := newChunkCache(context.Background(), 1<<20)
+	release := make(chan struct{})
+	var calls atomic.Int64
+	fetch := func(context.Context) ([]byte, error) {
+		calls.Add(1)
+		<-release
+		return []byte("chunk"), nil
+	}
+	var wg sync.WaitGroup
+	results := make([]string, 10)
+	for i := range results {
+		wg.Go(func() {
+			data, _, err := c.get(context.Background(), key(1), fetch)
+			if err != nil {
+				t.Error(err)
+			}
+			results[i] = string(data)
+		})
+	}
+	waitFor(t, func() bool { return waiters(c, key(1)) == len(results) })
+	close(release)
+	wg.Wait()
+	if calls.Load() != 1 {
+		t.Errorf("%d fetches, want 1", calls.Load())
+	}
+	for i, r := range results {
+		if r != "chunk" {
+			t.Errorf("reader %d got %q", i, r)
+		}
+	}
+}
+
+// waiters returns how many reads wait for key's fetch.
+func waiters(c *chunkCache, k chunkKey) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.entries[k]; e != nil {
+		return e.waiters
+	}
+	return 0
+}
+
+// A fetch is cancelled when the last read waiting for it is interrupted, and not before.
+func TestCacheCancelsFetchWhenNoReaderWaits(t *testing.T) {
+	for _, tc := range []struct {
+		readers, interrupted int
+		wantCancel           bool
+	}{
+		{readers: 1, interrupted: 1, wantCancel: true},
+		{readers: 3, interrupted: 2, wantCancel: false},
+		{readers: 3, interrupted: 3, wantCancel: true},
+	} {
+		t.Run(fmt.Sprintf("%d of %d interrupted", tc.interrupted, tc.readers), func(t *testing.T) {
+			c := newChunkCache(context.Background(), 1<<20)
+			fetchEnded := make(chan error, 1)
+			release := make(chan struct{})
+			fetch := func(ctx context.Context) ([]byte, error) {
+				select {
+				case <-ctx.Done():
+					fetchEnded <- ctx.Err()
+					return nil, ctx.Err()
+				case <-release:
+					fetchEnded <- nil
+					return []byte("data"), nil
+				}
+			}
+			type result struct {
+				data []byte
+				err  error
+			}
+			results := make(chan result, tc.readers)
+			cancels := make([]context.CancelFunc, tc.readers)
+			for i := range tc.readers {
+				ctx, cancel := context.WithCancel(context.Background())
+				cancels[i] = cancel
+				go func() {
+					data, _, err := c.get(ctx, key(1), fetch)
+					results <- result{data, err}
+				}()
+			}
+			waitFor(t, func() bool { return waiters(c, key(1)) == tc.readers })
+			for i := range tc.interrupted {
+				cancels[i]()
+				if r := <-results; !errors.Is(r.err, context.Canceled) {
+					t.Errorf("interrupted read returned %q, %v", r.data, r.err)
+				}
+			}
+			if tc.wantCancel {
+				if err := <-fetchEnded; !errors.Is(err, context.Canceled) {
+					t.Errorf("fetch ended with %v, want cancellation", err)
+				}
+				return
+			}
+			close(release)
+			if err := <-fetchEnded; err != nil {
+				t.Errorf("fetch was cancelled (%v) while reads still waited", err)
+			}
+			for range tc.readers - tc.interrupted {
+				if r := <-results; r.err != nil || string(r.data) != "data" {
+					t.Errorf("remaining read got %q, %v", r.data, r.err)
+				}
+			}
+			for _, cancel := range cancels {
+				cancel()
+			}
+		})
+	}
+}
+
+// waitFor polls cond until it holds; the test's own deadline bounds it.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-t.Context().Done():
+			t.Fatal("condition never held")
+		default:
+		}
+		runtime.Gosched()
+	}
+}
+
+// The cache keeps the most recent chunks within its byte budget, and always the newest one.
+func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
+	for _, tc := range []struct {
+		limit    int64
+		wantKept []int // keys that hit after fetching 0..4 and touching 2
+	}{
+		{limit: 300, wantKept: []int{2, 3, 4}},
+		{limit: 250, wantKept: []int{2, 4}},
+		{limit: 50, wantKept: []int{4}},
+	} {
+		t.Run(fmt.Sprint(tc.limit), func(t *testing.T) {
+			c := newChunkCache(context.Background(), tc.limit)
+			var calls atomic.Int64
+			for i := range 5 {
+				if i == 4 {
+					// touch 2 so that it is more recent than 3
+					if _, _, err := c.get(context.Background(), key(2), fetchFunc(&calls, 2)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, _, err := c.get(context.Background(), key(i), fetchFunc(&calls, i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n, size := c.stats()
+			if n != len(tc.wantKept) || size != int64(100*len(tc.wantKept)) {
+				t.Errorf("cache holds %d chunks, %d bytes; want %d chunks", n, size, len(tc.wantKept))
+			}
+			for _, k := range tc.wantKept {
+				if data, hit, err := c.get(context.Background(), key(k), fetchFunc(&calls, k)); err != nil || !hit || data[0] != byte(k) {
+					t.Errorf("key %d: hit %v, data[0] %d, err %v", k, hit, data[0], err)
+				}
+			}
+		})
+	}
+}
+
+// A failed fetch is reported to its readers and not kept: the next read fetches again.
+func TestCacheDoesNotKeepFailures(t *testing.T) {
+	c := newChunkCache(context.Background(), 1<<20)
+	boom := errors.New("boom")
+	var calls atomic.Int64
+	fail := func(context.Context) ([]byte, error) { calls.Add(1); return nil, boom }
+	if _, _, err := c.get(context.Background(), key(1), fail); !errors.Is(err, boom) {
+		t.Fatalf("got %v, want the fetch's error", err)
+	}
+	data, hit, err := c.get(context.Background(), key(1), fetchFunc(&calls, 1))
+	if err != nil || hit || data[0] != 1 || calls.Load() != 2 {
+		t.Errorf("second read: hit %v err %v, %d fetches; want a fresh fetch", hit, err, calls.Load())
+	}
+}
+
+// Cancelling the cache's base context (unmount) cancels fetches in flight.
+func TestCacheBaseCancelStopsFetches(t *testing.T) {
+	base, cancel := context.WithCancel(context.Background())
+	c := newChunkCache(base, 1<<20)
+	block := func(ctx context.Context) ([]byte, error) { <-ctx.Done(); return nil, ctx.Err() }
+	done := make(chan error)
+	go func() {
+		_, _, err := c.get(context.Background(), key(1), block)
+		done <- err
+	}()
+	waitFor(t, func() bool { return waiters(c, key(1)) == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("got %v, want cancellation", err)
+	}
+}

@@ -1,0 +1,274 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dfnydus/dfnydus/peer/source"
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/builder"
+	"github.com/dfnydus/dfnydus/store"
+)
+
+// fakeSource serves a local blob dir, counting requests and bytes, and can lie or fail.
+type fakeSource struct {
+	inner    source.Source
+	requests atomic.Int64
+	bytes    atomic.Int64
+	corrupt  atomic.Bool
+	fail     atomic.Bool
+	delay    time.Duration
+}
+
+func (s *fakeSource) ReadRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
+	s.requests.Add(1)
+	if s.fail.Load() {
+		return nil, errors.New("source down")
+	}
+	if s.delay > 0 {
+		select {
+		case <-time.After(s.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	rc, err := s.inner.ReadRange(ctx, id, off, n)
+	if err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return nil, err
+	}
+	s.bytes.Add(int64(len(data)))
+	if s.corrupt.Load() && len(data) > 0 {
+		data[len(data)/2] ^= 0xff
+	}
+	return io.NopCloser(bytes.NewReader(data)), nil
+}
+func (s *fakeSource) String() string { return "local" }
+func (s *fakeSource) Close() error   { return nil }
+
+// testImage builds an image of files with random (incompressible) content and small chunks, so it
+// has many chunks in a few blob ranges.
+func testImage(t *testing.T) (*rafs.Image, *fakeSource, map[string][]byte) {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string][]byte{}
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i, size := range []int{100, 5000, 70000, 300000, 1 << 20} {
+		data := make([]byte, size)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		name := filepath.Join("d", string(rune('a'+i)))
+		if err := os.MkdirAll(filepath.Join(dir, "src", "d"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "src", name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files["/"+name] = data
+	}
+	opts := builder.DefaultOptions()
+	opts.ChunkSize = 0x10000
+	opts.Prefetch = []string{"/d/b"}
+	blobs := filepath.Join(dir, "blobs")
+	res, err := builder.Build(context.Background(), opts, blobs, []builder.Layer{builder.PathLayer(filepath.Join(dir, "src"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Image, &fakeSource{inner: source.NewLocal(blobs)}, files
+}
+
+func newTestFetcher(t *testing.T, mem int64) (*Fetcher, *store.Store) {
+	t.Helper()
+	st, err := store.Open(t.TempDir(), store.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := NewFetcher(Options{Store: st, MemoryCache: mem})
+	t.Cleanup(func() { f.Close(); st.Close() })
+	return f, st
+}
+
+// readFile reads a whole file of the image through the chunk reader.
+func readFile(t *testing.T, r rafs.ChunkReader, img *rafs.Image, p string) ([]byte, error) {
+	t.Helper()
+	n := img.Lookup(p)
+	out := make([]byte, n.Inode.Size)
+	for _, c := range n.Inode.Chunks {
+		data, err := r.ReadChunk(context.Background(), img.Blobs[c.BlobIndex], &c, nil)
+		if err != nil {
+			return nil, err
+		}
+		copy(out[c.FileOffset:], data)
+	}
+	return out, nil
+}
+
+func TestReadChunkPaths(t *testing.T) {
+	img, src, files := testImage(t)
+	f, _ := newTestFetcher(t, 0)
+	im := f.NewImage("test", img, src)
+	for p, want := range files {
+		got, err := readFile(t, im, img, p)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: %v, equal=%v", p, err, bytes.Equal(got, want))
+		}
+	}
+	fetched := src.requests.Load()
+	f.Close() // the background store writes are done
+	for p := range files {
+		if _, err := readFile(t, im, img, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if src.requests.Load() != fetched {
+		t.Errorf("second read of everything made %d more source requests, want 0 (store hits)", src.requests.Load()-fetched)
+	}
+	if s := im.Stats(); s.ChunksCached != s.Chunks || s.BytesOnDemand == 0 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// Concurrent readers of one missing chunk share one fetch.
+func TestConcurrentReadersShareOneFetch(t *testing.T) {
+	img, src, _ := testImage(t)
+	src.delay = 50 * time.Millisecond
+	f, _ := newTestFetcher(t, 64<<20)
+	im := f.NewImage("test", img, src)
+	c := img.Lookup("/d/e").Inode.Chunks[3]
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := im.ReadChunk(context.Background(), img.Blobs[c.BlobIndex], &c, nil); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := src.requests.Load(); n != 1 {
+		t.Errorf("16 concurrent readers made %d source requests, want 1", n)
+	}
+}
+
+// A source that lies gives an error wrapping ErrVerify and nothing is stored.
+func TestWrongBytesAreNeverServedOrStored(t *testing.T) {
+	img, src, _ := testImage(t)
+	src.corrupt.Store(true)
+	f, st := newTestFetcher(t, 64<<20)
+	im := f.NewImage("test", img, src)
+	_, err := readFile(t, im, img, "/d/c")
+	if !errors.Is(err, ErrVerify) || !errors.Is(err, rafs.ErrCorrupt) {
+		t.Fatalf("err = %v, want ErrVerify wrapping rafs.ErrCorrupt", err)
+	}
+	f.Close()
+	if s := st.Stats(); s.Chunks != 0 {
+		t.Errorf("store holds %d chunks after a lying source", s.Chunks)
+	}
+	if im.Stats().VerifyFailures == 0 {
+		t.Error("verify failure not counted")
+	}
+	src.corrupt.Store(false)
+	if _, err := readFile(t, im, img, "/d/c"); err != nil {
+		t.Errorf("after the source recovers: %v", err)
+	}
+}
+
+// A reader whose context ends stops waiting; others are not affected.
+func TestReaderContextCancels(t *testing.T) {
+	img, src, _ := testImage(t)
+	src.delay = time.Second
+	f, _ := newTestFetcher(t, 0)
+	im := f.NewImage("test", img, src)
+	c := img.Lookup("/d/d").Inode.Chunks[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := im.ReadChunk(ctx, img.Blobs[c.BlobIndex], &c, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want the reader's deadline", err)
+	}
+}
+
+func TestPlanMergesAndOrders(t *testing.T) {
+	img, src, _ := testImage(t)
+	f, _ := newTestFetcher(t, 0)
+	im := f.NewImage("test", img, src)
+	files := im.plan(PrefetchFiles, defaultMaxRequest)
+	if len(files) != 1 || len(files[0].chunks) != 1 {
+		t.Fatalf("files plan %d batches, want the one chunk of /d/b", len(files))
+	}
+	all := im.plan(PrefetchAll, 200<<10)
+	total := 0
+	for i, b := range all {
+		if b.bytes > 200<<10 && len(b.chunks) > 1 {
+			t.Errorf("batch %d is %d bytes, over the 200 KiB cap", i, b.bytes)
+		}
+		for j := 1; j < len(b.chunks); j++ {
+			if b.chunks[j].CompressedOffset <= b.chunks[j-1].CompressedOffset {
+				t.Errorf("batch %d is not in offset order", i)
+			}
+		}
+		total += len(b.chunks)
+	}
+	if want := im.Stats().Chunks; total != want {
+		t.Errorf("plan covers %d chunks, the image has %d", total, want)
+	}
+	if all[0].chunks[0].Digest != files[0].chunks[0].Digest {
+		t.Error("the prefetch list does not come first")
+	}
+}
+
+// Prefetch all fills the store, then reads need no source at all.
+func TestPrefetchAllThenOffline(t *testing.T) {
+	img, src, files := testImage(t)
+	f, _ := newTestFetcher(t, 0)
+	im := f.NewImage("test", img, src)
+	im.StartPrefetch(context.Background(), PrefetchOptions{Mode: PrefetchAll, MaxRequest: 256 << 10})
+	deadline := time.Now().Add(30 * time.Second)
+	for im.PrefetchStatus().State == PrefetchRunning {
+		if time.Now().After(deadline) {
+			t.Fatal("prefetch did not finish")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := im.PrefetchStatus(); s.State != PrefetchDone || s.ChunksDone != s.ChunksTotal {
+		t.Fatalf("prefetch %+v", s)
+	}
+	src.fail.Store(true)
+	for p, want := range files {
+		got, err := readFile(t, im, img, p)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s offline: %v", p, err)
+		}
+	}
+}
+
+// A source that is down leaves prefetch incomplete, not stuck.
+func TestPrefetchIncompleteWhenSourceDown(t *testing.T) {
+	img, src, _ := testImage(t)
+	src.fail.Store(true)
+	f, _ := newTestFetcher(t, 0)
+	im := f.NewImage("test", img, src)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	im.StartPrefetch(ctx, PrefetchOptions{Mode: PrefetchAll})
+	for im.PrefetchStatus().State == PrefetchRunning && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := im.PrefetchStatus(); s.State != PrefetchIncomplete || s.Failed == 0 || s.Error == "" {
+		t.Errorf("prefetch %+v, want incomplete with failures", s)
+	}
+}
