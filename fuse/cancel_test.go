@@ -23,9 +23,15 @@ func newBlockingReader() *blockingReader {
 }
 
 func (b *blockingReader) ReadChunk(ctx context.Context, _ *rafs.Blob, _ *rafs.Chunk, _ []byte) ([]byte, error) {
-	b.entered <- struct{}{}
+	select {
+	case b.entered <- struct{}{}:
+	default:
+	}
 	<-ctx.Done()
-	b.ended <- ctx.Err()
+	select {
+	case b.ended <- ctx.Err():
+	default:
+	}
 	return nil, ctx.Err()
 }
 

@@ -136,12 +136,12 @@ func (fs *filesystem) index() error {
 					fs.badChunks[in] = err
 				}
 			}
-			maxIno = max(maxIno, in.Ino)
 			if o, taken := owner[in.Ino]; in.Ino == 0 || in.Ino == math.MaxUint64 || (taken && o != in) {
 				clash = append(clash, in)
 				continue
 			}
 			owner[in.Ino] = in
+			maxIno = max(maxIno, in.Ino)
 		}
 	}
 	fs.inodes++ // the root
@@ -151,7 +151,7 @@ func (fs *filesystem) index() error {
 	for _, in := range clash {
 		for {
 			next++
-			if next == math.MaxUint64 {
+			if next == math.MaxUint64 || next == 0 { // go-fuse reserves MaxUint64
 				next = rootIno + 1
 			}
 			if _, taken := owner[next]; !taken {

@@ -116,6 +116,13 @@ func newCountingReader(r rafs.ChunkReader) *countingReader {
 	return &countingReader{r: r, chunks: map[rafs.Digest]int{}}
 }
 
+// reads returns how often the chunk with digest d was read.
+func (c *countingReader) reads(d rafs.Digest) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.chunks[d]
+}
+
 func (c *countingReader) ReadChunk(ctx context.Context, b *rafs.Blob, ch *rafs.Chunk, buf []byte) ([]byte, error) {
 	c.total.Add(1)
 	c.mu.Lock()

@@ -20,7 +20,7 @@ func NewRoot(img *rafs.Image, r rafs.ChunkReader, opts Options) gofuse.InodeEmbe
 	if err != nil {
 		fs.log.Error("image cannot be served", zap.Error(err))
 		fs.broken = err
-		return &node{fs: fs, rn: &rafs.Node{Inode: &rafs.Inode{Ino: rootIno, Mode: rafs.SIFDIR}}}
+		return &node{fs: fs, rn: &rafs.Node{Inode: &rafs.Inode{Ino: rootIno, Mode: rafs.SIFDIR | 0o555, Nlink: 2}}}
 	}
 	return &node{fs: fs, rn: img.Root}
 }
@@ -50,6 +50,7 @@ func Mount(mountpoint string, img *rafs.Image, r rafs.ChunkReader, opts Options)
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
 		fs.close()
+		_ = srv.Unmount() // the kernel mount may exist even though the first request failed
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	return &Server{fuse: srv, fs: fs, mountpoint: mountpoint}, nil

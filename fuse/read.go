@@ -59,7 +59,9 @@ func (fs *filesystem) readErrno(ctx context.Context, n *node, off int64, size in
 			zap.Uint64("chunk_file_offset", ce.chunk.FileOffset))
 	}
 	fields = append(fields, zap.Error(err))
-	if ctx.Err() != nil || (errors.Is(err, context.Canceled) && fs.ctx.Err() != nil) {
+	// EINTR only when the caller was interrupted: a process that gets EINTR without a signal
+	// retries forever (an unmount cancelling fetches gives EIO).
+	if ctx.Err() != nil {
 		fs.m.readErrors.WithLabelValues(errKindInterrupted).Inc()
 		fs.log.Debug("read interrupted", fields...)
 		return syscall.EINTR
@@ -144,6 +146,9 @@ func (fs *filesystem) copySpan(ctx context.Context, s span) error {
 // chunk returns the verified bytes of c, from the cache or through the chunk reader.
 func (fs *filesystem) chunk(ctx context.Context, c *rafs.Chunk) ([]byte, error) {
 	b := fs.img.Blobs[c.BlobIndex] // checkChunks made sure it exists
+	if err := fs.ctx.Err(); err != nil {
+		return nil, &chunkError{blob: b.ID, chunk: c, err: fmt.Errorf("filesystem is unmounting: %w", err)}
+	}
 	key := chunkKey{blob: c.BlobIndex, offset: c.CompressedOffset, size: c.UncompressedSize, digest: c.Digest}
 	data, hit, err := fs.cache.get(ctx, key, func(ctx context.Context) ([]byte, error) {
 		fs.m.fetches.Inc()

@@ -265,8 +265,8 @@ func TestMetadataReadsNoData(t *testing.T) {
 	if n := counter.total.Load(); n != int64(len(chunks)) || len(chunks) != 1 {
 		t.Errorf("reading a one-chunk file read %d chunks (file has %d)", n, len(chunks))
 	}
-	if counter.chunks[chunks[0].Digest] != 1 {
-		t.Errorf("the file's own chunk was read %d times", counter.chunks[chunks[0].Digest])
+	if k := counter.reads(chunks[0].Digest); k != 1 {
+		t.Errorf("the file's own chunk was read %d times", k)
 	}
 }
 
@@ -337,7 +337,7 @@ func TestSequentialReadFetchesEachChunkOnce(t *testing.T) {
 				t.Errorf("%d chunk reads for a %d-chunk file", n, len(chunks))
 			}
 			for i, c := range chunks {
-				if k := counter.chunks[c.Digest]; k != 1 {
+				if k := counter.reads(c.Digest); k != 1 {
 					t.Errorf("chunk %d read %d times", i, k)
 				}
 			}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/dfnydus/dfnydus/rafs"
@@ -124,8 +125,8 @@ func BenchmarkPut(b *testing.B) {
 	}
 }
 
-// BenchmarkOpen measures Open of a store holding 10,000 chunks: index load, directory scan, LRU
-// rebuild.
+// BenchmarkOpen measures Open of a store holding 10,000 chunks (index load, directory scan, LRU
+// rebuild) and the heap an open store needs per chunk.
 func BenchmarkOpen(b *testing.B) {
 	const n = 10000
 	dir := b.TempDir()
@@ -138,6 +139,19 @@ func BenchmarkOpen(b *testing.B) {
 		mustPut(b, s, testChunk{KeyOf(rafs.DigestSHA256, data), data})
 	}
 	s.Close()
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	s, err := Open(dir, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	s.Close()
+	heapPerChunk := float64(after.HeapAlloc-before.HeapAlloc) / n
+
 	b.ResetTimer()
 	for b.Loop() {
 		s, err := Open(dir, opts)
@@ -150,4 +164,5 @@ func BenchmarkOpen(b *testing.B) {
 		s.Close()
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/n*1000, "ns/chunk")
+	b.ReportMetric(heapPerChunk, "heap-B/chunk") // after ResetTimer, which drops reported metrics
 }

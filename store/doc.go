@@ -19,11 +19,14 @@
 // # Durability and crash safety
 //
 // Put writes a temp file in DIR/tmp, fsyncs it (Options.Sync), renames it to its final name and only
-// then writes the index entry; removal goes the other way (index entry first, then the file). So a
-// kill -9 at any instant leaves at worst a temp file or a file without an index entry, and Open
-// removes both. Open also drops entries whose file is missing or has the wrong size. The directory is
-// not fsynced after the rename: after a power loss a renamed file may be missing (Open drops its
-// entry) but, its data having been synced first, never holds other bytes.
+// then queues the index entry; removal goes the other way (the index transaction that drops the entry
+// commits before the file is unlinked). So a kill -9 at any instant leaves at worst a temp file or a
+// file without an index entry, and Open removes both. Put returns once the chunk is in place and
+// servable, without waiting for its index transaction: a crash right after a Put may lose that
+// chunk (it is fetched again), never index a wrong one. Flush waits for the index. Open also drops
+// entries whose file is missing or has the wrong size. The directory is not fsynced after the
+// rename: after a power loss a renamed file may be missing (Open drops its entry) but, its data
+// having been synced first, never holds other bytes.
 //
 // # Verification
 //
@@ -42,7 +45,8 @@
 // Options.Budget. Pinned chunks (Pin, and every chunk while a Get reads it) are never evicted, which
 // may hold the store over budget until they are released.
 //
-// Index writes from concurrent Puts, evictions and access flushes are group-committed: one goroutine
-// commits whatever is queued in one bbolt transaction, so n concurrent Puts cost about one fsync of
-// the index, and a lone Put is not delayed.
+// Index writes from Puts, evictions, repairs and access flushes are group-committed in the order they
+// were made: one goroutine commits whatever is queued in one bbolt transaction, so a burst of Puts
+// costs about one fsync of the index and no Put waits for one. The queue is bounded (4096 ops);
+// beyond that Puts wait.
 package store

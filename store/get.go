@@ -16,7 +16,7 @@ import (
 // is missing, has the wrong size, or (when this Get hashes it) does not hash to k is removed from
 // the index and the disk, counted in Stats().Repaired and reported as a miss, so that the caller
 // fetches it again. Errors are reserved for bad arguments, a closed store, a done ctx and I/O
-// failures other than a missing file.
+// failures other than a missing or unreadable (EIO) file, such as running out of descriptors.
 func (s *Store) Get(ctx context.Context, k Key, size uint32, buf []byte) ([]byte, bool, error) {
 	if err := k.check(); err != nil {
 		return nil, false, err
@@ -83,10 +83,10 @@ func (s *Store) acquire(k Key) *entry {
 // release undoes acquire's pin.
 func (s *Store) release(k Key) { s.unpin(k) }
 
-// readFile reads k's file, which should hold size bytes. bad is non-empty when the file is missing
-// or has another size: the chunk must be repaired. err is any other failure. It calls open, fstat,
-// pread and close directly: os.Open would add fcntl and epoll calls that cost as much again for a
-// 4 KiB chunk and do nothing for a regular file.
+// readFile reads k's file, which should hold size bytes. bad is non-empty when the file is
+// missing, has another size or cannot be read (EIO): the chunk must be repaired. err is any other
+// failure. It makes the open, fstat, pread and close system calls itself: os.Open adds fcntl and
+// epoll calls that cost as much again for a 4 KiB chunk and do nothing for a regular file.
 func (s *Store) readFile(k Key, size uint32, buf []byte) (out []byte, bad string, err error) {
 	fd, err := openRead(s.path(k))
 	if errors.Is(err, unix.ENOENT) {
@@ -110,6 +110,8 @@ func (s *Store) readFile(k Key, size uint32, buf []byte) (out []byte, bad string
 	for n := 0; n < len(out); {
 		m, err := pread(fd, out[n:], int64(n))
 		switch {
+		case errors.Is(err, unix.EIO):
+			return nil, fmt.Sprintf("read error at byte %d: %v", n, err), nil
 		case err != nil:
 			return nil, "", fmt.Errorf("store: read %s: %w", k, err)
 		case m == 0:
@@ -118,33 +120,6 @@ func (s *Store) readFile(k Key, size uint32, buf []byte) (out []byte, bad string
 		n += m
 	}
 	return out, "", nil
-}
-
-// openRead, fstat and pread are the raw system calls, retried on EINTR.
-func openRead(path string) (int, error) {
-	for {
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
-}
-
-func fstat(fd int, st *unix.Stat_t) error {
-	for {
-		if err := unix.Fstat(fd, st); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func pread(fd int, p []byte, off int64) (int, error) {
-	for {
-		n, err := unix.Pread(fd, p, off)
-		if err != unix.EINTR {
-			return n, err
-		}
-	}
 }
 
 // repair removes the chunk e stands for (index entry first, then the file) unless another

@@ -74,7 +74,7 @@ type Stats struct {
 	Budget    int64 // Options.Budget; 0 = unlimited
 	Hits      uint64
 	Misses    uint64 // Gets that found nothing usable, repaired chunks included
-	Repaired  uint64 // chunks removed because their file was missing, the wrong size or the wrong bytes
+	Repaired  uint64 // chunks removed (by Open or Get) because their file was missing, the wrong size or the wrong bytes
 	Evicted   uint64 // chunks removed to stay within Budget
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -213,6 +214,9 @@ func TestSecondOpenFails(t *testing.T) {
 			second.Close()
 		}
 		t.Fatalf("second Open: %v, want an error wrapping ErrLocked", err)
+	}
+	if !strings.Contains(err.Error(), dir) {
+		t.Errorf("error %q does not name the directory", err)
 	}
 	t.Logf("second Open: %v", err)
 	if err := first.Close(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,10 +66,12 @@ type mount struct {
 	mp     string
 	cache  string
 	stderr *strings.Builder
-	done   chan error
+	done   chan struct{} // closed when the process has exited
+	err    error         // its exit status, once done
 }
 
-// startMount runs `dfnydus mount ARGS... MOUNTPOINT` and waits until it serves.
+// startMount runs `dfnydus mount ARGS... MOUNTPOINT` and waits until it serves. The mount is stopped
+// when t ends (stop is idempotent, so steps may stop it earlier).
 func startMount(t *testing.T, cache, mp string, args ...string) *mount {
 	t.Helper()
 	if err := os.MkdirAll(mp, 0o755); err != nil {
@@ -77,12 +80,12 @@ func startMount(t *testing.T, cache, mp string, args ...string) *mount {
 	ready := filepath.Join(t.TempDir(), "ready")
 	full := append([]string{"mount", "--cache-dir", cache, "--ready-file", ready, "--log-level", "info"}, args...)
 	full = append(full, mp)
-	m := &mount{cmd: exec.Command(testenv.Binary(t), full...), mp: mp, cache: cache, stderr: &strings.Builder{}, done: make(chan error, 1)}
-	m.cmd.Stderr = m.stderr
+	m := &mount{cmd: exec.Command(testenv.Binary(t), full...), mp: mp, cache: cache, stderr: &strings.Builder{}, done: make(chan struct{})}
+	m.cmd.Stderr = &lockedWriter{b: m.stderr}
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { m.done <- m.cmd.Wait() }()
+	go func() { m.err = m.cmd.Wait(); close(m.done) }()
 	t.Cleanup(func() { m.stop(t) })
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -90,24 +93,23 @@ func startMount(t *testing.T, cache, mp string, args ...string) *mount {
 			return m
 		}
 		select {
-		case err := <-m.done:
-			m.done <- err
-			t.Fatalf("dfnydus mount exited: %v\n%s", err, m.stderr.String())
+		case <-m.done:
+			t.Fatalf("dfnydus mount exited: %v\n%s", m.err, m.log())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("dfnydus mount did not become ready\n%s", m.stderr.String())
+			t.Fatalf("dfnydus mount did not become ready\n%s", m.log())
 		}
 	}
 }
 
-// stop unmounts with `dfnydus umount` and waits for the process to exit.
+// stop unmounts with `dfnydus umount` and waits for the process to exit; a process that does not
+// exit is killed. Calling it again does nothing.
 func (m *mount) stop(t *testing.T) {
 	t.Helper()
 	select {
-	case err := <-m.done:
-		m.done <- err
-		unix.Unmount(m.mp, unix.MNT_DETACH)
+	case <-m.done:
+		unix.Unmount(m.mp, unix.MNT_DETACH) // a killed process leaves its mount behind
 		return
 	default:
 	}
@@ -115,6 +117,7 @@ func (m *mount) stop(t *testing.T) {
 	select {
 	case <-m.done:
 	case <-time.After(30 * time.Second):
+		t.Errorf("dfnydus mount did not exit after umount; killing it\n%s", m.log())
 		m.cmd.Process.Kill()
 		<-m.done
 		unix.Unmount(m.mp, unix.MNT_DETACH)
@@ -125,8 +128,25 @@ func (m *mount) stop(t *testing.T) {
 func (m *mount) kill9(t *testing.T) {
 	t.Helper()
 	m.cmd.Process.Signal(syscall.SIGKILL)
-	err := <-m.done
-	m.done <- err
+	<-m.done
+}
+
+// log is what the mount process wrote to stderr so far.
+func (m *mount) log() string {
+	mu.Lock()
+	defer mu.Unlock()
+	return m.stderr.String()
+}
+
+var mu sync.Mutex
+
+// lockedWriter lets the test read a process's stderr while it is still writing.
+type lockedWriter struct{ b *strings.Builder }
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	return w.b.Write(p)
 }
 
 func (m *mount) stat(t *testing.T) peer.Stats {

@@ -132,16 +132,17 @@ func TestLazyMountScenario(t *testing.T) {
 	})
 	t.Run("a source serving wrong bytes gives EIO, never wrong data", func(t *testing.T) {
 		cache := filepath.Join(e.dir, "cache-corrupt")
+		cm := startMount(t, cache, mp, "--prefetch", "off", "--source-retries", "1", ref)
+		// From now on (the bootstrap layer is already read) every blob byte comes back altered.
 		e.proxy.Inject(registrytest.Fault{Match: `^GET /v2/debian-nydus/blobs/sha256:`, Times: -1, Corrupt: true})
 		defer e.proxy.ClearFaults()
-		cm := startMount(t, cache, mp, "--prefetch", "off", "--source-retries", "1", ref)
 		_, err := os.ReadFile(filepath.Join(mp, "usr/lib/os-release"))
 		if !errors.Is(err, syscall_EIO) {
 			t.Errorf("read through a lying source: %v, want EIO", err)
 		}
 		cm.stop(t)
-		if !strings.Contains(cm.stderr.String(), "failed verification") {
-			t.Errorf("no clear log of the verification failure:\n%s", cm.stderr.String())
+		if !strings.Contains(cm.log(), "failed verification") {
+			t.Errorf("no clear log of the verification failure:\n%s", cm.log())
 		}
 	})
 	t.Run("once prefetch is done the registry can go away", func(t *testing.T) {
