@@ -47,6 +47,7 @@ type readVariant struct {
 	name      string
 	opts      func(*Options)
 	readAhead int // KiB written to the mount's bdi read_ahead_kb after mounting; 0 leaves it
+	small     bool // the image with 4 KiB chunks instead of 1 MiB
 }
 
 func benchSequentialRead(t *testing.T) {
@@ -63,9 +64,12 @@ func benchSequentialRead(t *testing.T) {
 	}
 	b := buildImage(t, src, 6, rafs.DefaultChunkSize)
 	mem := loadAll(t, b.img, dirReader(t, b.blobDir))
+	small := buildImage(t, src, 6, 4096)
+	smallMem := loadAll(t, small.img, dirReader(t, small.blobDir))
 
 	variants := []readVariant{
 		{name: "defaults", opts: func(o *Options) {}},
+		{name: "4 KiB chunks", opts: func(o *Options) {}, small: true},
 		{name: "MaxWrite=128K", opts: func(o *Options) { o.MaxWrite = 128 << 10 }},
 		{name: "no KEEP_CACHE", opts: func(o *Options) { o.noKeepCache = true }},
 		{name: "SyncRead", opts: func(o *Options) { o.syncRead = true }},
@@ -83,7 +87,11 @@ func benchSequentialRead(t *testing.T) {
 	for _, v := range variants {
 		opts := DefaultOptions()
 		v.opts(&opts)
-		ours, _ := mountImage(t, b.img, mem, opts)
+		img, r := b.img, rafs.ChunkReader(mem)
+		if v.small {
+			img, r = small.img, smallMem
+		}
+		ours, _ := mountImage(t, img, r, opts)
 		plain := mountPlain(t, data, opts)
 		setReadAhead(t, ours, v.readAhead)
 		setReadAhead(t, plain, v.readAhead)

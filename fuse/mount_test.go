@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -195,4 +197,34 @@ func openClose(p string, flags int) error {
 		f.Close()
 	}
 	return err
+}
+
+// POSIX ACLs in the image are enforced: a user named only in a file's ACL can read it.
+func TestPOSIXACLsAreEnforced(t *testing.T) {
+	requireFUSE(t)
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, treeSpec{bigFile: 1, wideDir: 1, deepDirs: 1})
+	b := buildImage(t, src, 6, 4096)
+	opts := DefaultOptions()
+	opts.AllowOther = true // the test users are not the mounting user
+	mnt, _ := mountImage(t, b.img, dirReader(t, b.blobDir), opts)
+	for _, root := range []string{src, mnt} {
+		// t.TempDir makes private directories; let the test users reach the trees.
+		for d := filepath.Dir(root); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tc := range []struct {
+			uid  uint32
+			want bool
+		}{{1234, true}, {1235, false}} {
+			cmd := exec.Command("cat", filepath.Join(root, "acl/file"))
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: tc.uid, Gid: tc.uid}}
+			out, err := cmd.CombinedOutput()
+			if got := err == nil; got != tc.want {
+				t.Errorf("%s: uid %d read acl/file: %v (%s), want allowed=%v", root, tc.uid, err, out, tc.want)
+			}
+		}
+	}
 }

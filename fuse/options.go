@@ -129,6 +129,9 @@ func GoFuseOptions(opts Options) *gofuse.Options {
 		Debug:         o.Debug,
 		Logger:        logger,
 		SyncRead:      o.syncRead,
+		// The kernel enforces the image's POSIX ACLs (system.posix_acl_* xattrs), as it does
+		// for the filesystem the image was built from.
+		EnableAcl: true,
 	}
 	if !haveFusermount() {
 		mo.DirectMountStrict = true

@@ -67,7 +67,11 @@ func (fs *filesystem) readErrno(ctx context.Context, n *node, off int64, size in
 		return syscall.EINTR
 	}
 	fs.m.readErrors.WithLabelValues(errKindIO).Inc()
-	fs.log.Error("read failed", fields...)
+	if fs.ctx.Err() != nil {
+		fs.log.Debug("read during unmount", fields...)
+	} else {
+		fs.log.Error("read failed", fields...)
+	}
 	return syscall.EIO
 }
 

@@ -1,6 +1,7 @@
 package fuse
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -69,6 +70,9 @@ func makeTree(t testing.TB, root string, spec treeSpec) {
 	must(os.Mkdir(p("modes/private"), 0o700))
 	must(os.Chown(p("modes/private"), 42, 43))
 	must(unix.Setxattr(p("modes/private"), "user.dir", []byte("on a directory"), 0))
+	file("acl/file", 0o640, []byte("acl"))
+	must(unix.Setxattr(p("acl/file"), "system.posix_acl_access", posixACL(0o6, 1234, 0o6, 0o4, 0o6, 0), 0))
+	must(unix.Setxattr(p("acl"), "system.posix_acl_default", posixACL(0o7, 1234, 0o5, 0o5, 0o7, 0o5), 0))
 
 	file("big", 0o644, random(spec.bigFile))
 	f, err := os.Create(p("sparse"))
@@ -122,4 +126,22 @@ func makeTree(t testing.TB, root string, spec treeSpec) {
 		ts := unix.Timespec{Sec: 1_600_000_000 + int64(i), Nsec: int64(i*7919+1) % 1_000_000_000}
 		must(unix.UtimesNanoAt(unix.AT_FDCWD, path, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW))
 	}
+}
+
+// posixACL encodes a POSIX ACL xattr value (linux/posix_acl_xattr.h, version 2) granting the owner
+// userPerm, user uid namedPerm, the group groupPerm, with the given mask and other entries.
+func posixACL(userPerm uint16, uid uint32, namedPerm, groupPerm, mask, other uint16) []byte {
+	const undefinedID = 0xffffffff
+	b := binary.LittleEndian.AppendUint32(nil, 2)
+	entry := func(tag, perm uint16, id uint32) {
+		b = binary.LittleEndian.AppendUint16(b, tag)
+		b = binary.LittleEndian.AppendUint16(b, perm)
+		b = binary.LittleEndian.AppendUint32(b, id)
+	}
+	entry(0x01, userPerm, undefinedID)  // ACL_USER_OBJ
+	entry(0x02, namedPerm, uid)         // ACL_USER
+	entry(0x04, groupPerm, undefinedID) // ACL_GROUP_OBJ
+	entry(0x10, mask, undefinedID)      // ACL_MASK
+	entry(0x20, other, undefinedID)     // ACL_OTHER
+	return b
 }
