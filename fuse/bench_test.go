@@ -46,7 +46,7 @@ func TestPerformanceReport(t *testing.T) {
 type readVariant struct {
 	name      string
 	opts      func(*Options)
-	readAhead int // KiB written to the mount's bdi read_ahead_kb after mounting; 0 leaves it
+	readAhead int  // KiB written to the mount's bdi read_ahead_kb after mounting; 0 leaves it
 	small     bool // the image with 4 KiB chunks instead of 1 MiB
 }
 

@@ -47,16 +47,22 @@ func newChunkCache(base context.Context, limit int64) *chunkCache {
 	return &chunkCache{base: base, limit: limit, entries: map[chunkKey]*cacheEntry{}}
 }
 
-// get returns the bytes of the chunk named key, fetching them with fetch unless they are cached
-// or already being fetched. hit reports whether no new fetch was started. The returned slice is
-// shared: callers must not modify it.
-func (c *chunkCache) get(ctx context.Context, key chunkKey, fetch func(context.Context) ([]byte, error)) (data []byte, hit bool, err error) {
+// claim is a read's interest in one chunk, from start until wait or release.
+type claim struct {
+	e      *cacheEntry
+	cached bool // e was already fetched: no waiter was counted
+}
+
+// start returns a claim on the chunk named key: the cached bytes, or a fetch in flight (started
+// now with fetch unless another read already started it). hit reports whether no new fetch was
+// started. Every claim must end with wait or release.
+func (c *chunkCache) start(key chunkKey, fetch func(context.Context) ([]byte, error)) (cl claim, hit bool) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	e := c.entries[key]
 	if e != nil && e.elem != nil {
 		c.lru.MoveToFront(e.elem)
-		c.mu.Unlock()
-		return e.data, true, nil
+		return claim{e: e, cached: true}, true
 	}
 	hit = e != nil
 	if e == nil {
@@ -66,28 +72,59 @@ func (c *chunkCache) get(ctx context.Context, key chunkKey, fetch func(context.C
 		go c.load(fctx, e, fetch)
 	}
 	e.waiters++
-	c.mu.Unlock()
+	return claim{e: e}, hit
+}
 
+// wait returns the claimed chunk's bytes, or ctx's error if ctx ends first (then the claim is
+// released). The returned slice is shared: callers must not modify it.
+func (c *chunkCache) wait(ctx context.Context, cl claim) ([]byte, error) {
+	e := cl.e
+	if cl.cached {
+		return e.data, nil
+	}
 	select {
 	case <-e.done:
-		return e.data, hit, e.err
+		return e.data, e.err
 	case <-ctx.Done():
 	}
+	if c.leave(e) {
+		return e.data, e.err // finished meanwhile: use it
+	}
+	return nil, ctx.Err()
+}
+
+// release gives up a claim without waiting for it.
+func (c *chunkCache) release(cl claim) {
+	if !cl.cached {
+		c.leave(cl.e)
+	}
+}
+
+// leave drops one waiter of e, cancelling and forgetting the fetch when it was the last. It
+// reports whether e had already finished.
+func (c *chunkCache) leave(e *cacheEntry) (finished bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	select {
-	case <-e.done: // finished meanwhile: use it
-		return e.data, hit, e.err
+	case <-e.done:
+		return true
 	default:
 	}
 	e.waiters--
 	if e.waiters == 0 {
 		e.cancel()
-		if c.entries[key] == e {
-			delete(c.entries, key)
+		if c.entries[e.key] == e {
+			delete(c.entries, e.key)
 		}
 	}
-	return nil, hit, ctx.Err()
+	return false
+}
+
+// get is start then wait, for one chunk.
+func (c *chunkCache) get(ctx context.Context, key chunkKey, fetch func(context.Context) ([]byte, error)) (data []byte, hit bool, err error) {
+	cl, hit := c.start(key, fetch)
+	data, err = c.wait(ctx, cl)
+	return data, hit, err
 }
 
 // load runs one fetch and publishes its result.
@@ -111,6 +148,23 @@ func (c *chunkCache) load(ctx context.Context, e *cacheEntry, fetch func(context
 		old := c.lru.Remove(c.lru.Back()).(*cacheEntry)
 		delete(c.entries, old.key)
 		c.size -= int64(len(old.data))
+	}
+}
+
+// drop forgets the fetched chunks among keys (a file nobody has open any more: its data is in
+// the page cache now). Fetches in flight are left alone.
+func (c *chunkCache) drop(keys func(yield func(chunkKey) bool)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lru.Len() == 0 {
+		return
+	}
+	for k := range keys {
+		if e := c.entries[k]; e != nil && e.elem != nil {
+			c.lru.Remove(e.elem)
+			delete(c.entries, k)
+			c.size -= int64(len(e.data))
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package fuse
 
 import (
 	"context"
+	"sync/atomic"
 	"syscall"
 
 	gofuse "github.com/hanwen/go-fuse/v2/fs"
@@ -16,8 +17,9 @@ import (
 // files it is the name the inode was first looked up under (hard links share one node).
 type node struct {
 	gofuse.Inode
-	fs *filesystem
-	rn *rafs.Node
+	fs    *filesystem
+	rn    *rafs.Node
+	opens atomic.Int32 // open file handles
 }
 
 var (
@@ -164,5 +166,6 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofuse.FileHandle, uint3
 	if n.fs.opts.noKeepCache {
 		fuseFlags &^= fuse.FOPEN_KEEP_CACHE
 	}
+	n.opens.Add(1)
 	return &fileHandle{n: n}, fuseFlags, 0
 }

@@ -56,7 +56,7 @@ const (
 	defaultMaxReadAhead    = 128 << 10
 	defaultMaxBackground   = 64
 	defaultFSName          = "dfnydus"
-	defaultChunkCacheBytes = 32 << 20
+	defaultChunkCacheBytes = 16 << 20
 	defaultReadParallelism = 8
 	fsTypeName             = "rafs" // the mount type is fuse.rafs
 )

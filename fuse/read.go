@@ -11,7 +11,6 @@ import (
 	gofuse "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/dfnydus/dfnydus/rafs"
 )
@@ -21,7 +20,19 @@ type fileHandle struct {
 	n *node
 }
 
-var _ gofuse.FileReader = (*fileHandle)(nil)
+var (
+	_ gofuse.FileReader   = (*fileHandle)(nil)
+	_ gofuse.FileReleaser = (*fileHandle)(nil)
+)
+
+// Release closes the handle. When it was the file's last, the file's chunks leave the chunk
+// cache: the kernel keeps the data in its page cache, and an idle mount holds no chunk memory.
+func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
+	if f.n.opens.Add(-1) == 0 {
+		f.n.fs.cache.drop(f.n.fs.chunkKeys(f.n.inode()))
+	}
+	return 0
+}
 
 // Read fills dest from offset off.
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -118,43 +129,63 @@ func (fs *filesystem) readAt(ctx context.Context, in *rafs.Inode, dest []byte, o
 	}
 	clear(out[pos-start:])
 
-	switch len(spans) {
-	case 0:
-	case 1:
-		if err := fs.copySpan(ctx, spans[0]); err != nil {
-			return nil, err
-		}
-	default:
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(fs.opts.ReadParallelism)
-		for _, s := range spans {
-			g.Go(func() error { return fs.copySpan(gctx, s) })
-		}
-		if err := g.Wait(); err != nil {
-			return nil, err
-		}
+	if err := fs.copySpans(ctx, spans); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
 
-// copySpan gets the span's chunk and copies the needed bytes out.
-func (fs *filesystem) copySpan(ctx context.Context, s span) error {
-	data, err := fs.chunk(ctx, s.c)
-	if err != nil {
-		return err
+// copySpans gets the spans' chunks and copies the needed bytes out. Up to ReadParallelism chunk
+// fetches run ahead of the one being copied; they run in the cache's goroutines, so a read that
+// needs no fetch starts none.
+func (fs *filesystem) copySpans(ctx context.Context, spans []span) error {
+	claims := make([]claim, 0, len(spans))
+	next := 0 // spans[next] is copied next
+	defer func() {
+		for _, cl := range claims[next:] { // claimed, never waited for (an earlier span failed)
+			fs.cache.release(cl)
+		}
+	}()
+	for ; next < len(spans); next++ {
+		for len(claims) < len(spans) && len(claims) < next+fs.opts.ReadParallelism {
+			claims = append(claims, fs.startChunk(spans[len(claims)].c))
+		}
+		s := spans[next]
+		data, err := fs.waitChunk(ctx, s.c, claims[next])
+		if err != nil {
+			next++ // waitChunk released it
+			return err
+		}
+		copy(s.dst, data[s.from:])
 	}
-	copy(s.dst, data[s.from:])
 	return nil
 }
 
-// chunk returns the verified bytes of c, from the cache or through the chunk reader.
-func (fs *filesystem) chunk(ctx context.Context, c *rafs.Chunk) ([]byte, error) {
-	b := fs.img.Blobs[c.BlobIndex] // checkChunks made sure it exists
-	if err := fs.ctx.Err(); err != nil {
-		return nil, &chunkError{blob: b.ID, chunk: c, err: fmt.Errorf("filesystem is unmounting: %w", err)}
+// keyOf names chunk c in the chunk cache.
+func keyOf(c *rafs.Chunk) chunkKey {
+	return chunkKey{blob: c.BlobIndex, offset: c.CompressedOffset, size: c.UncompressedSize, digest: c.Digest}
+}
+
+// chunkKeys yields the cache keys of in's chunks.
+func (fs *filesystem) chunkKeys(in *rafs.Inode) func(yield func(chunkKey) bool) {
+	return func(yield func(chunkKey) bool) {
+		for i := range in.Chunks {
+			if !yield(keyOf(&in.Chunks[i])) {
+				return
+			}
+		}
 	}
-	key := chunkKey{blob: c.BlobIndex, offset: c.CompressedOffset, size: c.UncompressedSize, digest: c.Digest}
-	data, hit, err := fs.cache.get(ctx, key, func(ctx context.Context) ([]byte, error) {
+}
+
+// startChunk claims c's bytes in the cache, starting a fetch through the chunk reader unless
+// they are cached or being fetched. After unmount began it starts nothing: the claim's entry
+// then fails with the unmount's error.
+func (fs *filesystem) startChunk(c *rafs.Chunk) claim {
+	b := fs.img.Blobs[c.BlobIndex] // checkChunks made sure it exists
+	cl, hit := fs.cache.start(keyOf(c), func(ctx context.Context) ([]byte, error) {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("filesystem is unmounting: %w", err)
+		}
 		fs.m.fetches.Inc()
 		data, err := fs.reader.ReadChunk(ctx, b, c, nil)
 		if err == nil && len(data) != int(c.UncompressedSize) { // not cached
@@ -165,12 +196,18 @@ func (fs *filesystem) chunk(ctx context.Context, c *rafs.Chunk) ([]byte, error) 
 	if hit {
 		fs.m.cacheHits.Inc()
 	}
+	return cl
+}
+
+// waitChunk returns the verified bytes of c for a claim from startChunk.
+func (fs *filesystem) waitChunk(ctx context.Context, c *rafs.Chunk, cl claim) ([]byte, error) {
+	data, err := fs.cache.wait(ctx, cl)
 	if err == nil && len(data) != int(c.UncompressedSize) {
-		// Never wrong data: readAt copies exactly the record's size out of data.
+		// Never wrong data: copySpans copies exactly the record's size out of data.
 		err = rafs.Corruptf("chunk reader returned %d bytes, the record says %d", len(data), c.UncompressedSize)
 	}
 	if err != nil {
-		return nil, &chunkError{blob: b.ID, chunk: c, err: err}
+		return nil, &chunkError{blob: fs.img.Blobs[c.BlobIndex].ID, chunk: c, err: err}
 	}
 	return data, nil
 }

@@ -313,12 +313,11 @@ func TestSequentialReadFetchesEachChunkOnce(t *testing.T) {
 	for _, mode := range readModes {
 		t.Run(mode.name, func(t *testing.T) {
 			counter := newCountingReader(dirReader(t, b.blobDir))
-			mnt, _ := mountImage(t, b.img, counter, DefaultOptions())
+			mnt, srv := mountImage(t, b.img, counter, DefaultOptions())
 			f, err := os.OpenFile(filepath.Join(mnt, "big"), mode.flags, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer f.Close()
 			buf := make([]byte, 128<<10)
 			var got []byte
 			for {
@@ -341,6 +340,12 @@ func TestSequentialReadFetchesEachChunkOnce(t *testing.T) {
 					t.Errorf("chunk %d read %d times", i, k)
 				}
 			}
+			// Closing the file's last handle empties the chunk cache (RELEASE is asynchronous).
+			if n, _ := srv.fs.cache.stats(); n == 0 {
+				t.Error("no chunk cached while the file is open")
+			}
+			f.Close()
+			waitFor(t, func() bool { n, _ := srv.fs.cache.stats(); return n == 0 })
 		})
 	}
 }

@@ -303,7 +303,7 @@ func (d *decoder) readInode(ino uint32, r *record) (*rafs.Inode, error) {
 	if in.IsReg() && h.childCount > 0 {
 		in.Chunks = make([]rafs.Chunk, h.childCount)
 		for j := range in.Chunks {
-			in.Chunks[j] = unmarshalChunk(d.data[p+uint64(j)*chunkRecordSize:])
+			in.Chunks[j] = rafs.UnmarshalChunkRecord(d.data[p+uint64(j)*chunkRecordSize:])
 		}
 		if err := checkChunks(in.Chunks, in.Size, d.sb.blockSize, len(d.blobs)); err != nil {
 			return nil, d.corrupt(ino, "%v", err)

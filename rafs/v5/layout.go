@@ -166,32 +166,3 @@ func (h *inodeHeader) marshal(b []byte) {
 	le.PutUint32(b[108:], h.mtimeNsec)
 	le.PutUint64(b[112:], h.mtime)
 }
-
-// unmarshalChunk reads one 80-byte RafsV5ChunkInfo record.
-func unmarshalChunk(b []byte) rafs.Chunk {
-	var c rafs.Chunk
-	copy(c.Digest[:], b[0:32])
-	c.BlobIndex = le.Uint32(b[32:])
-	c.Flags = le.Uint32(b[36:])
-	c.CompressedSize = le.Uint32(b[40:])
-	c.UncompressedSize = le.Uint32(b[44:])
-	c.CompressedOffset = le.Uint64(b[48:])
-	c.UncompressedOffset = le.Uint64(b[56:])
-	c.FileOffset = le.Uint64(b[64:])
-	c.Index = le.Uint32(b[72:])
-	c.CRC32 = le.Uint32(b[76:])
-	return c
-}
-
-func marshalChunk(b []byte, c *rafs.Chunk) {
-	copy(b[0:32], c.Digest[:])
-	le.PutUint32(b[32:], c.BlobIndex)
-	le.PutUint32(b[36:], c.Flags)
-	le.PutUint32(b[40:], c.CompressedSize)
-	le.PutUint32(b[44:], c.UncompressedSize)
-	le.PutUint64(b[48:], c.CompressedOffset)
-	le.PutUint64(b[56:], c.UncompressedOffset)
-	le.PutUint64(b[64:], c.FileOffset)
-	le.PutUint32(b[72:], c.Index)
-	le.PutUint32(b[76:], c.CRC32)
-}

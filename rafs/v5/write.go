@@ -1,6 +1,10 @@
 package v5
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/dfnydus/dfnydus/rafs"
+)
 
 // recordSize is the size of the record of the node in slot.
 func (e *encoder) recordSize(slot uint32) uint64 {
@@ -139,7 +143,7 @@ func (e *encoder) writeRecord(b []byte, slot uint32) {
 	}
 	if in.IsReg() {
 		for i := range in.Chunks {
-			marshalChunk(b[p:], &in.Chunks[i])
+			rafs.MarshalChunkRecord(b[p:], &in.Chunks[i])
 			p += chunkRecordSize
 		}
 	}

@@ -283,7 +283,7 @@ func (d *decoder) readChunkTable() error {
 	d.chunks = make(map[chunkKey]rafs.Chunk, n)
 	for i := uint64(0); i < n; i++ {
 		off := d.ext.chunkTableOffset + i*chunkRecordSize
-		c := unmarshalChunk(d.data[off : off+chunkRecordSize])
+		c := rafs.UnmarshalChunkRecord(d.data[off : off+chunkRecordSize])
 		if c.UncompressedSize > rafs.MaxChunkSize {
 			return rafs.Corruptf("chunk record %d uncompressed size %d exceeds %d", i, c.UncompressedSize, rafs.MaxChunkSize)
 		}

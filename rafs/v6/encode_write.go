@@ -93,7 +93,7 @@ func (e *encoder) write() ([]byte, error) {
 	}
 	table := make([]byte, len(records)*chunkRecordSize)
 	for i := range records {
-		marshalChunk(table[i*chunkRecordSize:], &records[i])
+		rafs.MarshalChunkRecord(table[i*chunkRecordSize:], &records[i])
 	}
 	w.at(ctOff, table)
 	ctSize := uint64(len(table))

@@ -31,7 +31,7 @@ func TestConvertMatchesUmociAndIsANydusImage(t *testing.T) {
 	testenv.MustExec(t, "umoci", "unpack", "--image", layout+":img", filepath.Join(dir, "oracle"))
 	out := filepath.Join(dir, "out")
 	e.mustRun(t, "unpack", "--image", dst, "--output", out)
-	assertSameTree(t, snapshot(t, filepath.Join(dir, "oracle", "rootfs")), snapshot(t, out))
+	testenv.AssertSameTree(t, testenv.Snapshot(t, filepath.Join(dir, "oracle", "rootfs")), testenv.Snapshot(t, out))
 	e.mustRun(t, "check", "--image", dst)
 
 	// The manifest: nydus blob layers whose digests are the blob ids, the bootstrap layer last with

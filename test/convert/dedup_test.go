@@ -83,7 +83,7 @@ func TestConvertChunkDictUploadsOnlyNewChunks(t *testing.T) {
 	}
 	out := filepath.Join(dir, "out")
 	e.mustRun(t, "unpack", "--image", e.ref("os-nydus-v2", "v2"), "--output", out)
-	assertSameTree(t, snapshot(t, tree2), snapshot(t, out))
+	testenv.AssertSameTree(t, testenv.Snapshot(t, tree2), testenv.Snapshot(t, out))
 	t.Logf("uploaded: v1 %d bytes; v2 without dict %d; v2 with --chunk-dict v1 %d (%.1f%% of a plain convert)",
 		v1, plain, dedup, 100*float64(dedup)/float64(plain))
 }

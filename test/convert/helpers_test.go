@@ -14,7 +14,6 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/dfnydus/dfnydus/internal/fstree"
 	"github.com/dfnydus/dfnydus/registry"
 	"github.com/dfnydus/dfnydus/test/internal/registrytest"
 	"github.com/dfnydus/dfnydus/test/internal/testenv"
@@ -118,24 +117,4 @@ func (e *env) exists(t *testing.T, ref string) bool {
 	}
 	_, err = e.client(t).Resolve(ctx(t), r)
 	return err == nil
-}
-
-func snapshot(t *testing.T, root string) map[string]fstree.Entry {
-	t.Helper()
-	s, err := fstree.Snapshot(root, fstree.Options{IgnoreRootMtime: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func assertSameTree(t *testing.T, want, got map[string]fstree.Entry) {
-	t.Helper()
-	for i, d := range fstree.Diff(want, got) {
-		if i == 30 {
-			t.Error("... and more differences")
-			break
-		}
-		t.Error(d)
-	}
 }

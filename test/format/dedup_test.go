@@ -56,7 +56,7 @@ func TestChunkDictStoresOnlyNewChunks(t *testing.T) {
 	testenv.MustRun(t, "check", "--bootstrap", dedup.boot, "--blob-dir", both)
 	out := filepath.Join(dir, "out")
 	testenv.MustRun(t, "unpack", "--bootstrap", dedup.boot, "--blob-dir", both, "--output", out)
-	assertSameTree(t, snapshot(t, tree2), snapshot(t, out))
+	testenv.AssertSameTree(t, testenv.Snapshot(t, tree2), testenv.Snapshot(t, out))
 
 	t.Logf("debian minbase v2: new blob %s with --chunk-dict vs %s without (%d vs %d chunks stored)",
 		progress.Bytes(dedup.summary.Stats.StoredBytes), progress.Bytes(plain.summary.Stats.StoredBytes),

@@ -18,7 +18,7 @@ func TestMultiLayerWhiteoutsMatchUmoci(t *testing.T) {
 	if len(layers) != 3 {
 		t.Fatalf("umoci made %d layers, want 3", len(layers))
 	}
-	want := snapshot(t, filepath.Join(dir, "oracle", "rootfs"))
+	want := testenv.Snapshot(t, filepath.Join(dir, "oracle", "rootfs"))
 	for _, p := range testenv.WhiteoutImageExpect.Present {
 		if _, ok := want[p]; !ok {
 			t.Fatalf("oracle lacks %s: the scenario did not build as intended", p)
@@ -39,7 +39,7 @@ func TestMultiLayerWhiteoutsMatchUmoci(t *testing.T) {
 			testenv.MustRun(t, "check", "--bootstrap", img.boot, "--blob-dir", img.blobs)
 			out := filepath.Join(d, "out")
 			testenv.MustRun(t, "unpack", "--bootstrap", img.boot, "--blob-dir", img.blobs, "--output", out)
-			assertSameTree(t, want, snapshot(t, out))
+			testenv.AssertSameTree(t, want, testenv.Snapshot(t, out))
 		})
 	}
 }

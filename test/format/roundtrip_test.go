@@ -53,29 +53,6 @@ func build(t *testing.T, dir string, flags []string, sources ...string) image {
 	return img
 }
 
-// snapshot records a tree for comparison. The root directory's own mtime is not compared: unpack
-// and mounts create the root, and some sources (tars without "./") have none.
-func snapshot(t *testing.T, root string) map[string]fstree.Entry {
-	t.Helper()
-	s, err := fstree.Snapshot(root, fstree.Options{IgnoreRootMtime: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func assertSameTree(t *testing.T, want, got map[string]fstree.Entry) {
-	t.Helper()
-	diffs := fstree.Diff(want, got)
-	for i, d := range diffs {
-		if i == 30 {
-			t.Errorf("... and %d more differences", len(diffs)-30)
-			break
-		}
-		t.Error(d)
-	}
-}
-
 // Build then unpack gives back the source tree, in content and metadata, for every fs-version and
 // compressor (digesters alternate), on a debootstrap rootfs and on the Go toolchain's tree.
 func TestRoundTripRealTrees(t *testing.T) {
@@ -85,7 +62,7 @@ func TestRoundTripRealTrees(t *testing.T) {
 		{"goroot", testenv.GoRoot(t)},
 	}
 	for _, tr := range trees {
-		want := snapshot(t, tr.path)
+		want := testenv.Snapshot(t, tr.path)
 		i := 0
 		for _, fsv := range []string{"5", "6"} {
 			for _, comp := range []string{"none", "lz4_block", "gzip", "zstd"} {
@@ -97,7 +74,7 @@ func TestRoundTripRealTrees(t *testing.T) {
 					testenv.MustRun(t, "check", "--bootstrap", img.boot, "--blob-dir", img.blobs)
 					out := filepath.Join(dir, "out")
 					testenv.MustRun(t, "unpack", "--bootstrap", img.boot, "--blob-dir", img.blobs, "--output", out)
-					assertSameTree(t, want, snapshot(t, out))
+					testenv.AssertSameTree(t, want, testenv.Snapshot(t, out))
 					if fsv == "6" && (tr.name == "debian-minbase" || comp == "zstd") {
 						kernelOracle(t, img, dir, want)
 					}
@@ -145,7 +122,7 @@ func kernelOracle(t *testing.T, img image, dir string, want map[string]fstree.En
 			t.Errorf("unmount: %v", err)
 		}
 	}()
-	assertSameTree(t, want, snapshot(t, mnt))
+	testenv.AssertSameTree(t, want, testenv.Snapshot(t, mnt))
 }
 
 // uncompressedViews writes each blob's uncompressed view (what EROFS reads at blk_addr) in blob order.

@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dfnydus/dfnydus/internal/fstree"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/test/internal/registrytest"
 	"github.com/dfnydus/dfnydus/test/internal/testenv"
@@ -180,26 +179,6 @@ func (m *mount) waitPrefetch(t *testing.T) peer.Stats {
 }
 
 func blobBytes(p *registrytest.Proxy) int64 { return p.Counts(registrytest.KindBlobGet).BytesOut }
-
-func snapshot(t *testing.T, root string) map[string]fstree.Entry {
-	t.Helper()
-	s, err := fstree.Snapshot(root, fstree.Options{IgnoreRootMtime: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func assertSameTree(t *testing.T, want, got map[string]fstree.Entry) {
-	t.Helper()
-	for i, d := range fstree.Diff(want, got) {
-		if i == 30 {
-			t.Error("... and more differences")
-			break
-		}
-		t.Error(d)
-	}
-}
 
 var _ = json.Marshal
 

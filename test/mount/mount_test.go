@@ -70,7 +70,7 @@ func fileChunksBytes(t *testing.T, ref, path string) int64 {
 func TestLazyMountScenario(t *testing.T) {
 	e := newEnv(t)
 	tree := bigTree(t, e.dir)
-	want := snapshot(t, tree)
+	want := testenv.Snapshot(t, tree)
 	ref := e.convertTree(t, tree, "debian")
 	mp := filepath.Join(e.dir, "mnt")
 
@@ -104,14 +104,14 @@ func TestLazyMountScenario(t *testing.T) {
 		t.Logf("running bash fetched %d more bytes", blobBytes(e.proxy)-before)
 	})
 	t.Run("the mount equals the source tree", func(t *testing.T) {
-		assertSameTree(t, want, snapshot(t, mp))
+		testenv.AssertSameTree(t, want, testenv.Snapshot(t, mp))
 		testenv.MustExec(t, "diff", "-r", "--no-dereference", "--exclude=dev", tree, mp) // diff cannot compare device nodes
 	})
 	t.Run("after kill -9 a new mount serves everything from the store", func(t *testing.T) {
 		m.kill9(t)
 		m = startMount(t, e.cache, mp, "--prefetch", "off", ref)
 		before := blobBytes(e.proxy)
-		assertSameTree(t, want, snapshot(t, mp))
+		testenv.AssertSameTree(t, want, testenv.Snapshot(t, mp))
 		if got := blobBytes(e.proxy) - before; got != 0 {
 			t.Errorf("re-reading after a restart fetched %d bytes from the registry, want 0", got)
 		}
@@ -120,7 +120,7 @@ func TestLazyMountScenario(t *testing.T) {
 		m.stop(t)
 		flipped := tamper(t, filepath.Join(e.cache, "store"), 25)
 		m = startMount(t, e.cache, mp, "--prefetch", "off", ref)
-		assertSameTree(t, want, snapshot(t, mp))
+		testenv.AssertSameTree(t, want, testenv.Snapshot(t, mp))
 		if s := m.stat(t); s.StoreRepairedEver < int64(flipped) {
 			t.Errorf("store repaired %d chunks, want >= %d tampered", s.StoreRepairedEver, flipped)
 		}
@@ -154,14 +154,14 @@ func TestLazyMountScenario(t *testing.T) {
 		}
 		e.proxy.Inject(registrytest.Fault{Match: `.`, Times: -1, Status: 503})
 		defer e.proxy.ClearFaults()
-		assertSameTree(t, want, snapshot(t, mp))
+		testenv.AssertSameTree(t, want, testenv.Snapshot(t, mp))
 		om.stop(t)
 	})
 	t.Run("a cache budget smaller than the image is respected", func(t *testing.T) {
 		cache := filepath.Join(e.dir, "cache-budget")
 		const budget = 64 << 20
 		bm := startMount(t, cache, mp, "--prefetch", "off", "--cache-budget", "67108864", "--memory-cache", "0", ref)
-		assertSameTree(t, want, snapshot(t, mp))
+		testenv.AssertSameTree(t, want, testenv.Snapshot(t, mp))
 		if used := dataBytes(t, filepath.Join(cache, "store")); used > budget+(2<<20) {
 			t.Errorf("store holds %d bytes of chunk files, budget %d", used, budget)
 		}

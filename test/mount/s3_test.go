@@ -47,7 +47,7 @@ func TestMountFromS3AndLocalDir(t *testing.T) {
 	}
 	t.Setenv("AWS_ACCESS_KEY_ID", gw.Access)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", gw.Secret)
-	want := snapshot(t, tree)
+	want := testenv.Snapshot(t, tree)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -58,7 +58,7 @@ func TestMountFromS3AndLocalDir(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			mp := filepath.Join(dir, "mnt-"+tc.name)
 			m := startMount(t, filepath.Join(dir, "cache-"+tc.name), mp, append([]string{"--prefetch", "off"}, tc.args...)...)
-			assertSameTree(t, want, snapshot(t, mp))
+			testenv.AssertSameTree(t, want, testenv.Snapshot(t, mp))
 			if s := m.stat(t); s.Source != tc.name || s.BytesOnDemand == 0 {
 				t.Errorf("stat: source %q, %d bytes on demand", s.Source, s.BytesOnDemand)
 			}
