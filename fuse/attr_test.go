@@ -9,6 +9,7 @@ import (
 	"testing"
 	"unsafe"
 
+	gofuse "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -75,22 +76,14 @@ func TestReaddir(t *testing.T) {
 	makeTree(t, src, treeSpec{bigFile: 1, wideDir: 5000, deepDirs: 1})
 	b := buildImage(t, src, 6, 4096)
 	mnt, _ := mountImage(t, b.img, dirReader(t, b.blobDir), DefaultOptions())
-
+	plain := mountNewRoot(t, b.img, dirReader(t, b.blobDir), func(o *gofuse.Options) { o.DisableReadDirPlus = true })
 	wide := b.img.Lookup("/wide")
-	got := rawDirents(t, filepath.Join(mnt, "wide"))
-	if len(got) != len(wide.Children)+2 {
-		t.Fatalf("%d entries, want %d", len(got), len(wide.Children)+2)
-	}
-	if got[0].name != "." || got[0].ino != wide.Inode.Ino || got[1].name != ".." || got[1].ino != 1 {
-		t.Errorf("dot entries %+v %+v, want . ino %d and .. ino 1", got[0], got[1], wide.Inode.Ino)
-	}
-	for i, c := range wide.Children {
-		if e := got[i+2]; e.name != c.Name || e.ino != c.Inode.Ino || e.typ != unix.DT_REG {
-			t.Fatalf("entry %d: %+v, want %s ino %d", i, e, c.Name, c.Inode.Ino)
-		}
+	for _, m := range []string{mnt, plain} { // READDIRPLUS, READDIR
+		checkWideListing(t, wide, rawDirents(t, filepath.Join(m, "wide")))
 	}
 
 	f, err := os.Open(filepath.Join(mnt, "wide"))
+
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +98,22 @@ func TestReaddir(t *testing.T) {
 	all, err := f.Readdirnames(-1)
 	if err != nil || len(all) != len(wide.Children) || all[0] != first[0] {
 		t.Errorf("after rewind: %d names (want %d), first %q, err %v", len(all), len(wide.Children), all[0], err)
+	}
+}
+
+// checkWideListing compares a getdents listing of /wide with the image.
+func checkWideListing(t *testing.T, wide *rafs.Node, got []dirent) {
+	t.Helper()
+	if len(got) != len(wide.Children)+2 {
+		t.Fatalf("%d entries, want %d", len(got), len(wide.Children)+2)
+	}
+	if got[0].name != "." || got[0].ino != wide.Inode.Ino || got[1].name != ".." || got[1].ino != 1 {
+		t.Errorf("dot entries %+v %+v, want . ino %d and .. ino 1", got[0], got[1], wide.Inode.Ino)
+	}
+	for i, c := range wide.Children {
+		if e := got[i+2]; e.name != c.Name || e.ino != c.Inode.Ino || e.typ != unix.DT_REG {
+			t.Fatalf("entry %d: %+v, want %s ino %d", i, e, c.Name, c.Inode.Ino)
+		}
 	}
 }
 
@@ -193,7 +202,7 @@ func TestUnservableImages(t *testing.T) {
 				t.Errorf("error %v does not wrap rafs.ErrCorrupt", err)
 			}
 
-			broken := mountWithoutRO(t, tc.img, memReader{})
+			broken := mountNewRoot(t, tc.img, memReader{}, withoutRO)
 			if _, err := os.ReadDir(broken); !errors.Is(err, unix.EIO) {
 				t.Errorf("NewRoot of the image: readdir gave %v, want EIO", err)
 			}

@@ -5,19 +5,25 @@
 //
 // What the mount shows is the image: modes (setuid, setgid, sticky), owners, sizes, link counts,
 // nanosecond mtimes, device numbers, symlink targets and xattrs, with hard links sharing one inode
-// number. Inode numbers are the image's (rafs.Inode.Ino), so they are the same on every mount; the
-// root is always 1, and the rare image whose numbers collide gets the colliding ones renumbered
-// deterministically. Every operation that would change something fails with EROFS.
+// number. The kernel checks permissions against the image's modes, owners and POSIX ACLs
+// (default_permissions with FUSE_POSIX_ACL). Inode numbers are the image's (rafs.Inode.Ino), so
+// they are the same on every mount; the root is always 1, and the rare image whose numbers collide
+// gets the colliding ones renumbered deterministically. Every operation that would change
+// something fails with EROFS.
 //
 // A read maps [off, off+size) to the chunks covering it (gaps and hole chunks read as zeros),
-// fetches the chunks it needs in parallel through the ChunkReader and copies the bytes out. Fetched
-// chunks stay in a small byte-bounded LRU (Options.ChunkCacheBytes) so that the kernel's 128 KiB
-// reads of a 1 MiB chunk fetch it once; concurrent reads of one chunk share one fetch, and the
-// fetch is cancelled when every read waiting for it has been interrupted (or the server is
-// unmounted). A ChunkReader error becomes EIO, logged with the file's path and the chunk; an
-// interrupted read returns EINTR. Wrong data is never returned: a chunk whose size does not match
-// its record is an error too.
+// fetches the chunks it needs through the ChunkReader, several at once when it spans several, and
+// copies the bytes out (a read inside one chunk returns the chunk's bytes without a copy). Fetched
+// chunks stay in a small byte-bounded LRU (Options.ChunkCacheBytes) so that the kernel's
+// sub-chunk reads fetch a chunk once; a file's chunks leave it when the file's last handle
+// closes. Concurrent reads of one chunk share one fetch, which is cancelled when every read
+// waiting for it has been interrupted, or at unmount. (The kernel interrupts synchronous requests
+// when their caller gets a signal, such as direct I/O; its asynchronous readahead requests carry
+// no interrupt, so their fetches end with the fetch itself or at unmount.) A ChunkReader error
+// becomes EIO, logged with the file's path and the chunk; an interrupted read returns EINTR.
+// Wrong data is never returned: a chunk whose size does not match its record is an error too.
 //
-// Files are opened with FOPEN_KEEP_CACHE and entries and attributes carry long timeouts: images are
-// immutable, so the kernel's page cache and dentry cache never need to be invalidated.
+// Files are opened with FOPEN_KEEP_CACHE and directories with FOPEN_CACHE_DIR, entries and
+// attributes carry long timeouts, and the readahead window is raised to MaxReadAhead: images are
+// immutable, so nothing the kernel caches ever needs invalidating.
 package fuse

@@ -41,7 +41,7 @@ type filesystem struct {
 	dataBytes uint64 // sum of regular file sizes rounded up to blocks, for statfs
 
 	// broken is set when the image cannot be served at all (NewRoot cannot return an error):
-	// every operation then fails with EIO.
+	// the root then shows an empty directory's attributes and everything else fails with EIO.
 	broken error
 }
 

@@ -182,23 +182,18 @@ func loadAll(t testing.TB, img *rafs.Image, r rafs.ChunkReader) memReader {
 	return m
 }
 
-// mountWithoutRO mounts img the way a caller of NewRoot would, but without the "ro" mount option,
-// so that requests the kernel would refuse reach the filesystem.
-func mountWithoutRO(t testing.TB, img *rafs.Image, r rafs.ChunkReader) string {
+// mountNewRoot mounts img the way a caller of NewRoot does, with GoFuseOptions and SetReadAhead;
+// tweaks, if any, change the go-fuse options first.
+func mountNewRoot(t testing.TB, img *rafs.Image, r rafs.ChunkReader, tweaks ...func(*gofuse.Options)) string {
 	t.Helper()
-	mnt := filepath.Join(t.TempDir(), "mnt-rw")
+	mnt := filepath.Join(t.TempDir(), "mnt-newroot")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	opts := GoFuseOptions(DefaultOptions())
-	var mo []string
-	for _, o := range opts.MountOptions.Options {
-		if o != "ro" {
-			mo = append(mo, o)
-		}
+	for _, tweak := range tweaks {
+		tweak(opts)
 	}
-	opts.MountOptions.Options = mo
-	opts.MountOptions.DirectMountFlags &^= unix.MS_RDONLY
 	srv, err := gofuse.Mount(mnt, NewRoot(img, r, DefaultOptions()), opts)
 	if err != nil {
 		t.Fatalf("mount: %v", err)
@@ -208,5 +203,21 @@ func mountWithoutRO(t testing.TB, img *rafs.Image, r rafs.ChunkReader) string {
 			t.Errorf("unmount %s: %v", mnt, err)
 		}
 	})
+	if err := SetReadAhead(mnt, DefaultOptions().MaxReadAhead); err != nil {
+		t.Fatal(err)
+	}
 	return mnt
+}
+
+// withoutRO leaves out the "ro" mount option, so that requests the kernel would refuse reach the
+// filesystem.
+func withoutRO(o *gofuse.Options) {
+	var mo []string
+	for _, opt := range o.MountOptions.Options {
+		if opt != "ro" {
+			mo = append(mo, opt)
+		}
+	}
+	o.MountOptions.Options = mo
+	o.MountOptions.DirectMountFlags &^= unix.MS_RDONLY
 }

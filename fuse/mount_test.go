@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -26,10 +27,16 @@ func TestMountShowsTheSourceTree(t *testing.T) {
 	for _, v := range []int{5, 6} {
 		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
 			b := buildImage(t, src, v, 4096)
-			mnt, _ := mountImage(t, b.img, dirReader(t, b.blobDir), DefaultOptions())
-			assertSameTree(t, want, snapshot(t, mnt))
-			assertLinkCounts(t, src, mnt)
-			assertImageInodeNumbers(t, b.img, mnt)
+			mounts := map[string]string{}
+			mounts["Mount"], _ = mountImage(t, b.img, dirReader(t, b.blobDir), DefaultOptions())
+			mounts["NewRoot"] = mountNewRoot(t, b.img, dirReader(t, b.blobDir))
+			for how, mnt := range mounts {
+				t.Run(how, func(t *testing.T) {
+					assertSameTree(t, want, snapshot(t, mnt))
+					assertLinkCounts(t, src, mnt)
+					assertImageInodeNumbers(t, b.img, mnt)
+				})
+			}
 		})
 	}
 }
@@ -154,7 +161,7 @@ func TestWritesFailWithEROFS(t *testing.T) {
 	b := buildImage(t, src, 6, 4096)
 	mounts := map[string]string{}
 	mounts["ro"], _ = mountImage(t, b.img, dirReader(t, b.blobDir), DefaultOptions())
-	mounts["rw-mount-option"] = mountWithoutRO(t, b.img, dirReader(t, b.blobDir))
+	mounts["rw-mount-option"] = mountNewRoot(t, b.img, dirReader(t, b.blobDir), withoutRO)
 
 	for name, mnt := range mounts {
 		p := func(rel string) string { return filepath.Join(mnt, rel) }
@@ -226,5 +233,65 @@ func TestPOSIXACLsAreEnforced(t *testing.T) {
 				t.Errorf("%s: uid %d read acl/file: %v (%s), want allowed=%v", root, tc.uid, err, out, tc.want)
 			}
 		}
+	}
+}
+
+// Mount widens the kernel's readahead beyond the 128 KiB the FUSE handshake allows.
+func TestMountSetsReadAhead(t *testing.T) {
+	requireFUSE(t)
+	img, mem, _ := modelImage(4096, []modelChunk{{off: 0, size: 4096}})
+	for _, tc := range []struct {
+		readAhead int
+		wantKiB   string
+	}{
+		{0, "1024"}, // the default
+		{4 << 20, "4096"},
+		{64 << 10, "64"}, // within the handshake's 128 KiB: the handshake sets it
+	} {
+		opts := DefaultOptions()
+		opts.MaxReadAhead = tc.readAhead
+		mnt, _ := mountImage(t, img, mem, opts)
+		var st unix.Stat_t
+		if err := unix.Stat(mnt, &st); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(string(got)) != tc.wantKiB {
+			t.Errorf("MaxReadAhead %d: read_ahead_kb %s, want %s", tc.readAhead, got, tc.wantKiB)
+		}
+	}
+}
+
+// The mount appears in /proc/mounts as "FSName mountpoint fuse.rafs ro,...", and an FSName that
+// would break the mount options is refused.
+func TestProcMountsEntry(t *testing.T) {
+	requireFUSE(t)
+	img, mem, _ := modelImage(4096, []modelChunk{{off: 0, size: 4096}})
+	opts := DefaultOptions()
+	opts.FSName = "image:tag"
+	mnt, _ := mountImage(t, img, mem, opts)
+	mounts, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(l); len(f) > 3 && f[1] == mnt {
+			line = l
+		}
+	}
+	f := strings.Fields(line)
+	if len(f) < 4 || f[0] != "image:tag" || f[2] != "fuse.rafs" || !strings.HasPrefix(f[3], "ro,") ||
+		!strings.Contains(f[3], "default_permissions") {
+		t.Errorf("/proc/mounts entry %q, want image:tag %s fuse.rafs ro,...,default_permissions,...", line, mnt)
+	}
+
+	opts.FSName = "a,b"
+	if srv, err := Mount(t.TempDir(), img, mem, opts); err == nil {
+		srv.Unmount()
+		t.Error("Mount accepted an FSName with a comma")
 	}
 }

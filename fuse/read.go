@@ -93,8 +93,10 @@ type span struct {
 	dst  []byte
 }
 
-// readAt reads in's bytes at off into dest and returns the filled prefix: fewer bytes only at the
-// end of the file. Gaps between chunks and hole chunks read as zeros.
+// readAt reads in's bytes at off and returns them: len(dest) bytes, fewer only at the end of the
+// file. Gaps between chunks and hole chunks read as zeros. When one chunk holds the whole range,
+// the result is a slice of the chunk's cached bytes (no copy; callers must not modify it);
+// otherwise it is dest's prefix.
 func (fs *filesystem) readAt(ctx context.Context, in *rafs.Inode, dest []byte, off int64) ([]byte, error) {
 	if off < 0 {
 		return nil, fmt.Errorf("negative offset %d", off)
@@ -129,6 +131,14 @@ func (fs *filesystem) readAt(ctx context.Context, in *rafs.Inode, dest []byte, o
 	}
 	clear(out[pos-start:])
 
+	if len(spans) == 1 && len(spans[0].dst) == len(out) {
+		s := spans[0]
+		data, err := fs.waitChunk(ctx, s.c, fs.startChunk(s.c))
+		if err != nil {
+			return nil, err
+		}
+		return data[s.from : s.from+uint64(len(out))], nil
+	}
 	if err := fs.copySpans(ctx, spans); err != nil {
 		return nil, err
 	}
@@ -153,7 +163,7 @@ func (fs *filesystem) copySpans(ctx context.Context, spans []span) error {
 		s := spans[next]
 		data, err := fs.waitChunk(ctx, s.c, claims[next])
 		if err != nil {
-			next++ // waitChunk released it
+			next++ // waitChunk ended this claim
 			return err
 		}
 		copy(s.dst, data[s.from:])

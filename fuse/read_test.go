@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -18,8 +19,8 @@ import (
 	"github.com/dfnydus/dfnydus/rafs"
 )
 
-// modelFile describes a regular file of a hand-made image: its size and its chunks as
-// (file offset, size, hole flag).
+// modelChunk is one chunk of a hand-made image's regular file:
+// its file offset, size and whether it is a hole chunk.
 type modelChunk struct {
 	off  uint64
 	size uint32
@@ -73,6 +74,16 @@ func TestReadAtMapsRangesToChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := img.Root.Children[0].Inode
+	t.Run("through the mount", func(t *testing.T) {
+		requireFUSE(t)
+		mnt, _ := mountImage(t, img, mem, DefaultOptions())
+		for _, mode := range readModes {
+			got, err := preadFile(filepath.Join(mnt, "f"), mode.flags, 0, len(want)+100)
+			if !bytes.Equal(got, want) || (err != nil && !errors.Is(err, io.EOF)) {
+				t.Errorf("%s: read %d bytes (want %d), equal %v, err %v", mode.name, len(got), len(want), bytes.Equal(got, want), err)
+			}
+		}
+	})
 	cases := []struct{ off, size int }{
 		{0, 1}, {0, 4096}, {0, 4097}, {4095, 2}, {4000, 9000}, {8192, 4096}, {12000, 10000},
 		{12288, 8192}, {20479, 2}, {28672, 1000}, {29000, 11000}, {29672, 100}, {39999, 10},

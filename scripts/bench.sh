@@ -10,3 +10,6 @@ go test -run='^$' -bench=. -benchtime=3x ./rafs/... 2>&1 | grep -E '^(Benchmark|
 echo
 echo "== convert registry->registry vs skopeo+umoci pull+unpack (issue: registry round trip)"
 go test -run '^$' -bench BenchmarkConvertVsPullUnpack -benchtime=1x ./test/bench/ 2>&1 | grep -vE '^(time=|goos|goarch|pkg|cpu)'
+echo
+echo "== FUSE: warm sequential reads vs a plain go-fuse file; metadata walk vs kernel EROFS (issue: lazy mount)"
+DFNYDUS_FUSE_BENCH=1 go test ./fuse -run TestPerformanceReport -v -count=1 -timeout 30m 2>&1 | grep -vE '^(=== RUN|--- PASS|PASS|ok )'

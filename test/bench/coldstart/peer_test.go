@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,6 +190,39 @@ func procMemory(pid int) (memory, error) {
 		return memory{}, fmt.Errorf("memory of pid %d: %w", pid, errors.New("no VmHWM (not a user process?)"))
 	}
 	return mem, nil
+}
+
+// goHeap reads the Go heap in use (go_memstats_heap_inuse_bytes) from the mount's /metrics.
+func (m *peerMount) goHeap(b *testing.B) int64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sock := peer.SocketPath(m.cache, m.mp)
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dfnydus/metrics", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		b.Fatalf("mount metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_heap_inuse_bytes "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatalf("mount metrics: heap in use %q: %v", v, err)
+			}
+			return int64(f)
+		}
+	}
+	b.Fatalf("mount metrics: no go_memstats_heap_inuse_bytes (%v)", sc.Err())
+	return 0
 }
 
 // lockedBuffer lets the benchmark read a process's stderr while it still writes.
