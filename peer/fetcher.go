@@ -30,7 +30,7 @@ type Options struct {
 
 // DefaultMemoryCache is the default in-memory chunk cache: enough for a few readers streaming
 // through 1 MiB chunks.
-const DefaultMemoryCache = 64 << 20
+const DefaultMemoryCache = 16 << 20
 
 // Fetcher serves chunks from memory, the store, or back to source, one fetch per chunk in flight
 // whoever asks, and never returns bytes that did not match their digest.

@@ -48,7 +48,9 @@ type sample struct {
 type coldEnv struct {
 	client, regNode *netns.Node
 	ociRef, nydus   string
-	want            string // the workload's output on the debootstrap tree
+	esgzRef         string   // the eStargz image
+	esgzTOCs        []string // its layers' TOC digests, lowest first
+	want            string   // the workload's output on the debootstrap tree
 }
 
 func requireTools(b *testing.B) {
@@ -63,7 +65,8 @@ func requireTools(b *testing.B) {
 }
 
 // BenchmarkColdStart: OCI pull + unpack + run versus dfnydus lazy mount + run, with and without
-// background prefetch, over a 100 Mbit/s link. Runs of the three modes alternate; medians of 3.
+// background prefetch, and the eStargz lazy store, over a 100 Mbit/s link. Runs of the four modes
+// alternate; medians of 3.
 func BenchmarkColdStart(b *testing.B) {
 	requireTools(b)
 	info := coldstartLayout(b)
@@ -73,21 +76,27 @@ func BenchmarkColdStart(b *testing.B) {
 	env := &coldEnv{regNode: nw.MustAddNode(b, "registry"), client: nw.MustAddNode(b, "client")}
 	reg := netns.MustStartRegistry(b, env.regNode, 5000)
 	env.ociRef, env.nydus = pushAndConvert(b, env.regNode.Command, info.dir, reg.Host, "coldstart")
+	esgz, tocs := estargzLayout(b, info)
+	env.esgzRef, env.esgzTOCs = reg.Ref("coldstart-esgz", "v1"), tocs
+	mustRun(b, env.regNode.Command, "skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
+		"oci:"+esgz.dir+":img", "docker://"+env.esgzRef)
 	env.want = mustRun(b, onHost, "chroot", append([]string{root}, workload...)...)
 	if err := env.regNode.ShapeEgress(context.Background(), netns.Shape{Rate: netns.Mbit(linkMbit)}); err != nil {
 		b.Fatal(err)
 	}
 
-	var oci, lazy, pf []sample
+	var oci, lazy, pf, es []sample
 	for i := 0; i < runs; i++ {
 		oci = append(oci, env.runOCI(b))
 		lazy = append(lazy, env.runNydus(b, "off"))
 		pf = append(pf, env.runNydus(b, "all"))
+		es = append(es, env.runEstargz(b))
 	}
-	printColdStart(info, oci, lazy, pf)
+	printColdStart(info, esgz, oci, lazy, pf, es)
 	b.ReportMetric(medianDur(oci, func(s sample) time.Duration { return s.total }).Seconds(), "oci-s")
 	b.ReportMetric(medianDur(lazy, func(s sample) time.Duration { return s.total }).Seconds(), "lazy-s")
 	b.ReportMetric(medianDur(pf, func(s sample) time.Duration { return s.total }).Seconds(), "prefetch-s")
+	b.ReportMetric(medianDur(es, func(s sample) time.Duration { return s.total }).Seconds(), "estargz-s")
 }
 
 // runOCI pulls with skopeo (in the client's namespace), unpacks with umoci and runs the workload.
@@ -113,8 +122,7 @@ func (e *coldEnv) runOCI(b *testing.B) sample {
 // workload in it; with prefetch "all" it then waits until the whole image is local.
 func (e *coldEnv) runNydus(b *testing.B, prefetch string) sample {
 	b.Helper()
-	dir := testenv.TempDir(b)
-	defer os.RemoveAll(dir)
+	dir := testenv.TempDir(b) // removed after the mount is gone: by hand below, or by b's cleanup on failure
 	mp := filepath.Join(dir, "mnt")
 	c0 := e.counters(b)
 	start := time.Now()
@@ -133,6 +141,7 @@ func (e *coldEnv) runNydus(b *testing.B, prefetch string) sample {
 		s.mem = m.memory(b)
 	}
 	m.stop()
+	os.RemoveAll(dir)
 	return s
 }
 
@@ -153,7 +162,7 @@ func (e *coldEnv) checkOutput(b *testing.B, mode, out string) {
 	}
 }
 
-func printColdStart(info layoutInfo, oci, lazy, pf []sample) {
+func printColdStart(info, esgz layoutInfo, oci, lazy, pf, es []sample) {
 	total := func(s sample) time.Duration { return s.total }
 	o := medianDur(oci, total).Seconds()
 	st := lazy[0].stats
@@ -162,6 +171,7 @@ func printColdStart(info layoutInfo, oci, lazy, pf []sample) {
 	fmt.Printf("empty caches each run, medians of %d; MB = 10^6 bytes\n", runs)
 	fmt.Printf("image: %d gzip layers, %.1f MB compressed, %.1f MB of tar; nydus: %d chunks, %.1f MB uncompressed chunk data\n",
 		info.layers, mb(info.compressed), mb(info.files), st.Chunks, mb(st.BytesTotal))
+	fmt.Printf("eStargz image (estargz.Build, gzip level 6): %.1f MB compressed\n", mb(esgz.compressed))
 	fmt.Printf("%-44s %8s %10s %11s %8s\n", "mode", "seconds", "link MB", "fetched MB", "speedup")
 	row := func(name string, ss []sample, fetched bool) {
 		sec := medianDur(ss, total).Seconds()
@@ -174,6 +184,7 @@ func printColdStart(info layoutInfo, oci, lazy, pf []sample) {
 	row("OCI: skopeo copy + umoci unpack + run", oci, false)
 	row("dfnydus lazy: mount --prefetch off + run", lazy, true)
 	row("dfnydus: mount --prefetch all + run", pf, true)
+	row("eStargz store (no prefetch/bg fetch) + overlay", es, false)
 	phase := func(ss []sample, i int) float64 {
 		return medianDur(ss, func(s sample) time.Duration { return s.phases[i] }).Seconds()
 	}
@@ -184,10 +195,12 @@ func printColdStart(info layoutInfo, oci, lazy, pf []sample) {
 		phase(pf, 0), phase(pf, 1))
 	fmt.Printf("  whole image local after %.2f s, %.2f MB over the link\n",
 		medianDur(pf, func(s sample) time.Duration { return s.full }).Seconds(), mb(medianInt(pf, func(s sample) int64 { return s.fullLink })))
+	fmt.Printf("eStargz phases: store ready + layers resolved + overlay %.2f s, run %.2f s\n", phase(es, 0), phase(es, 1))
 	fmt.Printf("dfnydus mount process memory, lazy: VmHWM %.1f MiB, VmRSS %.1f MiB at the program's exit; --prefetch all, after prefetch: VmHWM %.1f MiB\n",
 		mib(medianInt(lazy, func(s sample) int64 { return s.mem.hwm })), mib(medianInt(lazy, func(s sample) int64 { return s.mem.rss })),
 		mib(medianInt(pf, func(s sample) int64 { return s.mem.hwm })))
-	fmt.Printf("per run (s): OCI %s; lazy %s; prefetch all %s\n", secs(oci), secs(lazy), secs(pf))
+	fmt.Printf("eStargz store process memory at the program's exit: VmHWM %.1f MiB\n", mib(medianInt(es, func(s sample) int64 { return s.mem.hwm })))
+	fmt.Printf("per run (s): OCI %s; lazy %s; prefetch all %s; eStargz %s\n", secs(oci), secs(lazy), secs(pf), secs(es))
 }
 
 func mb(n int64) float64  { return float64(n) / 1e6 }
