@@ -121,7 +121,14 @@ func (s *Store) writeFile(ctx context.Context, k Key, data []byte) (disk int64, 
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if err := os.Rename(tmp, s.path(k)); err != nil {
+	final := s.path(k)
+	err = os.Rename(tmp, final)
+	if errors.Is(err, os.ErrNotExist) { // the first chunk of its fan-out directory
+		if err = os.Mkdir(filepath.Dir(final), 0o700); err == nil || errors.Is(err, os.ErrExist) {
+			err = os.Rename(tmp, final)
+		}
+	}
+	if err != nil {
 		return 0, fmt.Errorf("store put %s: rename into place: %w", k, err)
 	}
 	return diskUsage(info), nil

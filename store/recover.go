@@ -115,13 +115,11 @@ func (s *Store) recover() (recovery, error) {
 	return rep, nil
 }
 
-// prepareLayout creates data/, its 256 fan-out directories and tmp/.
+// prepareLayout creates data/ and tmp/. The 256 fan-out directories under data/ are made by the
+// first write into each (creating them all up front was most of a first mount's start-up time).
 func (s *Store) prepareLayout() error {
-	for i := range 256 {
-		d := filepath.Join(s.dir, dataDir, fmt.Sprintf("%02x", i))
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return fmt.Errorf("store: create %s: %w", d, err)
-		}
+	if err := os.MkdirAll(filepath.Join(s.dir, dataDir), 0o700); err != nil {
+		return fmt.Errorf("store: create %s: %w", dataDir, err)
 	}
 	if err := os.MkdirAll(filepath.Join(s.dir, tmpDir), 0o700); err != nil {
 		return fmt.Errorf("store: create %s: %w", tmpDir, err)
