@@ -148,7 +148,7 @@ func (b *blobReader) open() error {
 			}
 		}
 	case http.StatusPartialContent:
-		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		start, total, ok := ParseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != b.off {
 			resp.Body.Close()
 			return fmt.Errorf("fetch blob %s: asked for bytes from %d, got Content-Range %q",
@@ -167,8 +167,8 @@ func (b *blobReader) open() error {
 	return nil
 }
 
-// parseContentRange parses "bytes START-END/TOTAL" (TOTAL may be "*": -1).
-func parseContentRange(s string) (start, total int64, ok bool) {
+// ParseContentRange parses a Content-Range header "bytes START-END/TOTAL" (TOTAL may be "*": -1).
+func ParseContentRange(s string) (start, total int64, ok bool) {
 	s, found := strings.CutPrefix(strings.TrimSpace(s), "bytes ")
 	if !found {
 		return 0, 0, false

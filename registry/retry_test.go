@@ -98,9 +98,9 @@ func TestParseRanges(t *testing.T) {
 		{"bytes x-1/2", 0, 0, false},
 	}
 	for _, tt := range cr {
-		s, tot, ok := parseContentRange(tt.in)
+		s, tot, ok := ParseContentRange(tt.in)
 		if ok != tt.ok || (ok && (s != tt.start || tot != tt.total)) {
-			t.Errorf("parseContentRange(%q) = %d, %d, %v", tt.in, s, tot, ok)
+			t.Errorf("ParseContentRange(%q) = %d, %d, %v", tt.in, s, tot, ok)
 		}
 	}
 	ur := []struct {
@@ -128,8 +128,8 @@ func FuzzParseRanges(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if start, total, ok := parseContentRange(s); ok && (start < 0 || (total != -1 && total <= start)) {
-			t.Fatalf("parseContentRange(%q) = %d, %d", s, start, total)
+		if start, total, ok := ParseContentRange(s); ok && (start < 0 || (total != -1 && total <= start)) {
+			t.Fatalf("ParseContentRange(%q) = %d, %d", s, start, total)
 		}
 		if end, ok := parseUploadRange(s); ok && end < 0 {
 			t.Fatalf("parseUploadRange(%q) = %d", s, end)

@@ -7,10 +7,11 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/dfnydus/dfnydus/registry"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 )
@@ -142,7 +143,7 @@ func checkS3Range(contentRange string, size, off, n int64) error {
 		}
 		return fmt.Errorf("server ignored the Range header (sent %d bytes)", size)
 	}
-	start, total, ok := parseContentRange(contentRange)
+	start, total, ok := registry.ParseContentRange(contentRange)
 	if !ok || start != off {
 		return fmt.Errorf("asked for bytes from %d, got Content-Range %q", off, contentRange)
 	}
@@ -153,36 +154,6 @@ func checkS3Range(contentRange string, size, off, n int64) error {
 		return fmt.Errorf("%w: the object is %d bytes", ErrRange, total)
 	}
 	return fmt.Errorf("asked for %d bytes, server sends %d (Content-Range %q)", n, size, contentRange)
-}
-
-// parseContentRange parses "bytes START-END/TOTAL" (TOTAL may be "*": -1).
-func parseContentRange(s string) (start, total int64, ok bool) {
-	s, found := strings.CutPrefix(strings.TrimSpace(s), "bytes ")
-	if !found {
-		return 0, 0, false
-	}
-	rng, tot, found := strings.Cut(s, "/")
-	if !found {
-		return 0, 0, false
-	}
-	a, b, found := strings.Cut(rng, "-")
-	if !found {
-		return 0, 0, false
-	}
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	end, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start {
-		return 0, 0, false
-	}
-	total = -1
-	if tot != "*" {
-		t, err := strconv.ParseInt(tot, 10, 64)
-		if err != nil || t <= end {
-			return 0, 0, false
-		}
-		total = t
-	}
-	return start, total, true
 }
 
 // s3Error maps an S3 error response onto the package's sentinels and says which one it was.
