@@ -121,7 +121,7 @@ func BenchmarkManySmallFilesMemory(b *testing.B) {
 	for _, s := range steps {
 		fmt.Printf("%-46s %8.2f %10.1f %10.1f %9.1f\n", s.name, s.dur.Seconds(), mib(s.mem.rss), mib(s.mem.hwm), mib(s.heap))
 	}
-	fmt.Println("heap: go_memstats_heap_inuse_bytes from the mount's /metrics; the default --memory-cache is 64 MiB")
+	fmt.Println("heap: go_memstats_heap_inuse_bytes from the mount's /metrics; the default --memory-cache is 16 MiB")
 	fmt.Printf("prefetch fetched %.1f MB in %d requests; the image has %d chunks\n", mb(st.BytesFetched), st.Fetches, st.Chunks)
 	b.ReportMetric(mib(steps[1].mem.hwm), "walk-VmHWM-MiB")
 	b.ReportMetric(mib(steps[len(steps)-1].mem.hwm), "read-VmHWM-MiB")
