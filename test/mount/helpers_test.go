@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -64,7 +62,7 @@ type mount struct {
 	cmd    *exec.Cmd
 	mp     string
 	cache  string
-	stderr *strings.Builder
+	stderr *testenv.LogBuffer
 	done   chan struct{} // closed when the process has exited
 	err    error         // its exit status, once done
 }
@@ -79,8 +77,8 @@ func startMount(t *testing.T, cache, mp string, args ...string) *mount {
 	ready := filepath.Join(t.TempDir(), "ready")
 	full := append([]string{"mount", "--cache-dir", cache, "--ready-file", ready, "--log-level", "info"}, args...)
 	full = append(full, mp)
-	m := &mount{cmd: exec.Command(testenv.Binary(t), full...), mp: mp, cache: cache, stderr: &strings.Builder{}, done: make(chan struct{})}
-	m.cmd.Stderr = &lockedWriter{b: m.stderr}
+	m := &mount{cmd: exec.Command(testenv.Binary(t), full...), mp: mp, cache: cache, stderr: &testenv.LogBuffer{}, done: make(chan struct{})}
+	m.cmd.Stderr = m.stderr
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -131,22 +129,7 @@ func (m *mount) kill9(t *testing.T) {
 }
 
 // log is what the mount process wrote to stderr so far.
-func (m *mount) log() string {
-	mu.Lock()
-	defer mu.Unlock()
-	return m.stderr.String()
-}
-
-var mu sync.Mutex
-
-// lockedWriter lets the test read a process's stderr while it is still writing.
-type lockedWriter struct{ b *strings.Builder }
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	mu.Lock()
-	defer mu.Unlock()
-	return w.b.Write(p)
-}
+func (m *mount) log() string { return m.stderr.String() }
 
 func (m *mount) stat(t *testing.T) peer.Stats {
 	t.Helper()

@@ -94,7 +94,7 @@ type esgzPeer struct {
 	cmd    *exec.Cmd
 	store  string // the store's FUSE mountpoint
 	merged string // the overlay of the image's layers
-	stderr *lockedBuffer
+	stderr *testenv.LogBuffer
 	done   chan struct{}
 	stop   func()
 }
@@ -104,7 +104,7 @@ type esgzPeer struct {
 // overlayfs at dir/rootfs.
 func startEstargz(b *testing.B, ex execFunc, ref string, tocs []string, dir string) *esgzPeer {
 	b.Helper()
-	p := &esgzPeer{store: filepath.Join(dir, "store"), merged: filepath.Join(dir, "rootfs"), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p := &esgzPeer{store: filepath.Join(dir, "store"), merged: filepath.Join(dir, "rootfs"), stderr: &testenv.LogBuffer{}, done: make(chan struct{})}
 	for _, d := range []string{p.store, p.merged} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			b.Fatal(err)

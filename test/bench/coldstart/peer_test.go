@@ -52,7 +52,7 @@ type peerMount struct {
 	cmd    *exec.Cmd
 	mp     string
 	cache  string
-	stderr *lockedBuffer
+	stderr *testenv.LogBuffer
 	done   chan struct{}
 	err    error
 	stop   func()
@@ -71,7 +71,7 @@ func startMount(b *testing.B, ex execFunc, ref, mp, cache, prefetch string) *pee
 	args := []string{"mount", "--log-level", "warn", "--plain-http", "--prefetch", prefetch,
 		"--cache-dir", cache, "--ready-file", ready, ref, mp}
 	m := &peerMount{cmd: ex(context.Background(), testenv.Binary(b), args...), mp: mp, cache: cache,
-		stderr: &lockedBuffer{}, done: make(chan struct{})}
+		stderr: &testenv.LogBuffer{}, done: make(chan struct{})}
 	m.cmd.Stderr = m.stderr
 	if err := m.cmd.Start(); err != nil {
 		b.Fatalf("start dfnydus mount: %v", err)
@@ -223,25 +223,4 @@ func (m *peerMount) goHeap(b *testing.B) int64 {
 	}
 	b.Fatalf("mount metrics: no go_memstats_heap_inuse_bytes (%v)", sc.Err())
 	return 0
-}
-
-// lockedBuffer lets the benchmark read a process's stderr while it still writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if room := 1<<20 - l.b.Len(); room > 0 {
-		l.b.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

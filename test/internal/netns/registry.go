@@ -1,17 +1,15 @@
 package netns
 
 import (
-	"bytes"
 	"context"
 	"fmt"
+	"github.com/dfnydus/dfnydus/test/internal/testenv"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"time"
 )
 
@@ -26,7 +24,7 @@ type Registry struct {
 	root string
 	cmd  *exec.Cmd
 	done chan struct{}
-	logs *syncBuffer
+	logs *testenv.LogBuffer
 }
 
 // Ref is "HOST/repo:tag" (or "HOST/repo" when tag is "").
@@ -51,9 +49,9 @@ func StartRegistry(ctx context.Context, nd *Node, port int, dir string) (*Regist
 		return nil, fmt.Errorf("registry: %w", err)
 	}
 	host := net.JoinHostPort(nd.Addr.String(), strconv.Itoa(port))
-	r := &Registry{Node: nd, Host: host, root: filepath.Join(dir, "storage"), logs: &syncBuffer{}, done: make(chan struct{})}
+	r := &Registry{Node: nd, Host: host, root: filepath.Join(dir, "storage"), logs: &testenv.LogBuffer{}, done: make(chan struct{})}
 	cfg := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfg, []byte(registryConfig(r.root, host)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(testenv.RegistryConfig(r.root, host, "")), 0o600); err != nil {
 		return nil, fmt.Errorf("registry config: %w", err)
 	}
 	r.cmd = nd.Command(context.Background(), bin, "serve", cfg) // lives until Close, not until ctx ends
@@ -104,46 +102,4 @@ func (r *Registry) Close() {
 	}
 	_ = r.cmd.Process.Kill()
 	<-r.done
-}
-
-func registryConfig(root, addr string) string {
-	return fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %s
-  secret: netns-registry-secret
-`, root, addr)
-}
-
-// syncBuffer collects a process's output for the caller to read while it runs; it keeps the
-// first 4 MiB.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if room := 4<<20 - s.b.Len(); room > 0 {
-		s.b.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.ToValidUTF8(s.b.String(), "?")
 }

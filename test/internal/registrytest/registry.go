@@ -7,16 +7,14 @@
 package registrytest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
+	"github.com/dfnydus/dfnydus/test/internal/testenv"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -64,7 +62,7 @@ type Registry struct {
 	host   string
 	root   string
 	tokens *TokenServer
-	logs   *syncBuffer
+	logs   *testenv.LogBuffer
 }
 
 // Host is "127.0.0.1:PORT".
@@ -109,7 +107,7 @@ func Start(t testing.TB, opts Options) *Registry {
 		}
 	}
 	dir := t.TempDir()
-	r := &Registry{root: filepath.Join(dir, "storage"), logs: &syncBuffer{}}
+	r := &Registry{root: filepath.Join(dir, "storage"), logs: &testenv.LogBuffer{}}
 	if opts.Auth != AuthNone {
 		r.Username, r.Password = opts.Username, opts.Password
 	}
@@ -141,7 +139,7 @@ func Start(t testing.TB, opts Options) *Registry {
 			t.Fatalf("registrytest: %v", err)
 		}
 		cfg := filepath.Join(dir, "config.yml")
-		if err := os.WriteFile(cfg, []byte(configYAML(r.root, host, authCfg)), 0o600); err != nil {
+		if err := os.WriteFile(cfg, []byte(testenv.RegistryConfig(r.root, host, authCfg)), 0o600); err != nil {
 			t.Fatalf("registrytest: %v", err)
 		}
 		if lastErr = r.run(t, bin, cfg, host); lastErr == nil {
@@ -150,26 +148,6 @@ func Start(t testing.TB, opts Options) *Registry {
 	}
 	t.Fatalf("registrytest: %v\nlogs:\n%s", lastErr, r.logs.String())
 	return nil
-}
-
-func configYAML(root, addr, auth string) string {
-	return fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %s
-  secret: registrytest-secret
-%s`, root, addr, auth)
 }
 
 // run starts the registry and waits for it; on failure the process is gone.
@@ -225,25 +203,4 @@ func freeLoopbackAddr() (string, error) {
 	addr := l.Addr().String()
 	l.Close()
 	return addr, nil
-}
-
-// syncBuffer is a bytes.Buffer safe for the registry's stdout/stderr and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.b.Len() > 8<<20 { // keep memory bounded in long tests
-		return len(p), nil
-	}
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.ToValidUTF8(s.b.String(), "?")
 }

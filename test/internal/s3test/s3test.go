@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/dfnydus/dfnydus/test/internal/testenv"
 	"net"
 	"net/http"
 	"os"
@@ -98,7 +99,7 @@ func Start(t testing.TB) *Gateway {
 }
 
 func (g *Gateway) run(t testing.TB, bin, addr string) error {
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	cmd := exec.Command(bin, "--quiet", "--port", addr, "posix", g.Dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+g.Access, "ROOT_SECRET_KEY="+g.Secret)
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -148,25 +149,4 @@ func freeAddr() (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
-}
-
-// syncBuffer collects a process's output, bounded.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.b.Len() < 1<<20 {
-		s.b.Write(p)
-	}
-	return len(p), nil
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
