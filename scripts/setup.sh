@@ -9,6 +9,7 @@ PKGS=(
   debootstrap      # real Debian rootfs trees for round-trip tests
   umoci skopeo     # OCI image build/unpack baseline
   docker-registry  # real registry on loopback
+  redis-server     # Redis for the real Dragonfly scheduler's jobs/preheat (test/internal/schedtest)
   xz-utils zstd attr acl ca-certificates
 )
 

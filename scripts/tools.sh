@@ -3,6 +3,7 @@
 # Idempotent: a tool already built at the pinned version is not rebuilt.
 #
 #   versitygw  a real S3 gateway over a posix directory (peer/source S3 tests)
+#   scheduler  the real Dragonfly scheduler, into bin/scheduler (test/internal/schedtest)
 #
 # Progress goes to stderr; stdout is only the tools directory, so callers can do
 #   TOOLS=$(bash scripts/tools.sh)
@@ -42,5 +43,27 @@ install() {
 }
 
 install versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
+
+# The real Dragonfly scheduler (test/internal/schedtest), built from this module (go.mod has
+# `tool d7y.io/dragonfly/v2/cmd/scheduler`) into bin/scheduler. Up to date when the binary's
+# embedded module version and Go version match what the module selects now (`go version -m`).
+build_scheduler() {
+  local bin="$ROOT/bin/scheduler" want have
+  want="$("$GO" list -m -f '{{.Version}}' d7y.io/dragonfly/v2) $("$GO" env GOVERSION)"
+  have=""
+  if [ -x "$bin" ]; then
+    have="$("$GO" version -m "$bin" 2>/dev/null | awk '$1 == "mod" && $2 == "d7y.io/dragonfly/v2" {print $3}') $("$GO" version "$bin" 2>/dev/null | awk '{print $2}')"
+  fi
+  if [ "$have" = "$want" ]; then
+    echo "tools: scheduler $want already built" >&2
+    return
+  fi
+  echo "tools: building scheduler $want (about 7 minutes cold)" >&2
+  local start=$SECONDS
+  "$GO" build -o "$bin.tmp" d7y.io/dragonfly/v2/cmd/scheduler
+  mv "$bin.tmp" "$bin"
+  echo "tools: built scheduler in $((SECONDS - start))s" >&2
+}
+build_scheduler
 
 echo "$TOOLS"
