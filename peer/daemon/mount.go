@@ -1,0 +1,312 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/dfnydus/dfnydus/fuse"
+	"github.com/dfnydus/dfnydus/peer"
+	"github.com/dfnydus/dfnydus/peer/source"
+)
+
+// mount is one served image and everything that lives as long as it does.
+type mount struct {
+	info         MountInfo
+	oi           *openedImage  // its src is the Retrying back-to-source reader
+	attached     source.Source // the Distributor's source, or nil
+	im           *peer.Image
+	srv          *fuse.Server
+	api          *peer.APIServer
+	stopPrefetch context.CancelFunc
+	log          *zap.Logger
+
+	// umu serialises unmounts; unmounted is set once one succeeded.
+	umu       sync.Mutex
+	unmounted bool
+	// gone is closed once the mount is gone and everything it held is released.
+	gone chan struct{}
+}
+
+// sourceRetryBase is the backoff before the first retry of a back-to-source read.
+const sourceRetryBase = 200 * time.Millisecond
+
+// Mount serves an image at req.Mountpoint and returns once the mount answers. A mount that fails
+// leaves nothing behind: no mount, no API socket, no entry, nothing attached. ctx bounds the mount
+// itself (opening the image, attaching to P2P), not the mount's life.
+func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountInfo, error) {
+	req, err := checkRequest(req)
+	if err != nil {
+		return MountInfo{}, err
+	}
+	mp := req.Mountpoint
+	if err := d.reserve(mp); err != nil {
+		return MountInfo{}, err
+	}
+	defer d.inflight.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(d.closing, cancel)()
+
+	m, err := d.mount(ctx, req)
+	d.mu.Lock()
+	delete(d.pending, mp)
+	if err == nil && d.closed {
+		err = ErrClosed
+		d.mu.Unlock()
+		m.undo()
+	} else {
+		if err == nil {
+			d.mounts[mp] = m
+		}
+		d.mu.Unlock()
+	}
+	if err != nil {
+		d.log.Warn("mount failed", zap.String("mountpoint", mp), logSource(req), zap.Error(err))
+		return MountInfo{}, err
+	}
+	go d.watch(m)
+	m.log.Info("mounted", zap.String("source", m.info.Source), zap.Bool("p2p", m.info.P2P), zap.String("prefetch", m.info.Prefetch))
+	return m.info, nil
+}
+
+// reserve marks mp as being mounted; the caller must call d.inflight.Done.
+func (d *Daemon) reserve(mp string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		return ErrClosed
+	case d.pending[mp]:
+		return fmt.Errorf("%s: %w (a mount is in progress)", mp, ErrAlreadyMounted)
+	case d.mounts[mp] != nil:
+		return fmt.Errorf("%s: %w", mp, ErrAlreadyMounted)
+	}
+	d.pending[mp] = true
+	d.inflight.Add(1)
+	return nil
+}
+
+// prefetchFor returns the request's prefetch mode and rate, falling back to the config.
+func (d *Daemon) prefetchFor(req MountRequest) (peer.PrefetchMode, int64) {
+	mode := req.Prefetch
+	if mode == "" {
+		mode = d.cfg.Prefetch.Mode
+	}
+	rate := req.PrefetchRate
+	switch {
+	case rate == 0:
+		rate = int64(d.cfg.Prefetch.Rate)
+	case rate < 0:
+		rate = 0
+	}
+	m, _ := parsePrefetch(mode) // checked by checkRequest and Validate
+	return m, rate
+}
+
+func parsePrefetch(s string) (peer.PrefetchMode, error) {
+	m, err := peer.ParsePrefetchMode(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	return m, nil
+}
+
+// mount does the work of Mount; on error everything done so far is undone.
+func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err error) {
+	mp := req.Mountpoint
+	mode, rate := d.prefetchFor(req)
+	m := &mount{log: d.log.With(zap.String("mountpoint", mp)), gone: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			m.undo()
+		}
+	}()
+	if err := prepareMountpoint(mp, m.log); err != nil {
+		return nil, err
+	}
+	oi, err := d.open(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	oi.src = source.Retrying(oi.src, d.cfg.Source.Retries, sourceRetryBase)
+	m.oi = oi
+	m.log = m.log.With(zap.String("image", oi.name))
+	read := oi.src
+	if d.dist != nil {
+		att, err := d.dist.Attach(ctx, AttachedImage{Name: oi.name, RAFS: oi.img, Blobs: oi.blobs, Source: oi.src})
+		if err != nil {
+			return nil, fmt.Errorf("mount %s: attach to P2P: %w", mp, err)
+		}
+		m.attached, read = att, att
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	m.im = d.fetcher.NewImage(oi.name, oi.img, read)
+	fopts := fuse.DefaultOptions()
+	fopts.AllowOther, fopts.Debug, fopts.Log, fopts.Metrics = req.AllowOther, req.FuseDebug, d.log, d.reg
+	if m.srv, err = fuse.Mount(mp, oi.img, m.im, fopts); err != nil {
+		return nil, err // says "mount MP: ..."
+	}
+	sock := peer.SocketPath(d.cfg.CacheDir, mp)
+	im := m.im
+	if m.api, err = peer.ServeAPI(sock, mp, func() []*peer.Image { return []*peer.Image{im} }, d.reg); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	if err := ctx.Err(); err != nil { // the caller gave up, or the daemon is closing
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	pctx, stop := context.WithCancel(context.Background())
+	m.stopPrefetch = stop
+	m.im.StartPrefetch(pctx, peer.PrefetchOptions{Mode: mode, Rate: rate})
+	m.info = MountInfo{Mountpoint: mp, Image: oi.name, Source: oi.src.String(), APISocket: sock, Started: time.Now(),
+		P2P: m.attached != nil, Prefetch: string(mode)}
+	return m, nil
+}
+
+// undo releases a mount that never made it into the daemon's table.
+func (m *mount) undo() {
+	if m.srv != nil {
+		if err := m.srv.Unmount(); err != nil {
+			m.log.Warn("unmount of a failed mount failed, detaching lazily", zap.Error(err))
+			forceDetach(m.srv.Mountpoint(), m.log)
+		}
+	}
+	m.release()
+}
+
+// release stops prefetch and closes the API socket and the sources, once the mount is gone.
+func (m *mount) release() {
+	if m.stopPrefetch != nil {
+		m.stopPrefetch()
+		waitPrefetch(m.im)
+	}
+	if m.api != nil {
+		m.api.Close()
+	}
+	if m.attached != nil {
+		if err := m.attached.Close(); err != nil {
+			m.log.Warn("detach from P2P", zap.Error(err))
+		}
+	}
+	if m.oi != nil {
+		m.oi.close()
+	}
+}
+
+// waitPrefetch waits for a cancelled prefetch to stop, so nothing reaches the fetcher or the store
+// after the mount is released. The peer package has no handle on its prefetch goroutine; its state
+// leaves "running" just before the goroutine returns.
+func waitPrefetch(im *peer.Image) {
+	for im.PrefetchStatus().State == peer.PrefetchRunning {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// watch waits until the mount is gone, however that happens (Umount, umount(8) from outside,
+// Close), then releases it and removes its entry.
+func (d *Daemon) watch(m *mount) {
+	m.srv.Wait()
+	m.release()
+	d.mu.Lock()
+	if d.mounts[m.info.Mountpoint] == m {
+		delete(d.mounts, m.info.Mountpoint)
+	}
+	d.mu.Unlock()
+	m.log.Info("unmounted")
+	close(m.gone)
+}
+
+// Umount unmounts the daemon's mount at mountpoint and returns once it is released. A busy mount
+// (a process holds a file or sits in a directory) stays mounted and the error says so.
+func (d *Daemon) Umount(ctx context.Context, mountpoint string) error {
+	m, err := d.lookup(mountpoint)
+	if err != nil {
+		return err
+	}
+	return d.unmount(ctx, m, false)
+}
+
+// unmount unmounts m and waits until it is released. With force a mount that stays busy is
+// detached lazily (it leaves the mount table; its FUSE connection is aborted if fusectl is there).
+func (d *Daemon) unmount(ctx context.Context, m *mount, force bool) error {
+	m.umu.Lock()
+	var err error
+	if !m.unmounted {
+		if err = m.srv.Unmount(); err != nil && !isFUSEMount(m.info.Mountpoint) {
+			err = nil // unmounted from outside meanwhile: watch releases it
+		}
+		if err != nil && force {
+			m.log.Warn("mount busy, detaching lazily", zap.Error(err))
+			forceDetach(m.info.Mountpoint, m.log)
+			err = nil
+		}
+		m.unmounted = err == nil
+	}
+	m.umu.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-m.gone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("umount %s: waiting for the mount to go: %w", m.info.Mountpoint, ctx.Err())
+	}
+}
+
+// fuseSuperMagic is statfs's f_type of FUSE file systems (linux/magic.h).
+const fuseSuperMagic = 0x65735546
+
+// isFUSEMount reports whether a FUSE file system is mounted at mp.
+func isFUSEMount(mp string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(mp, &st) == nil && st.Type == fuseSuperMagic
+}
+
+// forceDetach removes a busy FUSE mount from the mount table (MNT_DETACH) and aborts its
+// connection through fusectl when mounted at /sys/fs/fuse/connections, so blocked readers fail and
+// the server stops.
+func forceDetach(mp string, log *zap.Logger) {
+	var st unix.Stat_t
+	statErr := unix.Stat(mp, &st)
+	if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		log.Warn("lazy unmount failed", zap.Error(err))
+	}
+	if statErr != nil {
+		return
+	}
+	// The connection directory is named by the superblock's kernel dev_t (MINORBITS 20).
+	dev := uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev))
+	abort := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", dev)
+	if err := os.WriteFile(abort, []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("abort FUSE connection", zap.String("path", abort), zap.Error(err))
+	}
+}
+
+// prepareMountpoint checks the mountpoint and clears a mount left by a dfnydus that was killed
+// (reads there fail with ENOTCONN).
+func prepareMountpoint(mp string, log *zap.Logger) error {
+	fi, err := os.Stat(mp)
+	if errors.Is(err, unix.ENOTCONN) {
+		log.Warn("clearing a stale mount left by a killed process", zap.String("mountpoint", mp))
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("clear stale mount at %s: %w", mp, err)
+		}
+		fi, err = os.Stat(mp)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: mountpoint: %w", ErrInvalidRequest, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: mountpoint %s is not a directory", ErrInvalidRequest, mp)
+	}
+	return nil
+}
