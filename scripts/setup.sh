@@ -23,4 +23,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -o DPkg::Lock::Timeout=600 -qq
   apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# containerd + runc for the real-container tests (test/containerd) and `make bench-containers`.
+bash "$(dirname "$0")/containerd.sh" apt
 echo "setup: system packages ready"

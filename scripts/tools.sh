@@ -66,4 +66,7 @@ build_scheduler() {
 }
 build_scheduler
 
+# nydus-snapshotter v0.16.1 and the containerd test client (test/containerd/ctrclient).
+bash "$ROOT/scripts/containerd.sh" tools >&2
+
 echo "$TOOLS"

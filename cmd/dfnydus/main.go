@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"syscall"
 
@@ -20,6 +21,9 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if filepath.Base(os.Args[0]) == "nydusd" { // nydus-snapshotter's nydusd_path pointing at a symlink to dfnydus
+		os.Exit(runNydusd(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	}
 	if err := newRoot().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "dfnydus:", err)
 		os.Exit(1)
@@ -64,6 +68,7 @@ func newRoot() *cobra.Command {
 	_ = root.PersistentFlags().MarkHidden("cpu-profile")
 	root.AddCommand(newBuildCmd(g), newConvertCmd(g), newInspectCmd(g), newCheckCmd(g), newUnpackCmd(g),
 		newMountCmd(g), newUmountCmd(g), newStatCmd(g))
+	root.AddCommand(newNydusdCmd())
 	return root
 }
 
