@@ -55,12 +55,12 @@ type BackendConfig struct {
 	Dir      string `json:"dir,omitempty"`
 	BlobFile string `json:"blob_file,omitempty"`
 	// registry
-	Host          string `json:"host,omitempty"`
-	Repo          string `json:"repo,omitempty"`
-	Scheme        string `json:"scheme,omitempty"`
-	Auth          string `json:"auth,omitempty"` // base64 of "user:password"
-	RegistryToken string `json:"registry_token,omitempty"`
-	SkipVerify    bool   `json:"skip_verify,omitempty"`
+	Host          string   `json:"host,omitempty"`
+	Repo          string   `json:"repo,omitempty"`
+	Scheme        string   `json:"scheme,omitempty"`
+	Auth          string   `json:"auth,omitempty"` // base64 of "user:password"
+	RegistryToken string   `json:"registry_token,omitempty"`
+	SkipVerify    bool     `json:"skip_verify,omitempty"`
 	CACertFiles   []string `json:"ca_cert_files,omitempty"`
 	Proxy         struct {
 		URL      string `json:"url,omitempty"`
