@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -195,17 +196,25 @@ func ParseConfig(data []byte) (Config, error) {
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		return Config{}, err
 	}
+	if len(cfg.Scheduler.Addrs) == 0 {
+		cfg.Scheduler.Addrs = nil // "addrs: []" is the default
+	}
 	return cfg, cfg.Validate()
 }
 
-// checkKeys reports the first mapping key of n that t (a struct type) has no field for, with its
-// dotted path and line: a clearer message than the decoder's.
+// checkKeys reports the first mapping key of n that t (a struct type) has no field for, and the
+// first value that does not decode into its field's type, with the key's dotted path and line: a
+// clearer message than the decoder's.
 func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
-		return nil // type mismatches are the decoder's to report
+	if n.Kind != yaml.MappingNode {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return nil
+		}
+		key := strings.TrimSuffix(prefix, ".")
+		if key == "" {
+			key = "the file"
+		}
+		return fmt.Errorf("line %d: %s: want a mapping of keys, have a %s", n.Line, key, kindName(n.Kind))
 	}
 	fields := map[string]reflect.Type{}
 	for i := 0; i < t.NumField(); i++ {
@@ -220,17 +229,27 @@ func checkKeys(n *yaml.Node, t reflect.Type, prefix string) error {
 		fields[name] = f.Type
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		k := n.Content[i]
+		k, v := n.Content[i], n.Content[i+1]
 		ft, ok := fields[k.Value]
 		if !ok {
 			return fmt.Errorf("line %d: unknown key %q", k.Line, prefix+k.Value)
 		}
-		if err := checkKeys(n.Content[i+1], ft, prefix+k.Value+"."); err != nil {
-			return err
+		if ft.Kind() == reflect.Struct {
+			if err := checkKeys(v, ft, prefix+k.Value+"."); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := v.Decode(reflect.New(ft).Interface()); err != nil {
+			msg := linePrefix.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "), "")
+			return fmt.Errorf("line %d: %s: %s", v.Line, prefix+k.Value, msg)
 		}
 	}
 	return nil
 }
+
+// linePrefix is the "line N: " the decoder puts before its messages.
+var linePrefix = regexp.MustCompile(`^line \d+: `)
 
 // Validate checks every value and names the first bad key.
 func (c Config) Validate() error {
