@@ -68,6 +68,7 @@ func newRoot() *cobra.Command {
 	_ = root.PersistentFlags().MarkHidden("cpu-profile")
 	root.AddCommand(newBuildCmd(g), newConvertCmd(g), newInspectCmd(g), newCheckCmd(g), newUnpackCmd(g),
 		newMountCmd(g), newUmountCmd(g), newStatCmd(g))
+	root.AddCommand(newDaemonCmd(g), newListCmd(g), newPreheatCmd(g))
 	root.AddCommand(newNydusdCmd())
 	return root
 }

@@ -6,32 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/dfnydus/dfnydus/fuse"
-	"github.com/dfnydus/dfnydus/oci"
 	"github.com/dfnydus/dfnydus/peer"
-	"github.com/dfnydus/dfnydus/peer/source"
-	"github.com/dfnydus/dfnydus/rafs"
-	"github.com/dfnydus/dfnydus/rafs/bootstrap"
-	"github.com/dfnydus/dfnydus/registry"
-	"github.com/dfnydus/dfnydus/store"
+	"github.com/dfnydus/dfnydus/peer/daemon"
 )
 
 // DefaultCacheDir holds the chunk store and the mounts' API sockets.
-const DefaultCacheDir = "/var/lib/dfnydus"
+const DefaultCacheDir = daemon.DefaultCacheDir
 
 type mountFlags struct {
 	reg                 registryFlags
@@ -46,19 +36,30 @@ type mountFlags struct {
 	allowOther, fuseDbg bool
 	sourceRetries       int
 	readyFile           string
+	platform            string
+	daemonSocket        string
+	foreground          bool
 }
+
+// daemonOnlyFlags configure the process that owns the store: a mount through a running daemon
+// takes them from the daemon's config instead.
+var daemonOnlyFlags = []string{"cache-dir", "cache-budget", "verify-reads", "metrics-addr", "memory-cache", "source-retries"}
 
 func newMountCmd(g *globals) *cobra.Command {
 	f := &mountFlags{}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] (IMAGE_REF | s3://BUCKET/PREFIX | --bootstrap FILE --blob-dir DIR) MOUNTPOINT",
 		Short: "Mount a nydus image lazily: serve it now, fetch chunks on demand, prefetch the rest",
-		Long: `Mount serves the image at MOUNTPOINT over FUSE in the foreground until it is unmounted
-(dfnydus umount MOUNTPOINT) or signalled. Every chunk is verified against its digest before it is
-stored or returned; verified chunks are kept in the store under --cache-dir and survive restarts.
+		Long: `Mount serves the image at MOUNTPOINT over FUSE. Every chunk is verified against its digest before
+it is stored or returned; verified chunks are kept in the store and survive restarts.
 SOURCE is an image reference in a registry, an s3:// location (with --bootstrap; credentials from
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, endpoint as ?endpoint=URL), or, with no SOURCE, a local
-or NAS directory of blobs (--blob-dir) with --bootstrap.`,
+or NAS directory of blobs (--blob-dir) with --bootstrap.
+
+When a dfnydus daemon answers on --daemon-socket, the daemon mounts the image (in its store, with
+its configuration) and mount returns once the mount serves, printing the mountpoint. Otherwise (or
+with --foreground) mount serves the image itself, with a store under --cache-dir, in the
+foreground until it is unmounted (dfnydus umount MOUNTPOINT) or signalled.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error { return runMount(cmd, g, f, args) },
 	}
@@ -66,7 +67,7 @@ or NAS directory of blobs (--blob-dir) with --bootstrap.`,
 	f.reg.add(fl)
 	fl.StringVar(&f.bootstrap, "bootstrap", "", "bootstrap file (local and s3 sources)")
 	fl.StringVar(&f.blobDir, "blob-dir", "", "directory of blobs named by id (local source)")
-	fl.StringVar(&f.cacheDir, "cache-dir", DefaultCacheDir, "where the chunk store and API sockets live")
+	fl.StringVar(&f.cacheDir, "cache-dir", DefaultCacheDir, "where the chunk store and API sockets live (foreground mounts)")
 	fl.StringVar(&f.prefetch, "prefetch", "all", "background prefetch: off, files (the image's prefetch list) or all")
 	fl.Int64Var(&f.prefetchRate, "prefetch-rate", 0, "prefetch bandwidth limit in bytes/s (0: unlimited)")
 	fl.Int64Var(&f.budget, "cache-budget", 0, "bytes of chunk data the store may keep (0: unlimited); least recently used chunks go first")
@@ -77,66 +78,52 @@ or NAS directory of blobs (--blob-dir) with --bootstrap.`,
 	fl.BoolVar(&f.fuseDbg, "fuse-debug", false, "log every FUSE request")
 	fl.IntVar(&f.sourceRetries, "source-retries", 5, "attempts for a failed back-to-source read")
 	fl.StringVar(&f.readyFile, "ready-file", "", "write this file once the mount serves (for scripts)")
+	fl.StringVar(&f.platform, "platform", "", "platform to pick from an image index, os/arch[/variant] (default: this host's)")
+	fl.BoolVar(&f.foreground, "foreground", false, "serve in this process even when a daemon answers on --daemon-socket")
+	addDaemonSocketFlag(fl, &f.daemonSocket)
 	return cmd
 }
 
-// openedImage is an image ready to mount: its model, its blob source and a display name.
-type openedImage struct {
-	name string
-	img  *rafs.Image
-	src  source.Source
-}
-
-func (f *mountFlags) open(ctx context.Context, g *globals, sourceArg string) (*openedImage, error) {
+// request is the mount request the flags and arguments make; paths are made absolute.
+func (f *mountFlags) request(changed func(string) bool, sourceArg, mountpoint string) (daemon.MountRequest, error) {
+	req := daemon.MountRequest{Ref: sourceArg, Platform: f.platform, AllowOther: f.allowOther, FuseDebug: f.fuseDbg}
+	for _, p := range []struct {
+		dst *string
+		src string
+	}{{&req.Mountpoint, mountpoint}, {&req.Bootstrap, f.bootstrap}, {&req.BlobDir, f.blobDir}} {
+		if p.src == "" {
+			continue
+		}
+		abs, err := filepath.Abs(p.src)
+		if err != nil {
+			return req, err
+		}
+		*p.dst = abs
+	}
 	switch {
-	case sourceArg == "":
-		if f.bootstrap == "" || f.blobDir == "" {
-			return nil, errors.New("without SOURCE, give --bootstrap FILE and --blob-dir DIR")
-		}
-		_, img, err := bootstrap.Load(f.bootstrap)
-		if err != nil {
-			return nil, err
-		}
-		return &openedImage{name: f.bootstrap, img: img, src: source.NewLocal(f.blobDir)}, nil
-	case strings.HasPrefix(sourceArg, "s3://"):
-		if f.bootstrap == "" {
-			return nil, errors.New("an s3:// source needs --bootstrap FILE")
-		}
-		cfg, err := source.ParseS3URL(sourceArg)
-		if err != nil {
-			return nil, err
-		}
-		src, err := source.NewS3(cfg)
-		if err != nil {
-			return nil, err
-		}
-		_, img, err := bootstrap.Load(f.bootstrap)
-		if err != nil {
-			src.Close()
-			return nil, err
-		}
-		return &openedImage{name: sourceArg, img: img, src: src}, nil
+	case sourceArg == "" && (f.bootstrap == "" || f.blobDir == ""):
+		return req, errors.New("without SOURCE, give --bootstrap FILE and --blob-dir DIR")
+	case strings.HasPrefix(sourceArg, "s3://") && f.bootstrap == "":
+		return req, errors.New("an s3:// source needs --bootstrap FILE")
 	}
-	ref, err := registry.ParseRef(sourceArg)
+	if changed("prefetch") {
+		if _, err := peer.ParsePrefetchMode(f.prefetch); err != nil {
+			return req, err
+		}
+		req.Prefetch = f.prefetch
+	}
+	if changed("prefetch-rate") {
+		req.PrefetchRate = f.prefetchRate
+		if f.prefetchRate == 0 {
+			req.PrefetchRate = -1 // asked for unlimited, not for the daemon's default
+		}
+	}
+	reg, err := f.reg.requestOptions(changed)
 	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
+		return req, err
 	}
-	c, err := f.reg.client(g.log)
-	if err != nil {
-		return nil, err
-	}
-	oimg, err := oci.Open(ctx, c, ref, registry.HostPlatform())
-	if err != nil {
-		return nil, err
-	}
-	// Chunk reads get their own client without retries of its own: the fetcher's Retrying source
-	// decides, so attempts do not multiply.
-	f.reg.retries = 0
-	rc, err := f.reg.client(g.log)
-	if err != nil {
-		return nil, err
-	}
-	return &openedImage{name: oimg.Ref.String(), img: oimg.RAFS, src: source.NewRegistry(rc, oimg.Ref)}, nil
+	req.Registry = reg
+	return req, nil
 }
 
 func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) error {
@@ -145,106 +132,105 @@ func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) erro
 	if len(args) == 2 {
 		sourceArg = args[0]
 	}
-	mode, err := peer.ParsePrefetchMode(f.prefetch)
+	req, err := f.request(cmd.Flags().Changed, sourceArg, mountpoint)
 	if err != nil {
 		return err
 	}
-	if err := prepareMountpoint(mountpoint, g.log); err != nil {
-		return err
-	}
-	oi, err := f.open(ctx, g, sourceArg)
-	if err != nil {
-		return err
-	}
-	src := source.Retrying(oi.src, f.sourceRetries, 200*time.Millisecond)
-	defer src.Close()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	sopts := store.DefaultOptions()
-	sopts.Budget, sopts.VerifyReads, sopts.Log, sopts.Metrics = f.budget, f.verifyReads, g.log, reg
-	st, err := store.Open(filepath.Join(f.cacheDir, "store"), sopts)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	fetcher := peer.NewFetcher(peer.Options{Store: st, MemoryCache: f.memCache, Log: g.log, Metrics: reg})
-	defer fetcher.Close() // store writes in flight finish before the store closes
-	im := fetcher.NewImage(oi.name, oi.img, src)
-
-	fopts := fuse.DefaultOptions()
-	fopts.AllowOther, fopts.Debug, fopts.Log, fopts.Metrics = f.allowOther, f.fuseDbg, g.log, reg
-	srv, err := fuse.Mount(mountpoint, oi.img, im, fopts)
-	if err != nil {
-		return fmt.Errorf("mount %s: %w", mountpoint, err)
-	}
-	api, err := peer.ServeAPI(peer.SocketPath(f.cacheDir, mountpoint), mountpoint, func() []*peer.Image { return []*peer.Image{im} }, reg)
-	if err != nil {
-		_ = srv.Unmount()
-		return err
-	}
-	defer api.Close()
-	if f.metricsAddr != "" {
-		ln, err := net.Listen("tcp", f.metricsAddr)
+	if !f.foreground {
+		c, err := connectDaemon(ctx, f.daemonSocket)
 		if err != nil {
-			_ = srv.Unmount()
-			return fmt.Errorf("--metrics-addr: %w", err)
+			return err
 		}
-		go func() { _ = http.Serve(ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})) }()
-		defer ln.Close()
-	}
-	pctx, stopPrefetch := context.WithCancel(context.Background())
-	defer stopPrefetch()
-	im.StartPrefetch(pctx, peer.PrefetchOptions{Mode: mode, Rate: f.prefetchRate})
-	g.log.Info("mounted", zap.String("image", oi.name), zap.String("mountpoint", mountpoint), zap.String("source", oi.src.String()),
-		zap.String("prefetch", string(mode)))
-	if f.readyFile != "" {
-		if err := os.WriteFile(f.readyFile, []byte(mountpoint+"\n"), 0o644); err != nil {
-			g.log.Warn("ready file", zap.Error(err))
+		if c != nil {
+			defer c.Close()
+			return mountThroughDaemon(cmd, g, f, c, req)
 		}
 	}
+	return mountForeground(cmd, g, f, req)
+}
 
-	done := make(chan struct{})
-	go func() { srv.Wait(); close(done) }()
-	select {
-	case <-done:
-		g.log.Info("unmounted", zap.String("mountpoint", mountpoint))
-	case <-ctx.Done():
-		g.log.Info("signalled: unmounting", zap.String("mountpoint", mountpoint))
-		stopPrefetch()
-		if err := srv.Unmount(); err != nil {
-			g.log.Warn("unmount failed, detaching lazily", zap.Error(err))
-			_ = unix.Unmount(mountpoint, unix.MNT_DETACH)
+// mountThroughDaemon asks the daemon to mount and returns once the mount serves.
+func mountThroughDaemon(cmd *cobra.Command, g *globals, f *mountFlags, c *daemon.Client, req daemon.MountRequest) error {
+	for _, name := range daemonOnlyFlags {
+		if cmd.Flags().Changed(name) {
+			g.log.Warn("flag ignored: the daemon's config decides", zap.String("flag", "--"+name), zap.String("daemon", c.Socket()))
 		}
-		<-done
+	}
+	info, err := c.Mount(cmd.Context(), req)
+	if err != nil {
+		return err
+	}
+	g.log.Info("mounted by the daemon", zap.String("image", info.Image), zap.String("mountpoint", info.Mountpoint),
+		zap.String("daemon", c.Socket()), zap.Bool("p2p", info.P2P))
+	fmt.Fprintln(cmd.OutOrStdout(), info.Mountpoint)
+	writeReadyFile(f.readyFile, info.Mountpoint, g.log)
+	return nil
+}
+
+// mountForeground serves the mount in this process, through an in-process daemon built from the
+// flags, until it is unmounted or the process is signalled.
+func mountForeground(cmd *cobra.Command, g *globals, f *mountFlags, req daemon.MountRequest) error {
+	ctx := cmd.Context()
+	cfg, err := f.daemonConfig()
+	if err != nil {
+		return err
+	}
+	d, err := daemon.New(ctx, cfg, daemon.Options{Log: g.log, Version: version})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := d.Close(cctx); err != nil {
+			g.log.Warn("shutdown", zap.Error(err))
+		}
+	}()
+	info, err := d.Mount(ctx, req)
+	if err != nil {
+		return err
+	}
+	writeReadyFile(f.readyFile, info.Mountpoint, g.log)
+	if err := d.Wait(ctx, info.Mountpoint); err != nil {
+		g.log.Info("signalled: unmounting", zap.String("mountpoint", info.Mountpoint))
+		return nil // the deferred Close unmounts
 	}
 	return nil
 }
 
-// prepareMountpoint checks the mountpoint and clears a mount left by a dfnydus that was killed
-// (reads there fail with ENOTCONN).
-func prepareMountpoint(mp string, log *zap.Logger) error {
-	_, err := os.Stat(mp)
-	if errors.Is(err, unix.ENOTCONN) {
-		log.Warn("clearing a stale mount left by a killed process", zap.String("mountpoint", mp))
-		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
-			return fmt.Errorf("clear stale mount at %s: %w", mp, err)
-		}
-		_, err = os.Stat(mp)
+// writeReadyFile writes the mountpoint to path (if set) once the mount serves.
+func writeReadyFile(path, mountpoint string, log *zap.Logger) {
+	if path == "" {
+		return
 	}
-	if err != nil {
-		return fmt.Errorf("mountpoint: %w", err)
+	if err := os.WriteFile(path, []byte(mountpoint+"\n"), 0o644); err != nil {
+		log.Warn("ready file", zap.Error(err))
 	}
-	return nil
 }
 
 func newUmountCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var socket string
+	cmd := &cobra.Command{
 		Use:   "umount MOUNTPOINT",
-		Short: "Unmount a dfnydus mount (its dfnydus mount process then exits)",
+		Short: "Unmount a dfnydus mount (through the daemon when it serves it; a foreground mount process then exits)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := unix.Unmount(args[0], 0); err != nil {
+			mp, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := connectDaemon(cmd.Context(), socket)
+			if err != nil {
+				return err
+			}
+			if c != nil {
+				defer c.Close()
+				err := c.Umount(cmd.Context(), mp)
+				if !errors.Is(err, daemon.ErrNotMounted) {
+					return err
+				}
+			}
+			if err := unix.Unmount(mp, 0); err != nil {
 				if errors.Is(err, unix.EINVAL) {
 					return fmt.Errorf("%s is not a mount point", args[0])
 				}
@@ -253,10 +239,47 @@ func newUmountCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	addDaemonSocketFlag(cmd.Flags(), &socket)
+	return cmd
+}
+
+func newListCmd(g *globals) *cobra.Command {
+	var socket string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the daemon's mounts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := needDaemon(cmd.Context(), socket)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			mounts, err := c.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return writeJSON(out, mounts)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MOUNTPOINT\tSOURCE\tP2P\tPREFETCH\tUP\tIMAGE")
+			for _, m := range mounts {
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", m.Mountpoint, m.Source, m.P2P, m.Prefetch,
+					time.Since(m.Started).Round(time.Second), m.Image)
+			}
+			return tw.Flush()
+		},
+	}
+	addDaemonSocketFlag(cmd.Flags(), &socket)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }
 
 func newStatCmd(g *globals) *cobra.Command {
-	var cacheDir string
+	var cacheDir, socket string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "stat MOUNTPOINT",
@@ -265,7 +288,7 @@ func newStatCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			info, err := peer.QueryStat(ctx, peer.SocketPath(cacheDir, args[0]))
+			info, err := queryStat(ctx, socket, cacheDir, args[0])
 			if err != nil {
 				return err
 			}
@@ -285,9 +308,31 @@ func newStatCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&cacheDir, "cache-dir", DefaultCacheDir, "the mount's --cache-dir")
+	cmd.Flags().StringVar(&cacheDir, "cache-dir", DefaultCacheDir, "the --cache-dir of a foreground mount")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addDaemonSocketFlag(cmd.Flags(), &socket)
 	return cmd
+}
+
+// queryStat asks the daemon about mountpoint when it serves it, else the foreground mount's API
+// socket under cacheDir.
+func queryStat(ctx context.Context, socket, cacheDir, mountpoint string) (*peer.MountInfo, error) {
+	mp, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	c, err := connectDaemon(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		defer c.Close()
+		info, err := c.Stat(ctx, mp)
+		if !errors.Is(err, daemon.ErrNotMounted) {
+			return info, err
+		}
+	}
+	return peer.QueryStat(ctx, peer.SocketPath(cacheDir, mp))
 }
 
 func writeJSON(w io.Writer, v any) error {
