@@ -26,6 +26,9 @@ const (
 	// DefaultDialTimeout bounds one attempt on one scheduler: an AnnounceHost, or opening an
 	// AnnouncePeer stream and sending the register.
 	DefaultDialTimeout = 5 * time.Second
+	// DefaultReconnectTimeout is how long a session whose stream broke keeps looking for a
+	// scheduler (long enough for a scheduler restart) before it ends with EventError.
+	DefaultReconnectTimeout = 30 * time.Second
 )
 
 // ErrNoScheduler is wrapped by errors returned when no configured scheduler answers.
@@ -44,6 +47,8 @@ type Config struct {
 	Log *zap.Logger
 	// DialTimeout defaults to DefaultDialTimeout.
 	DialTimeout time.Duration
+	// ReconnectTimeout defaults to DefaultReconnectTimeout.
+	ReconnectTimeout time.Duration
 	// DialOptions are added to every scheduler connection (e.g. grpc.WithContextDialer to reach
 	// schedulers in another network namespace). Connections are plaintext.
 	DialOptions []grpc.DialOption
@@ -88,6 +93,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.ReconnectTimeout <= 0 {
+		cfg.ReconnectTimeout = DefaultReconnectTimeout
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()

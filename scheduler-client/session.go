@@ -395,21 +395,44 @@ func (s *Session) recvLoop() {
 		}
 		failures++
 		s.log.Warn("announce peer stream broke; registering again", zap.String("scheduler", addr), zap.Error(err))
-		ctx, cancel := context.WithTimeout(s.ctx, time.Duration(len(s.c.clients)+1)*2*s.c.cfg.DialTimeout)
-		// Probe first: recover re-announces the host (a scheduler that lost it answers NotFound).
-		idx, ngen, rerr := s.c.recover(ctx, gen)
-		if rerr == nil {
-			rerr = s.establish(ctx, idx, ngen)
-		}
-		cancel()
-		if rerr != nil {
+		if rerr := s.reconnect(gen); rerr != nil {
 			if errors.Is(rerr, ErrSessionEnded) || s.ctx.Err() != nil {
 				return
 			}
-			s.end(fmt.Errorf("re-register after %v: %w", err, rerr))
+			s.end(fmt.Errorf("register again after %v: %w", err, rerr))
 			return
 		}
 		s.events.push(Event{Kind: EventReconnected, Scheduler: s.Scheduler(), Description: "registered again after: " + err.Error()})
+	}
+}
+
+// reconnect looks for a scheduler (the one in use first) and registers there, in rounds with a
+// growing pause, for up to Config.ReconnectTimeout.
+func (s *Session) reconnect(gen uint64) error {
+	deadline := time.Now().Add(s.c.cfg.ReconnectTimeout)
+	pause := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(s.ctx, time.Duration(len(s.c.clients)+1)*2*s.c.cfg.DialTimeout)
+		// recover re-announces the host first (a scheduler that lost it answers NotFound).
+		idx, ngen, err := s.c.recover(ctx, gen)
+		if err == nil {
+			err = s.establish(ctx, idx, ngen)
+		}
+		cancel()
+		if err == nil || errors.Is(err, ErrSessionEnded) || s.ctx.Err() != nil {
+			return err
+		}
+		if time.Now().Add(pause).After(deadline) {
+			return err
+		}
+		s.log.Debug("no scheduler yet", zap.Duration("pause", pause), zap.Error(err))
+		select {
+		case <-time.After(pause):
+		case <-s.ctx.Done():
+			return ErrSessionEnded
+		}
+		pause = min(2*pause, 2*time.Second)
+		gen = ngen
 	}
 }
 
@@ -700,7 +723,7 @@ func (s *Session) conclude(o outcome) error {
 	s.mu.Unlock()
 	// The scheduler returns from the stream right after handling the outcome; a reconnect in
 	// between replays it. Bounded in case a scheduler neither answers nor breaks.
-	wait := time.Duration(len(s.c.clients)+2) * 2 * s.c.cfg.DialTimeout
+	wait := s.c.cfg.ReconnectTimeout + time.Duration(len(s.c.clients)+2)*2*s.c.cfg.DialTimeout
 	select {
 	case <-s.recvDone:
 	case <-time.After(wait):

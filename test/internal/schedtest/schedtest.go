@@ -107,7 +107,7 @@ func (p *process) exited() bool {
 	}
 }
 
-// stop sends sig, waits for the exit and kills the process if it has not exited after 10 seconds.
+// stop sends sig, waits for the exit and kills the process if it has not exited after 30 seconds.
 func (p *process) stop(sig syscall.Signal) {
 	if p.exited() {
 		return
@@ -115,7 +115,7 @@ func (p *process) stop(sig syscall.Signal) {
 	_ = p.cmd.Process.Signal(sig)
 	select {
 	case <-p.done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second): // the scheduler itself waits 10 s for streams on SIGTERM
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
