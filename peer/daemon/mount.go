@@ -225,7 +225,8 @@ func (d *Daemon) watch(m *mount) {
 }
 
 // Umount unmounts the daemon's mount at mountpoint and returns once it is released. A busy mount
-// (a process holds a file or sits in a directory) stays mounted and the error says so.
+// (a process holds a file or sits in a directory) stays mounted and serving, and the error says
+// so (it wraps unix.EBUSY).
 func (d *Daemon) Umount(ctx context.Context, mountpoint string) error {
 	m, err := d.lookup(mountpoint)
 	if err != nil {
@@ -240,7 +241,13 @@ func (d *Daemon) unmount(ctx context.Context, m *mount, force bool) error {
 	m.umu.Lock()
 	var err error
 	if !m.unmounted {
-		if err = m.srv.Unmount(); err != nil && !isFUSEMount(m.info.Mountpoint) {
+		if force {
+			// Cancels the reads in flight, so blocked readers let go, then retries a while.
+			err = m.srv.Unmount()
+		} else {
+			err = plainUnmount(m)
+		}
+		if err != nil && !isFUSEMount(m.info.Mountpoint) {
 			err = nil // unmounted from outside meanwhile: watch releases it
 		}
 		if err != nil && force {
@@ -260,6 +267,21 @@ func (d *Daemon) unmount(ctx context.Context, m *mount, force bool) error {
 	case <-ctx.Done():
 		return fmt.Errorf("umount %s: waiting for the mount to go: %w", m.info.Mountpoint, ctx.Err())
 	}
+}
+
+// plainUnmount unmounts as umount(8) does: a busy mount stays mounted and keeps serving.
+// (fuse.Server.Unmount would also cancel the mount's reads, leaving a busy mount broken.)
+func plainUnmount(m *mount) error {
+	err := unix.Unmount(m.info.Mountpoint, 0)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("umount %s: %w (a process has a file open or its working directory there)", m.info.Mountpoint, err)
+	case errors.Is(err, unix.EPERM):
+		return m.srv.Unmount() // through fusermount
+	}
+	return fmt.Errorf("umount %s: %w", m.info.Mountpoint, err)
 }
 
 // fuseSuperMagic is statfs's f_type of FUSE file systems (linux/magic.h).
