@@ -4,7 +4,7 @@ BIN     := bin/dfnydus
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 FUZZTIME ?= 30s
 
-.PHONY: all build test test-unit test-e2e bench fuzz lint setup help clean demo
+.PHONY: all build test test-unit test-e2e bench fuzz lint setup help clean demo bench-containers
 
 all: build
 
@@ -13,6 +13,7 @@ help:
 	@echo "make build     build $(BIN)"
 	@echo "make test      unit + end-to-end tests (what CI runs)"
 	@echo "make bench     benchmarks with their same-run baselines"
+	@echo "make bench-containers  real container starts: OCI/overlayfs vs dfnydus via nydus-snapshotter (docs/containers.md)"
 	@echo "make fuzz      run every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make lint      gofmt + go vet"
 
@@ -28,6 +29,11 @@ test: setup build
 
 bench: build
 	bash scripts/bench.sh
+
+# Real container starts over a 100 Mbit/s link; writes docs/bench-containers.png (see docs/containers.md).
+bench-containers: setup build
+	DFNYDUS_BENCH_JSON=$(CURDIR)/bin/bench-containers.json $(GO) test -run '^$$' -bench BenchmarkContainerStart -benchtime=1x -timeout 120m ./test/containerd/
+	cd test/containerd/ctrclient && $(GO) run ./benchplot -in $(CURDIR)/bin/bench-containers.json -out $(CURDIR)/docs/bench-containers.png
 
 fuzz:
 	bash scripts/fuzz.sh $(FUZZTIME)

@@ -49,6 +49,9 @@ type harnessOptions struct {
 	RecoverPolicy string
 	// NydusdConfig is the nydusd configuration template (default: defaultNydusdConfig).
 	NydusdConfig string
+	// NetNS, when set, is a network namespace path (/run/netns/NAME) containerd and the
+	// snapshotter (hence every nydusd) run in; mounts stay in the host's mount namespace.
+	NetNS string
 }
 
 // defaultNydusdConfig is the snapshotter's template (misc/snapshotter/nydusd-config.fusedev.json)
@@ -159,9 +162,9 @@ cleanup_on_close = false
 `, h.snapRoot, snapSock, filepath.Join(dir, "system.sock"), filepath.Join(dir, "nydusd-config.json"), h.nydusd, opts.RecoverPolicy)
 	must(t, os.WriteFile(filepath.Join(dir, "snapshotter.toml"), []byte(snapCfg), 0o644))
 
-	h.start("containerd-nydus-grpc", h.snapLogs, filepath.Join(tdir, "containerd-nydus-grpc"), "--config", filepath.Join(dir, "snapshotter.toml"))
+	h.start("containerd-nydus-grpc", h.snapLogs, opts.NetNS, filepath.Join(tdir, "containerd-nydus-grpc"), "--config", filepath.Join(dir, "snapshotter.toml"))
 	h.waitSocket(snapSock, h.snapLogs)
-	h.start("containerd", h.ctrdLogs, "containerd", "--config", filepath.Join(dir, "containerd.toml"))
+	h.start("containerd", h.ctrdLogs, opts.NetNS, "containerd", "--config", filepath.Join(dir, "containerd.toml"))
 	h.waitSocket(h.ctrdSock, h.ctrdLogs)
 	return h
 }
@@ -173,9 +176,13 @@ func must(t testing.TB, err error) {
 	}
 }
 
-func (h *harness) start(name string, logs *testenv.LogBuffer, prog string, args ...string) {
+func (h *harness) start(name string, logs *testenv.LogBuffer, netns, prog string, args ...string) {
 	h.t.Helper()
 	cmd := exec.Command(prog, args...)
+	if netns != "" {
+		// nsenter execs prog: the pid stays prog's.
+		cmd = exec.Command("nsenter", append([]string{"--net=" + netns, "--", prog}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

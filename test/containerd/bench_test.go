@@ -1,0 +1,291 @@
+package containerd_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/dfnydus/dfnydus/test/internal/netns"
+	"github.com/dfnydus/dfnydus/test/internal/testenv"
+)
+
+// Container start benchmark (`make bench-containers`): per image, pull + create + run-to-ready of a
+// real container through containerd, for the OCI image on overlayfs (full pull) and the nydus image
+// served lazily by dfnydus through nydus-snapshotter, in the same run, with the registry behind a
+// 100 Mbit/s tc tbf link in a network namespace. Figures are printed, never checked.
+//
+//	DFNYDUS_BENCH_JSON=out.json go test -run '^$' -bench BenchmarkContainerStart -benchtime=1x -timeout 90m ./test/containerd/
+
+const benchLinkMbit = 100
+
+// benchImage is an image made here from real software and the workload that says it is ready.
+type benchImage struct {
+	name  string
+	trees func(b *testing.B) []string // layer directories, lowest first
+	args  []string
+	ready string // the workload prints this once it is up
+}
+
+var benchImages = []benchImage{
+	{name: "python", trees: func(b *testing.B) []string { return []string{pythonRootfs(b)} },
+		args:  []string{"/usr/bin/python3", "-c", "import json, email.mime.text, http.server, asyncio, sqlite3; print('ready')"},
+		ready: "ready"},
+	{name: "golang", trees: func(b *testing.B) []string { return []string{testenv.Rootfs(b), goTree(b)} },
+		args: []string{"/usr/local/go/bin/go", "version"}, ready: "go version"},
+	{name: "large", trees: func(b *testing.B) []string { return []string{pythonRootfs(b), dataTree(b, 16, 64<<20)} },
+		args:  []string{"/usr/bin/python3", "-c", "import os; print('ready', len(os.listdir('/opt/data')))"},
+		ready: "ready"},
+}
+
+// benchResult is one measured start.
+type benchResult struct {
+	Image     string  `json:"image"`
+	Mode      string  `json:"mode"`
+	ImageMB   float64 `json:"image_mb"` // the OCI image's compressed layers
+	Pull      float64 `json:"pull_s"`
+	Create    float64 `json:"create_s"`
+	Ready     float64 `json:"ready_s"`
+	Total     float64 `json:"total_s"`
+	LinkMB    float64 `json:"link_mb"` // bytes the registry sent over its shaped link
+	Skipped   string  `json:"skipped,omitempty"`
+	Completed bool    `json:"completed"`
+}
+
+const (
+	modeOCI   = "OCI, overlayfs (full pull)"
+	modeLazy  = "dfnydus lazy"
+	modeP2P   = "dfnydus, warm P2P neighbour"
+	cacheRoot = "/var/cache/dfnydus"
+)
+
+func BenchmarkContainerStart(b *testing.B) {
+	testenv.RequireRoot(b)
+	for _, tool := range []string{"skopeo", "umoci", "tar"} {
+		testenv.RequireTool(b, tool)
+	}
+	runs := 1
+	if v, err := strconv.Atoi(os.Getenv("DFNYDUS_BENCH_RUNS")); err == nil && v > 0 {
+		runs = v
+	}
+	layouts := map[string]string{}
+	for _, img := range benchImages {
+		layouts[img.name] = benchLayout(b, img)
+	}
+
+	nw := netns.Start(b, netns.Options{})
+	regNode, client := nw.MustAddNode(b, "registry"), nw.MustAddNode(b, "client")
+	reg := netns.MustStartRegistry(b, regNode, 5000)
+	refs := map[string][2]string{}
+	for _, img := range benchImages {
+		oci, nydus := reg.Ref(img.name, "v1"), reg.Ref(img.name+"-nydus", "v1")
+		runIn(b, regNode, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", "oci:"+layouts[img.name]+":img", "docker://"+oci)
+		runIn(b, regNode, testenv.Binary(b), "convert", "--log-level", "warn", "--plain-http",
+			"--work-dir", filepath.Join(testenv.TempDir(b), "work"), oci, nydus)
+		refs[img.name] = [2]string{oci, nydus}
+	}
+	if err := regNode.ShapeEgress(context.Background(), netns.Shape{Rate: netns.Mbit(benchLinkMbit)}); err != nil {
+		b.Fatal(err)
+	}
+	// Lazy means lazy: no background prefetch competing with the start's own reads.
+	lazyConfig := strings.Replace(defaultNydusdConfig, `"fs_prefetch": {"enable": true`, `"fs_prefetch": {"enable": false`, 1)
+	h := startHarness(b, harnessOptions{NetNS: client.Path(), NydusdConfig: lazyConfig})
+
+	var results []benchResult
+	for _, img := range benchImages {
+		size := layoutMB(b, layouts[img.name])
+		for i := 0; i < runs; i++ {
+			for _, mode := range []string{modeOCI, modeLazy, modeP2P} {
+				r := benchResult{Image: img.name, Mode: mode, ImageMB: size}
+				switch mode {
+				case modeOCI:
+					h.benchStart(b, regNode, &r, "overlayfs", refs[img.name][0], img, i)
+				case modeLazy:
+					h.benchStart(b, regNode, &r, "nydus", refs[img.name][1], img, i)
+				case modeP2P:
+					// HOOK (P2P): start a seed peer (a dfnydus daemon with the scheduler) that has
+					// read the image, point the nydusd mounts at the local daemon, then measure as
+					// for modeLazy. Needs the dfnydus daemon + P2P work (peer/daemon, peer/p2p).
+					r.Skipped = "needs the dfnydus daemon with P2P (not landed yet)"
+				}
+				results = append(results, r)
+			}
+		}
+	}
+	printBench(results, runs)
+	if out := os.Getenv("DFNYDUS_BENCH_JSON"); out != "" {
+		data, err := json.MarshalIndent(results, "", "  ")
+		must(b, err)
+		must(b, os.WriteFile(out, data, 0o644))
+	}
+}
+
+// benchStart pulls, creates and runs one container until it is ready, then removes the image so
+// that the next start is cold again.
+func (h *harness) benchStart(b *testing.B, regNode *netns.Node, r *benchResult, snapshotter, ref string, img benchImage, run int) {
+	b.Helper()
+	c0 := txBytes(b, regNode)
+	args := append([]string{"run", "-pull", "-plain-http", "-snapshotter", snapshotter, "-id", fmt.Sprintf("%s-%s-%d", img.name, snapshotter, run),
+		"-ready", img.ready, ref}, img.args...)
+	res := h.mustCtr(args...)
+	var tm struct{ Pull, Create, Ready float64 }
+	for _, l := range strings.Split(res.Stderr, "\n") {
+		if rest, ok := strings.CutPrefix(l, "TIMINGS "); ok {
+			must(b, json.Unmarshal([]byte(rest), &tm))
+		}
+	}
+	if !strings.Contains(res.Stdout, img.ready) {
+		b.Fatalf("%s (%s): output %q has no %q", img.name, snapshotter, res.Stdout, img.ready)
+	}
+	r.Pull, r.Create, r.Ready = tm.Pull, tm.Create, tm.Ready
+	r.Total = tm.Pull + tm.Create + tm.Ready
+	r.LinkMB = float64(txBytes(b, regNode)-c0) / 1e6
+	r.Completed = true
+	h.mustCtr("rmi", ref)
+	h.waitFor("the image's nydusd to stop", func() bool { return len(h.nydusds()) == 0 })
+}
+
+func txBytes(b *testing.B, nd *netns.Node) int64 {
+	b.Helper()
+	c, err := nd.Counters(context.Background())
+	must(b, err)
+	return c.TxBytes
+}
+
+func runIn(b *testing.B, nd *netns.Node, prog string, args ...string) {
+	b.Helper()
+	out, err := nd.Command(context.Background(), prog, args...).CombinedOutput()
+	if err != nil {
+		b.Fatalf("%s %s: %v\n%s", prog, strings.Join(args, " "), err, out)
+	}
+}
+
+func pythonRootfs(b *testing.B) string {
+	b.Helper()
+	testenv.RequireTool(b, "debootstrap")
+	return strings.TrimSpace(testenv.MustExec(b, "bash", filepath.Join(testenv.RepoRoot(), "scripts", "rootfs.sh"), "python3"))
+}
+
+// goTree is the Go toolchain of this machine under usr/local/go (cached).
+func goTree(b *testing.B) string {
+	b.Helper()
+	dir := filepath.Join(cacheRoot, "containers-go-tree")
+	if _, err := os.Stat(dir); err == nil {
+		return dir
+	}
+	tmp := dir + ".tmp"
+	must(b, os.RemoveAll(tmp))
+	must(b, os.MkdirAll(filepath.Join(tmp, "usr", "local"), 0o755))
+	testenv.MustExec(b, "cp", "-a", testenv.GoRoot(b), filepath.Join(tmp, "usr", "local", "go"))
+	must(b, os.Rename(tmp, dir))
+	return dir
+}
+
+// dataTree is n incompressible files of size bytes under opt/data (cached): the bulk of an image
+// that its start never reads.
+func dataTree(b *testing.B, n int, size int64) string {
+	b.Helper()
+	dir := filepath.Join(cacheRoot, fmt.Sprintf("containers-data-%dx%d", n, size>>20))
+	if _, err := os.Stat(dir); err == nil {
+		return dir
+	}
+	tmp := dir + ".tmp"
+	must(b, os.RemoveAll(tmp))
+	must(b, os.MkdirAll(filepath.Join(tmp, "opt", "data"), 0o755))
+	rng := rand.NewChaCha8([32]byte{'d', 'f', 'n', 'y', 'd', 'u', 's'})
+	buf := make([]byte, 1<<20)
+	for i := 0; i < n; i++ {
+		f, err := os.Create(filepath.Join(tmp, "opt", "data", fmt.Sprintf("blob-%02d.bin", i)))
+		must(b, err)
+		for w := int64(0); w < size; w += int64(len(buf)) {
+			_, _ = rng.Read(buf)
+			_, err := f.Write(buf)
+			must(b, err)
+		}
+		must(b, f.Close())
+	}
+	must(b, os.Rename(tmp, dir))
+	return dir
+}
+
+// benchLayout returns the image's OCI layout (tag "img"), building it once under /var/cache/dfnydus.
+func benchLayout(b *testing.B, img benchImage) string {
+	b.Helper()
+	layout := filepath.Join(cacheRoot, "containers-"+img.name+"-layout")
+	if _, err := os.Stat(filepath.Join(layout, "index.json")); err == nil {
+		return layout
+	}
+	trees := img.trees(b)
+	tmp := layout + ".tmp"
+	must(b, os.RemoveAll(tmp))
+	work := testenv.TempDir(b)
+	testenv.MustExec(b, "umoci", "init", "--layout", tmp)
+	testenv.MustExec(b, "umoci", "new", "--image", tmp+":img")
+	for i, tree := range trees {
+		tarball := filepath.Join(work, fmt.Sprintf("l%d.tar", i))
+		testenv.MustExec(b, "tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", tree, "-cf", tarball, ".")
+		testenv.MustExec(b, "umoci", "raw", "add-layer", "--image", tmp+":img", tarball)
+		os.Remove(tarball)
+	}
+	must(b, os.Rename(tmp, layout))
+	return layout
+}
+
+// layoutMB is the compressed size of the layout's layers.
+func layoutMB(b *testing.B, layout string) float64 {
+	b.Helper()
+	var idx struct {
+		Manifests []struct{ Digest string } `json:"manifests"`
+	}
+	testenv.ReadJSON(b, filepath.Join(layout, "index.json"), &idx)
+	var m struct {
+		Layers []struct{ Size int64 } `json:"layers"`
+	}
+	testenv.ReadJSON(b, testenv.BlobPath(layout, idx.Manifests[0].Digest), &m)
+	var n int64
+	for _, l := range m.Layers {
+		n += l.Size
+	}
+	return float64(n) / 1e6
+}
+
+func printBench(results []benchResult, runs int) {
+	fmt.Printf("container start over a %d Mbit/s link (tc tbf on the registry's veth): containerd 1.6 + runc, nydus-snapshotter v0.16.1\n", benchLinkMbit)
+	fmt.Printf("launching dfnydus as nydusd (prefetch off); pull + create + run until the workload's ready line; %d run(s) each, means; MB = 10^6 bytes\n", runs)
+	fmt.Printf("%-8s %9s  %-28s %7s %7s %7s %8s %9s %8s\n", "image", "OCI MB", "mode", "pull s", "create", "ready", "total s", "link MB", "speedup")
+	type key struct{ image, mode string }
+	sum := map[key]*benchResult{}
+	var order []key
+	for _, r := range results {
+		k := key{r.Image, r.Mode}
+		s, ok := sum[k]
+		if !ok {
+			cp := r
+			cp.Pull, cp.Create, cp.Ready, cp.Total, cp.LinkMB = 0, 0, 0, 0, 0
+			s = &cp
+			sum[k] = s
+			order = append(order, k)
+		}
+		n := float64(runs)
+		s.Pull += r.Pull / n
+		s.Create += r.Create / n
+		s.Ready += r.Ready / n
+		s.Total += r.Total / n
+		s.LinkMB += r.LinkMB / n
+	}
+	for _, k := range order {
+		s := sum[k]
+		if s.Skipped != "" {
+			fmt.Printf("%-8s %9.1f  %-28s %s\n", s.Image, s.ImageMB, s.Mode, "skipped: "+s.Skipped)
+			continue
+		}
+		base := sum[key{k.image, modeOCI}]
+		fmt.Printf("%-8s %9.1f  %-28s %7.2f %7.2f %7.2f %8.2f %9.1f %7.1fx\n", s.Image, s.ImageMB, s.Mode, s.Pull, s.Create, s.Ready, s.Total,
+			s.LinkMB, base.Total/max(s.Total, 1e-9))
+	}
+}
