@@ -166,6 +166,7 @@ func TestDownloadPieceSizes(t *testing.T) {
 	if got := ln.accepted.Load(); got != 1 {
 		t.Errorf("%d connections for sequential downloads, want 1 (reused)", got)
 	}
+	_ = srv.Close() // the server counts a piece after its last write: wait for that
 	if st := srv.Stats(); st.Pieces != 4 || st.Errors != 0 {
 		t.Errorf("stats = %+v, want 4 pieces, no errors", st)
 	}
@@ -202,6 +203,7 @@ func TestConcurrentDownloads(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	_ = srv.Close()
 	if st := srv.Stats(); st.Pieces != workers*perWorker {
 		t.Errorf("server served %d pieces, want %d", st.Pieces, workers*perWorker)
 	}
@@ -485,8 +487,9 @@ func (c *gatedConn) Write(b []byte) (int, error) {
 }
 
 func (c *gatedConn) Close() error {
+	err := c.Conn.Close() // before opening the gate, so the gated write fails
 	c.once.Do(func() { close(c.closed) })
-	return c.Conn.Close()
+	return err
 }
 
 func TestServerClosedMidPiece(t *testing.T) {
