@@ -1,0 +1,262 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
+	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
+	"github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/dfnydus/dfnydus/oci"
+	"github.com/dfnydus/dfnydus/peer/daemon"
+	"github.com/dfnydus/dfnydus/peer/source"
+	"github.com/dfnydus/dfnydus/peer/upload"
+	"github.com/dfnydus/dfnydus/peer/vortex"
+	"github.com/dfnydus/dfnydus/registry"
+	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
+)
+
+// Node is a daemon's P2P side: the scheduler client, the piece Manager, the DfdaemonUpload gRPC
+// server and the Vortex piece server. It is the daemon's Distributor.
+type Node struct {
+	*Manager
+	cfg     daemon.Config
+	log     *zap.Logger
+	sched   *schedclient.Client
+	grpcSrv *grpc.Server
+	upload  *upload.Server
+	vortex  *vortex.Server
+	regOpts daemon.RegistryOptions
+}
+
+// NewDistributor builds the P2P side of daemon d from its config (scheduler.*); with no scheduler
+// configured it returns nil: no P2P, every read goes back to source.
+func NewDistributor(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logger) (daemon.Distributor, error) {
+	cfg := d.Config()
+	if len(cfg.Scheduler.Addrs) == 0 {
+		return nil, nil
+	}
+	n, err := Start(ctx, d, version, log)
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Start announces the host, starts the upload and piece servers and returns the Node.
+func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logger) (_ *Node, err error) {
+	cfg := d.Config()
+	sc := cfg.Scheduler
+	if log == nil {
+		log = zap.NewNop()
+	}
+	log = log.Named("p2p")
+	ip := sc.AdvertiseIP
+	if ip == "" {
+		ip = daemon.DefaultAdvertiseIP().String()
+	}
+	n := &Node{cfg: cfg, log: log, regOpts: cfg.Registry}
+	defer func() {
+		if err != nil {
+			_ = n.Close()
+		}
+	}()
+	// Servers first: the scheduler health-checks seed peers on the upload port.
+	upLn, err := net.Listen("tcp", net.JoinHostPort(listenIP(ip), strconv.Itoa(sc.UploadPort)))
+	if err != nil {
+		return nil, fmt.Errorf("upload port: %w", err)
+	}
+	pieceLn, err := net.Listen("tcp", net.JoinHostPort(listenIP(ip), strconv.Itoa(sc.PiecePort)))
+	if err != nil {
+		upLn.Close()
+		return nil, fmt.Errorf("piece port: %w", err)
+	}
+	hostType := schedclient.HostTypeNormal
+	if sc.Seed {
+		hostType = schedclient.HostTypeSuperSeed
+	}
+	host := schedclient.Host{Type: hostType, Hostname: sc.Hostname, IP: ip, Port: sc.UploadPort, DownloadPort: sc.PiecePort,
+		DataDir: cfg.CacheDir, Version: version}
+	if host.Hostname == "" {
+		host.Hostname, _ = os.Hostname()
+	}
+	host.ID = schedclient.HostID(ip, host.Hostname, sc.Seed)
+	mgr, err := New(Config{HostID: host.ID, Store: d.Store(), IndexPath: filepath.Join(cfg.CacheDir, "pieces.db"),
+		PieceLength: uint64(sc.PieceLength), Seed: sc.Seed, OpenURL: n.openURL, Log: log, Metrics: d.Metrics()})
+	if err != nil {
+		upLn.Close()
+		pieceLn.Close()
+		return nil, err
+	}
+	n.Manager = mgr
+	n.upload = upload.NewServer(upload.Config{HostID: host.ID, IP: ip, TCPPort: sc.PiecePort, Log: log.Named("upload")}, mgr)
+	n.grpcSrv = grpc.NewServer()
+	n.upload.Register(n.grpcSrv)
+	go func() { _ = n.grpcSrv.Serve(upLn) }()
+	n.vortex = vortex.NewServer(mgr.ServePiece, log.Named("vortex"))
+	go func() { _ = n.vortex.Serve(pieceLn) }()
+
+	n.sched, err = schedclient.New(ctx, schedclient.Config{Addrs: sc.Addrs, Host: host, AnnounceInterval: sc.AnnounceInterval, Log: log.Named("scheduler")})
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
+	mgr.sched = n.sched
+	mgr.cfg.Scheduler = n.sched
+	log.Info("P2P peer up", zap.String("host_id", host.ID), zap.String("ip", ip), zap.Int("upload_port", sc.UploadPort),
+		zap.Int("piece_port", sc.PiecePort), zap.Bool("seed", sc.Seed), zap.Strings("schedulers", sc.Addrs))
+	return n, nil
+}
+
+// listenIP listens on every address for a loopback or unspecified advertise address, else on the
+// advertised one.
+func listenIP(ip string) string {
+	if a, err := netParse(ip); err == nil && !a.IsLoopback() {
+		return ip
+	}
+	return ""
+}
+
+func netParse(s string) (net.IP, error) {
+	ip := net.ParseIP(s)
+	if ip == nil {
+		return nil, fmt.Errorf("not an IP: %q", s)
+	}
+	return ip, nil
+}
+
+// Close stops serving, ends the scheduler sessions and leaves the scheduler.
+func (n *Node) Close() error {
+	var errs []error
+	if n.grpcSrv != nil {
+		n.upload.Shutdown()
+		n.grpcSrv.Stop()
+	}
+	if n.vortex != nil {
+		errs = append(errs, n.vortex.Close())
+	}
+	if n.Manager != nil {
+		errs = append(errs, n.Manager.Close())
+	}
+	if n.sched != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, n.sched.Close(ctx))
+		cancel()
+	}
+	return errors.Join(errs...)
+}
+
+// openURL opens a registry blob named by URL for a seed download.
+func (n *Node) openURL(ctx context.Context, raw string) (source.Source, string, int64, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	id, err := BlobIDFromURL(raw)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	repo, _, ok := strings.Cut(strings.TrimPrefix(u.Path, "/v2/"), "/blobs/")
+	if !ok || repo == "" {
+		return nil, "", 0, fmt.Errorf("not a registry blob URL: %s", raw)
+	}
+	o := n.regOpts
+	if u.Scheme == "http" {
+		o.PlainHTTP = true
+	}
+	c, err := registry.New(registry.Options{PlainHTTP: o.PlainHTTP, Insecure: o.Insecure, CAFile: o.CAFile, DockerConfig: o.DockerConfig,
+		Username: o.Username, Password: o.Password, Retries: -1, Logger: n.log.Named("registry")})
+	if err != nil {
+		return nil, "", 0, err
+	}
+	ref := registry.Ref{Registry: u.Host, Repository: repo}
+	exists, size, err := c.BlobExists(ctx, ref, digest.Digest("sha256:"+id))
+	if err != nil {
+		c.Close()
+		return nil, "", 0, err
+	}
+	if !exists {
+		c.Close()
+		return nil, "", 0, fmt.Errorf("blob %s: %w", raw, source.ErrNotFound)
+	}
+	src := source.Retrying(source.NewRegistry(c, ref), n.cfg.Source.Retries, 200*time.Millisecond)
+	return src, id, size, nil
+}
+
+
+// Preheat asks the scheduler to bring every layer of the image to the seed peers, then waits
+// until the scheduler reports each layer's task as succeeded.
+func (n *Node) Preheat(ctx context.Context, req daemon.PreheatRequest) error {
+	ref, err := registry.ParseRef(req.Ref)
+	if err != nil {
+		return err
+	}
+	o := req.Registry
+	c, err := registry.New(registry.Options{PlainHTTP: o.PlainHTTP, Insecure: o.Insecure, CAFile: o.CAFile, DockerConfig: o.DockerConfig,
+		Username: o.Username, Password: o.Password, Logger: n.log.Named("registry")})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	plat, err := daemon.ParsePlatform(req.Platform)
+	if err != nil {
+		return err
+	}
+	img, err := oci.Open(ctx, c, ref, plat)
+	if err != nil {
+		return err
+	}
+	scheme := "https"
+	if o.PlainHTTP {
+		scheme = "http"
+	}
+	manifestURL := fmt.Sprintf("%s://%s/v2/%s/manifests/%s", scheme, ref.Registry, ref.Repository, img.ManifestDesc.Digest)
+	pr := &schedulerv2.PreheatImageRequest{Url: manifestURL, Scope: "all_seed_peers", Platform: ptr(plat.OS + "/" + plat.Architecture)}
+	if n.cfg.Scheduler.PieceLength > 0 {
+		pl := uint64(n.cfg.Scheduler.PieceLength)
+		pr.PieceLength = &pl
+	}
+	if o.Username != "" {
+		pr.Username, pr.Password = ptr(o.Username), ptr(o.Password)
+	}
+	if err := n.sched.PreheatImage(ctx, pr); err != nil {
+		return fmt.Errorf("scheduler preheat: %w", err)
+	}
+	var ids []string
+	for _, l := range img.Manifest.Layers {
+		u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Registry, ref.Repository, l.Digest)
+		ids = append(ids, TaskID(u, uint64(n.cfg.Scheduler.PieceLength)))
+	}
+	n.log.Info("preheat requested", zap.String("image", req.Ref), zap.Int("layers", len(ids)))
+	for {
+		done := 0
+		for _, id := range ids {
+			t, err := n.sched.StatTask(ctx, id)
+			if err == nil && t.GetState() == "Succeeded" {
+				done++
+			}
+		}
+		if done == len(ids) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("preheat %s: %d of %d layers on seed peers: %w", req.Ref, done, len(ids), ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+var _ = commonv2.Priority_LEVEL0
