@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
 	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
+	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -192,7 +192,6 @@ func (n *Node) openURL(ctx context.Context, raw string) (source.Source, string, 
 	src := source.Retrying(source.NewRegistry(c, ref), n.cfg.Source.Retries, 200*time.Millisecond)
 	return src, id, size, nil
 }
-
 
 // Preheat asks the scheduler to bring every layer of the image to the seed peers, then waits
 // until the scheduler reports each layer's task as succeeded.

@@ -120,7 +120,9 @@ func (t *task) notifyLocked() {
 	t.changed = make(chan struct{})
 }
 
-func storeKey(r pieceRecord) store.Key { return store.Key{Alg: rafs.DigestSHA256, Digest: rafs.Digest(r.SHA256)} }
+func storeKey(r pieceRecord) store.Key {
+	return store.Key{Alg: rafs.DigestSHA256, Digest: rafs.Digest(r.SHA256)}
+}
 
 // readHeld returns a held piece's bytes from the store; ok is false if the store lost them (they
 // are then forgotten).
