@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dfnydus/dfnydus/peer/daemon"
+	"github.com/dfnydus/dfnydus/peer/p2p"
 )
 
 // daemonCloseTimeout bounds the wait for busy mounts to go away when the daemon stops.
@@ -50,7 +51,7 @@ every key and docs/dfnydus.yaml is an example.`,
 
 // runDaemon serves until ctx is done (a signal), then unmounts everything and closes the store.
 func runDaemon(ctx context.Context, cfg daemon.Config, log *zap.Logger) error {
-	d, err := daemon.New(ctx, cfg, daemon.Options{Log: log, Version: version, NewDistributor: newDistributor})
+	d, err := daemon.New(ctx, cfg, daemon.Options{Log: log, Version: version, NewDistributor: newDistributor(log)})
 	if err != nil {
 		return err
 	}
@@ -66,6 +67,8 @@ func runDaemon(ctx context.Context, cfg daemon.Config, log *zap.Logger) error {
 // newDistributor makes the daemon's P2P Distributor from its config (scheduler.*). The piece
 // manager (peer/p2p) plugs in here; until it does, there is no P2P and every read goes back to
 // source.
-func newDistributor(ctx context.Context, d *daemon.Daemon) (daemon.Distributor, error) {
-	return nil, nil
+func newDistributor(log *zap.Logger) func(ctx context.Context, d *daemon.Daemon) (daemon.Distributor, error) {
+	return func(ctx context.Context, d *daemon.Daemon) (daemon.Distributor, error) {
+		return p2p.NewDistributor(ctx, d, version, log)
+	}
 }
