@@ -314,11 +314,7 @@ func (s *Session) connect(ctx context.Context, idx int, gen uint64) error {
 	timer := time.AfterFunc(s.c.cfg.DialTimeout, cancel)
 	stream, err := cl.AnnouncePeer(sctx)
 	if err == nil {
-		err = stream.Send(s.build(func(r *schedulerv2.AnnouncePeerRequest) {
-			r.Request = &schedulerv2.AnnouncePeerRequest_RegisterPeerRequest{
-				RegisterPeerRequest: &schedulerv2.RegisterPeerRequest{Download: s.spec.download()},
-			}
-		}))
+		err = stream.Send(s.registerRequest())
 		if err == io.EOF {
 			_, err = stream.Recv() // the stream's real status
 		}
@@ -499,6 +495,14 @@ func (s *Session) build(set func(*schedulerv2.AnnouncePeerRequest)) *schedulerv2
 	req := &schedulerv2.AnnouncePeerRequest{HostId: s.c.cfg.Host.ID, TaskId: s.spec.TaskID, PeerId: s.spec.PeerID}
 	set(req)
 	return req
+}
+
+func (s *Session) registerRequest() *schedulerv2.AnnouncePeerRequest {
+	return s.build(func(r *schedulerv2.AnnouncePeerRequest) {
+		r.Request = &schedulerv2.AnnouncePeerRequest_RegisterPeerRequest{
+			RegisterPeerRequest: &schedulerv2.RegisterPeerRequest{Download: s.spec.download()},
+		}
+	})
 }
 
 func (s *Session) startedRequest(backToSource bool) *schedulerv2.AnnouncePeerRequest {

@@ -16,6 +16,7 @@ import (
 )
 
 func TestAnnounceHostIsListedWithOurFields(t *testing.T) {
+	t.Parallel()
 	sched := schedtest.Start(t, schedtest.Options{})
 	for _, tc := range []struct {
 		name string
@@ -82,6 +83,7 @@ func TestAnnounceHostIsListedWithOurFields(t *testing.T) {
 // TestTaskIDIsDragonflys checks TaskID against idgen and against the formula written out
 // (hex(sha256(url + tag + application + revision + piece length + "STANDARD")), pkg/idgen/task_id.go).
 func TestTaskIDIsDragonflys(t *testing.T) {
+	t.Parallel()
 	const blobURL = "http://10.0.0.1:5000/v2/library/ubuntu/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	for _, tc := range []struct {
 		name        string
@@ -114,6 +116,7 @@ func TestTaskIDIsDragonflys(t *testing.T) {
 // finishes, the second gets it as a parent, the third blocks every parent and is sent back to
 // source. Each host registers once, so the register delay stays at its base.
 func TestPeersOfOneTask(t *testing.T) {
+	t.Parallel()
 	sched := schedtest.Start(t, schedtest.Options{})
 	addrs := []string{sched.Addr()}
 	b := newBlob("library/peers", 3)
@@ -222,6 +225,7 @@ func TestPeersOfOneTask(t *testing.T) {
 // TestReschedulePeerNotNamedBefore blocks a parent this session never received (a placeholder
 // message carries its id) and checks the scheduler accepts the request.
 func TestReschedulePeerNotNamedBefore(t *testing.T) {
+	t.Parallel()
 	sched := schedtest.Start(t, schedtest.Options{})
 	b := newBlob("library/placeholder", 2)
 	c := newClient(t, peerHost("peer-p", 44000), []string{sched.Addr()})

@@ -18,6 +18,7 @@ import (
 // same one after a restart) with its pieces replayed; the scheduler it lands on must end up with
 // the whole task.
 func TestSessionSurvivesSchedulerLoss(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name       string
 		two        bool                       // a second scheduler is configured
@@ -28,6 +29,7 @@ func TestSessionSurvivesSchedulerLoss(t *testing.T) {
 		{"only scheduler restarted", false, (*schedtest.Scheduler).Restart},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			first := schedtest.Start(t, schedtest.Options{})
 			addrs, landing := []string{first.Addr()}, first
 			if tc.two {
@@ -90,6 +92,7 @@ func TestSessionSurvivesSchedulerLoss(t *testing.T) {
 // TestSessionEndsWhenEverySchedulerIsGone: with no scheduler left the session delivers EventError,
 // closes Events, and refuses further reports.
 func TestSessionEndsWhenEverySchedulerIsGone(t *testing.T) {
+	t.Parallel()
 	first := schedtest.Start(t, schedtest.Options{})
 	second := schedtest.Start(t, schedtest.Options{})
 	b := newBlob("library/gone", 2)

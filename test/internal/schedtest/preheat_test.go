@@ -35,6 +35,7 @@ import (
 // persistent resources on): announcing a host with full statistics must not break it, and
 // PreheatImage requests it cannot act on fail with a message naming the reason.
 func TestRedisSchedulerAcceptsFullHostAndChecksPreheat(t *testing.T) {
+	t.Parallel()
 	sched := schedtest.Start(t, schedtest.Options{Redis: true})
 	c := newClient(t, peerHost("peer-redis", 48000), []string{sched.Addr()})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -88,6 +89,7 @@ func TestRedisSchedulerAcceptsFullHostAndChecksPreheat(t *testing.T) {
 // the seed's DownloadTask once per blob the manifest references, with task ids our TaskID agrees
 // with. This is the contract a dfnydus seed peer has to serve.
 func TestPreheatImageDrivesSuperSeed(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("-short: waits for the scheduler's 30 s seed refresh")
 	}

@@ -107,7 +107,12 @@ func (p *process) exited() bool {
 	}
 }
 
-// stop sends sig, waits for the exit and kills the process if it has not exited after 30 seconds.
+// stopWait is how long stop waits before SIGKILL. The v2.5.1 scheduler gives streams 10 s on
+// SIGTERM (scheduler/scheduler.go Stop, gracefulStopTimeout) but, with an AnnouncePeer stream
+// open, was seen still running 30 s later: streams keep working until it is killed.
+const stopWait = 12 * time.Second
+
+// stop sends sig, waits for the exit and kills the process if it has not exited after stopWait.
 func (p *process) stop(sig syscall.Signal) {
 	if p.exited() {
 		return
@@ -115,7 +120,7 @@ func (p *process) stop(sig syscall.Signal) {
 	_ = p.cmd.Process.Signal(sig)
 	select {
 	case <-p.done:
-	case <-time.After(30 * time.Second): // the scheduler itself waits 10 s for streams on SIGTERM
+	case <-time.After(stopWait):
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
@@ -225,8 +230,9 @@ func (s *Scheduler) Running() bool {
 	return s.proc != nil && !s.proc.exited()
 }
 
-// Stop terminates the scheduler (SIGTERM: it closes its gRPC server and every open stream) and
-// waits for it to exit. Redis keeps running. Calling it on a stopped scheduler does nothing.
+// Stop terminates the scheduler like an orchestrator does: SIGTERM (it stops listening and sends
+// GOAWAY; open streams keep working), then SIGKILL if it has not exited after 12 s. Redis keeps
+// running. Calling it on a stopped scheduler does nothing.
 func (s *Scheduler) Stop() { s.halt(syscall.SIGTERM) }
 
 // Kill ends the scheduler with SIGKILL, like a crash, and waits for it to exit.
@@ -317,7 +323,11 @@ func (s *Scheduler) start() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := s.waitServing(ctx, p); err != nil {
+	err = s.waitServing(ctx, p)
+	if err == nil && p.exited() {
+		err = fmt.Errorf("exited right after serving (port taken?): %v", p.err)
+	}
+	if err != nil {
 		p.stop(syscall.SIGKILL)
 		return fmt.Errorf("scheduler on %s: %w\n%s", s.addr, err, tail(s.Log(), 40))
 	}
@@ -445,14 +455,30 @@ func redisPing(ctx context.Context, dial func(context.Context, string, string) (
 	return nil
 }
 
-// freePort returns a 127.0.0.1 port that was free a moment ago.
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{} // handed out in this test process
+)
+
+// freePort returns a 127.0.0.1 port that was free a moment ago and that this process has not
+// handed out before (parallel tests must not race for one port: a scheduler that fails to bind
+// exits, but a health check could reach another test's scheduler on it first).
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("find a free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !ports[port] {
+			ports[port] = true
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("find a free port: every port offered was used before")
 }
 
 // tail is the last n lines of s.
