@@ -104,7 +104,12 @@ func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logge
 	n.grpcSrv = grpc.NewServer()
 	n.upload.Register(n.grpcSrv)
 	go func() { _ = n.grpcSrv.Serve(upLn) }()
-	n.vortex = vortex.NewServer(mgr.ServePiece, log.Named("vortex"))
+	handler := mgr.ServePiece
+	if os.Getenv(FaultCorruptPieces) == "1" {
+		log.Warn("fault injection: this peer serves corrupted pieces", zap.String("env", FaultCorruptPieces))
+		handler = corrupting(handler)
+	}
+	n.vortex = vortex.NewServer(handler, log.Named("vortex"))
 	go func() { _ = n.vortex.Serve(pieceLn) }()
 
 	n.sched, err = schedclient.New(ctx, schedclient.Config{Addrs: sc.Addrs, Host: host, AnnounceInterval: sc.AnnounceInterval, Log: log.Named("scheduler")})
@@ -259,3 +264,21 @@ func (n *Node) Preheat(ctx context.Context, req daemon.PreheatRequest) error {
 func ptr[T any](v T) *T { return &v }
 
 var _ = commonv2.Priority_LEVEL0
+
+// FaultCorruptPieces is a test-only fault: set to 1 in a daemon's environment, it makes the peer
+// serve every piece with one byte flipped and a matching crc32, as a malicious peer would. The
+// end-to-end suite uses it to check that other peers catch and avoid such a parent.
+const FaultCorruptPieces = "DFNYDUS_FAULT_CORRUPT_PIECES"
+
+func corrupting(h vortex.Handler) vortex.Handler {
+	return func(ctx context.Context, id string, n uint32) (vortex.Piece, []byte, error) {
+		p, data, err := h(ctx, id, n)
+		if err != nil || len(data) == 0 {
+			return p, data, err
+		}
+		bad := append([]byte(nil), data...)
+		bad[len(bad)/2] ^= 0xff
+		p.Digest = vortex.CRC32Digest(bad)
+		return p, bad, nil
+	}
+}
