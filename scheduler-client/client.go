@@ -282,9 +282,14 @@ func schedulerGone(err error) bool { return status.Code(err) == codes.Unavailabl
 // call runs fn against the scheduler in use, failing over to the next one that answers while fn
 // fails with codes.Unavailable.
 func (c *Client) call(ctx context.Context, fn func(context.Context, schedulerv2.SchedulerClient) error) error {
+	return c.callN(ctx, len(c.clients)+1, fn)
+}
+
+// callN is call with at most attempts calls of fn.
+func (c *Client) callN(ctx context.Context, attempts int, fn func(context.Context, schedulerv2.SchedulerClient) error) error {
 	idx, gen := c.current()
 	var errs []error
-	for attempt := 0; attempt <= len(c.clients); attempt++ {
+	for attempt := 0; attempt < attempts; attempt++ {
 		if idx < 0 {
 			var err error
 			if idx, gen, err = c.recover(ctx, gen); err != nil {
@@ -296,6 +301,9 @@ func (c *Client) call(ctx context.Context, fn func(context.Context, schedulerv2.
 			return err
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", c.cfg.Addrs[idx], err))
+		if attempt+1 == attempts {
+			break
+		}
 		var rerr error
 		if idx, gen, rerr = c.recover(ctx, gen); rerr != nil {
 			return errors.Join(append(errs, rerr)...)
@@ -353,8 +361,12 @@ func (c *Client) ListHosts(ctx context.Context) ([]*commonv2.Host, error) {
 // download every blob the manifest references. The scheduler needs Redis and jobs enabled, a
 // registry address that is not loopback or link-local, and a healthy super-seed host; see the
 // package documentation.
+//
+// It is sent once, never failed over: a v2.5.1 scheduler without Redis accepts the request and then
+// crashes on its nil job service (service_v2.go PreheatImage), and a retry would take the next
+// scheduler down too.
 func (c *Client) PreheatImage(ctx context.Context, req *schedulerv2.PreheatImageRequest) error {
-	err := c.call(ctx, func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
+	err := c.callN(ctx, 1, func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
 		_, err := cl.PreheatImage(ctx, req)
 		return err
 	})
