@@ -11,6 +11,7 @@ import (
 	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -109,7 +110,15 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// gRPC's default reconnect backoff grows to minutes; a scheduler that restarts should be
+		// reached again within seconds.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: cfg.DialTimeout,
+		}),
+	}, cfg.DialOptions...)
 	for _, addr := range cfg.Addrs {
 		conn, err := grpc.NewClient(addr, opts...)
 		if err != nil {

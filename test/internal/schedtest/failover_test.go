@@ -129,3 +129,86 @@ func TestSessionEndsWhenEverySchedulerIsGone(t *testing.T) {
 		t.Errorf("register with no scheduler: %v, want ErrNoScheduler", err)
 	}
 }
+
+// TestSessionsOfOneHostFailOverTogether: several sessions of one client lose their scheduler at
+// once; each must land on the second scheduler with its own pieces, and the client must switch
+// once.
+func TestSessionsOfOneHostFailOverTogether(t *testing.T) {
+	t.Parallel()
+	first := schedtest.Start(t, schedtest.Options{})
+	second := schedtest.Start(t, schedtest.Options{})
+	c := newClient(t, peerHost("peer-many", 49000), []string{first.Addr(), second.Addr()})
+	var blobs []blob
+	var sessions []*schedclient.Session
+	for i := range 3 { // registers one after another: the register delay grows with concurrency
+		b := newBlob("library/many"+string(rune('a'+i)), 2+i)
+		s := register(t, c, b.spec())
+		nextEvent(t, s, schedclient.EventBackToSource)
+		if err := s.Started(true); err != nil {
+			t.Fatal(err)
+		}
+		reportPieces(t, s, b, 0, 1, "")
+		blobs, sessions = append(blobs, b), append(sessions, s)
+	}
+
+	first.Kill()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i, s := range sessions {
+		if ev := nextEvent(t, s, schedclient.EventReconnected); ev.Scheduler != second.Addr() {
+			t.Errorf("session %d registered again on %s, want %s", i, ev.Scheduler, second.Addr())
+		}
+		nextEvent(t, s, schedclient.EventBackToSource)
+		task, err := c.StatTask(ctx, blobs[i].taskID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pieceDigests(task.GetPieces()); len(got) != 1 || got[0] != blobs[i].piece(0).Digest {
+			t.Errorf("task %d on the second scheduler has pieces %v, want piece 0 only", i, got)
+		}
+		if task.GetPieceCount() != uint32(blobs[i].pieces()) {
+			t.Errorf("task %d piece count %d, want %d", i, task.GetPieceCount(), blobs[i].pieces())
+		}
+	}
+}
+
+// TestHostAnnouncedAgainAfterRestart: the periodic announce puts the host back on a scheduler that
+// restarted empty, with no session to trigger it.
+func TestHostAnnouncedAgainAfterRestart(t *testing.T) {
+	t.Parallel()
+	sched := schedtest.Start(t, schedtest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := schedclient.New(ctx, schedclient.Config{
+		Addrs: []string{sched.Addr()}, Host: peerHost("peer-again", 49500),
+		Log: zaptest.NewLogger(t), AnnounceInterval: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	listed := func() bool {
+		hosts, err := c.ListHosts(ctx)
+		if err != nil {
+			return false
+		}
+		for _, h := range hosts {
+			if h.GetId() == c.HostID() {
+				return true
+			}
+		}
+		return false
+	}
+	if !listed() {
+		t.Fatal("host not listed after New")
+	}
+	sched.Restart()
+	for !listed() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("host %s never announced again: %v", c.HostID(), ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
