@@ -88,6 +88,11 @@ func BenchmarkContainerStart(b *testing.B) {
 		runIn(b, regNode, testenv.Binary(b), "convert", "--log-level", "warn", "--plain-http",
 			"--work-dir", filepath.Join(testenv.TempDir(b), "work"), oci, nydus)
 		refs[img.name] = [2]string{oci, nydus}
+		for _, ref := range []string{oci, nydus} {
+			if out, err := client.Command(context.Background(), "skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+ref).CombinedOutput(); err != nil {
+				b.Fatalf("%s is not in the registry as seen from the client: %v\n%s\nregistry:\n%s", ref, err, out, reg.Logs())
+			}
+		}
 	}
 	if err := regNode.ShapeEgress(context.Background(), netns.Shape{Rate: netns.Mbit(benchLinkMbit)}); err != nil {
 		b.Fatal(err)

@@ -39,6 +39,7 @@ type harness struct {
 	ctrdLogs  *testenv.LogBuffer
 	snapLogs  *testenv.LogBuffer
 	procs     []*exec.Cmd
+	netns     string // network namespace path containerd, the snapshotter and ctrclient run in ("" = host)
 	// runDirs are containerd 1.6's fixed directories under /run that did not exist before.
 	runDirs []string
 }
@@ -96,7 +97,7 @@ func startHarness(t testing.TB, opts harnessOptions) *harness {
 	}
 	h := &harness{t: t, dir: dir, ns: "dfnydus-" + filepath.Base(dir)[4:], ctrclient: filepath.Join(tdir, "ctrclient"),
 		nydusd: filepath.Join(dir, "bin", "nydusd"), ctrdSock: filepath.Join(dir, "containerd.sock"),
-		snapRoot: filepath.Join(dir, "snap"), ctrdLogs: &testenv.LogBuffer{}, snapLogs: &testenv.LogBuffer{}}
+		snapRoot: filepath.Join(dir, "snap"), ctrdLogs: &testenv.LogBuffer{}, snapLogs: &testenv.LogBuffer{}, netns: opts.NetNS}
 	for _, d := range []string{"/run/containerd/s", "/run/containerd"} {
 		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
 			h.runDirs = append(h.runDirs, d)
@@ -213,6 +214,10 @@ func (h *harness) waitSocket(sock string, logs *testenv.LogBuffer) {
 func (h *harness) ctr(args ...string) testenv.Result {
 	h.t.Helper()
 	full := append([]string{"-a", h.ctrdSock, "-n", h.ns, "-state", filepath.Join(h.dir, "run")}, args...)
+	if h.netns != "" {
+		// The client fetches the image itself (containerd's Go client pulls in-process).
+		return testenv.Exec(h.t, "nsenter", append([]string{"--net=" + h.netns, "--", h.ctrclient}, full...)...)
+	}
 	return testenv.Exec(h.t, h.ctrclient, full...)
 }
 
