@@ -62,8 +62,8 @@ type Tasks interface {
 type Config struct {
 	// HostID and PeerID name this peer in DownloadTask responses.
 	HostID, PeerID string
-	// IP, TCPPort and QUICPort are where other peers fetch pieces (the Vortex servers), advertised in
-	// SyncPieces; a zero port is left out.
+	// IP (required), TCPPort and QUICPort are where other peers fetch pieces (the Vortex servers),
+	// advertised in SyncPieces; a zero port is left out.
 	IP                string
 	TCPPort, QUICPort int
 	// MaxPieceWaiters bounds the pieces one SyncPieces call waits for at a time
@@ -94,6 +94,9 @@ func NewServer(cfg Config, t Tasks) *Server {
 	}
 	if cfg.MaxPieceWaiters <= 0 {
 		cfg.MaxPieceWaiters = DefaultMaxPieceWaiters
+	}
+	if cfg.IP == "" {
+		cfg.Log.Warn("upload: no IP configured: SyncPieces answers will not say where to fetch pieces")
 	}
 	h := health.NewServer()
 	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

@@ -693,3 +693,30 @@ func TestServerCloseStopsServe(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+func BenchmarkDownloadPiece(b *testing.B) {
+	for _, size := range []int{4 << 20, 64 << 20} {
+		b.Run(fmt.Sprintf("%dMiB", size>>20), func(b *testing.B) {
+			content := testContent(9, size)
+			digest := CRC32Digest(content)
+			s := NewServer(func(_ context.Context, _ string, n uint32) (Piece, []byte, error) {
+				return Piece{Number: n, Length: uint64(len(content)), Digest: digest, CreatedAt: time.Unix(1, 0)}, content, nil
+			}, nil)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			go func() { _ = s.Serve(ln) }()
+			defer s.Close()
+			c := NewClient(ClientOptions{})
+			defer c.Close()
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			for b.Loop() {
+				if _, _, err := c.DownloadPiece(context.Background(), ln.Addr().String(), goldenTaskID, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
