@@ -64,9 +64,8 @@ func runDaemon(ctx context.Context, cfg daemon.Config, log *zap.Logger) error {
 	return errors.Join(serveErr, d.Close(cctx))
 }
 
-// newDistributor makes the daemon's P2P Distributor from its config (scheduler.*). The piece
-// manager (peer/p2p) plugs in here; until it does, there is no P2P and every read goes back to
-// source.
+// newDistributor makes the daemon's P2P Distributor (peer/p2p) from its config (scheduler.*), once
+// the daemon's store and metrics exist.
 func newDistributor(log *zap.Logger) func(ctx context.Context, d *daemon.Daemon) (daemon.Distributor, error) {
 	return func(ctx context.Context, d *daemon.Daemon) (daemon.Distributor, error) {
 		return p2p.NewDistributor(ctx, d, version, log)
