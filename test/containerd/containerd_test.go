@@ -190,3 +190,44 @@ func testNydusdBadInput(t *testing.T, h *harness, work, boot string) {
 		})
 	}
 }
+
+// TestSharedDaemonMountsThroughTheAPI: in shared mode the snapshotter starts one nydusd at start-up
+// and mounts every image through POST /api/v1/mount, and unmounts it with DELETE when the image goes.
+func TestSharedDaemonMountsThroughTheAPI(t *testing.T) {
+	rootfs := testenv.Rootfs(t)
+	h := startHarness(t, harnessOptions{DaemonMode: "shared"})
+	reg := registrytest.Start(t, registrytest.Options{})
+	work := testenv.TempDir(t)
+	_, ref := pushImage(t, reg, work, rootfs, "debian")
+	debVersion, err := os.ReadFile(filepath.Join(rootfs, "etc", "debian_version"))
+	must(t, err)
+
+	var shared nydusdProc
+	h.waitFor("the shared nydusd to reach RUNNING", func() bool {
+		ds := h.nydusds()
+		if len(ds) != 1 {
+			return false
+		}
+		st, err := daemonState(ds[0].flag("--apisock"))
+		shared = ds[0]
+		return err == nil && st == "RUNNING"
+	})
+	if shared.flag("--bootstrap") != "" {
+		t.Errorf("the shared daemon was started with a bootstrap: %q", shared.args)
+	}
+	h.mustCtr("pull", "-snapshotter", "nydus", "-plain-http", ref)
+	r := h.mustCtr("run", "-snapshotter", "nydus", "-id", "shared", ref, "/bin/cat", "/etc/debian_version")
+	if r.Stdout != string(debVersion) {
+		t.Errorf("container printed %q, want %q", r.Stdout, debVersion)
+	}
+	root := shared.flag("--mountpoint")
+	ms := mountsUnder(root)
+	if len(ms) != 1 || !strings.Contains(mountSource(ms[0]), "dfnydus") {
+		t.Fatalf("mounts under the shared root %s: %q, want one dfnydus mount", root, ms)
+	}
+	h.mustCtr("rmi", ref)
+	h.waitFor("the instance to be unmounted", func() bool { return len(mountsUnder(root)) == 0 })
+	if ds := h.nydusds(); len(ds) != 1 || ds[0].pid != shared.pid {
+		t.Errorf("after the image went the shared daemon should keep running: %v", ds)
+	}
+}

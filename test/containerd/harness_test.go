@@ -48,6 +48,8 @@ type harness struct {
 type harnessOptions struct {
 	// RecoverPolicy of the snapshotter: "restart" (default), "failover" or "none".
 	RecoverPolicy string
+	// DaemonMode of the snapshotter: "dedicated" (default, one nydusd per image) or "shared".
+	DaemonMode string
 	// NydusdConfig is the nydusd configuration template (default: defaultNydusdConfig).
 	NydusdConfig string
 	// NetNS, when set, is a network namespace path (/run/netns/NAME) containerd and the
@@ -87,6 +89,9 @@ func startHarness(t testing.TB, opts harnessOptions) *harness {
 	tdir := tools(t)
 	if opts.RecoverPolicy == "" {
 		opts.RecoverPolicy = "restart"
+	}
+	if opts.DaemonMode == "" {
+		opts.DaemonMode = "dedicated"
 	}
 	if opts.NydusdConfig == "" {
 		opts.NydusdConfig = defaultNydusdConfig
@@ -134,7 +139,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	snapCfg := fmt.Sprintf(`version = 1
 root = %[1]q
 address = %[2]q
-daemon_mode = "dedicated"
+daemon_mode = %[7]q
 cleanup_on_close = false
 [system]
   enable = false
@@ -160,7 +165,7 @@ cleanup_on_close = false
 [cache_manager]
   disable = false
   gc_period = "24h"
-`, h.snapRoot, snapSock, filepath.Join(dir, "system.sock"), filepath.Join(dir, "nydusd-config.json"), h.nydusd, opts.RecoverPolicy)
+`, h.snapRoot, snapSock, filepath.Join(dir, "system.sock"), filepath.Join(dir, "nydusd-config.json"), h.nydusd, opts.RecoverPolicy, opts.DaemonMode)
 	must(t, os.WriteFile(filepath.Join(dir, "snapshotter.toml"), []byte(snapCfg), 0o644))
 
 	h.start("containerd-nydus-grpc", h.snapLogs, opts.NetNS, filepath.Join(tdir, "containerd-nydus-grpc"), "--config", filepath.Join(dir, "snapshotter.toml"))
