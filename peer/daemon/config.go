@@ -125,7 +125,10 @@ type SchedulerConfig struct {
 	UploadPort int `yaml:"uploadPort"`
 	// PiecePort serves piece bytes over Vortex (TCP).
 	PiecePort int `yaml:"piecePort"`
-	// PieceLength is the piece length of blob tasks (the scheduler's minimum is 4 MiB).
+	// PieceLength forces the piece length of blob tasks (at least 4 MiB, the scheduler's minimum).
+	// 0 picks the Rust dfdaemon's length for each blob (content length / 500 rounded up to a power
+	// of two, within [4 MiB, 64 MiB]) and leaves it out of the task id, as Rust peers and the
+	// scheduler's preheat do: keep 0 to share tasks with them.
 	PieceLength ByteSize `yaml:"pieceLength"`
 	// AnnounceInterval is how often the host is announced again.
 	AnnounceInterval time.Duration `yaml:"announceInterval"`
@@ -138,7 +141,7 @@ const (
 	DefaultSourceRetries    = 5
 	DefaultUploadPort       = 4000 // dragonfly-client's upload gRPC default
 	DefaultPiecePort        = 4005 // dragonfly-client's Vortex TCP default
-	DefaultPieceLength      = 4 << 20
+	DefaultPieceLength      = 0 // per blob, as the Rust dfdaemon picks it
 	DefaultAnnounceInterval = 5 * time.Minute
 	// MinPieceLength is the scheduler's smallest piece length (notes/dragonfly.md).
 	MinPieceLength = 4 << 20
@@ -310,7 +313,7 @@ func (c Config) Validate() error {
 	if s.UploadPort == s.PiecePort {
 		bad("scheduler.piecePort", "same as scheduler.uploadPort (%d)", s.PiecePort)
 	}
-	if s.PieceLength < MinPieceLength {
+	if s.PieceLength != 0 && s.PieceLength < MinPieceLength {
 		bad("scheduler.pieceLength", "want at least %d (the scheduler's minimum), have %d", MinPieceLength, s.PieceLength)
 	}
 	if s.AnnounceInterval <= 0 {

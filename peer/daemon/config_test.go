@@ -36,7 +36,7 @@ func TestDefaultConfig(t *testing.T) {
 		{"scheduler.hostname", c.Scheduler.Hostname, ""},
 		{"scheduler.uploadPort", c.Scheduler.UploadPort, 4000},
 		{"scheduler.piecePort", c.Scheduler.PiecePort, 4005},
-		{"scheduler.pieceLength", c.Scheduler.PieceLength, ByteSize(4194304)},
+		{"scheduler.pieceLength", c.Scheduler.PieceLength, ByteSize(0)},
 		{"scheduler.announceInterval", c.Scheduler.AnnounceInterval, 5 * time.Minute},
 	}
 	for _, w := range want {

@@ -198,13 +198,17 @@ func (c *cluster) vortexPiece(t *testing.T, p *peerProc, taskID string, number u
 	if hdr[1] != 1 {
 		t.Fatalf("vortex answer tag %d, want 1 (PieceContent)", hdr[1])
 	}
+	// The header's length covers the metadata length and the metadata; the piece bytes follow
+	// the TLV (vortex-protocol src/tlv/piece_content.rs).
 	value := make([]byte, binary.BigEndian.Uint32(hdr[2:]))
 	if _, err := io.ReadFull(conn, value); err != nil {
 		t.Fatal(err)
 	}
 	mlen := binary.BigEndian.Uint32(value)
+	if int(mlen) != len(value)-4 {
+		t.Fatalf("PieceContent value of %d bytes with a metadata length of %d", len(value), mlen)
+	}
 	md := value[4 : 4+mlen]
-	content := value[4+mlen:]
 	num := binary.BigEndian.Uint32(md)
 	off := binary.BigEndian.Uint64(md[4:])
 	length := binary.BigEndian.Uint64(md[12:])
@@ -213,9 +217,13 @@ func (c *cluster) vortexPiece(t *testing.T, p *peerProc, taskID string, number u
 	rest := md[24+dlen:]
 	plen := binary.BigEndian.Uint32(rest)
 	rest = rest[4+plen:]
+	if len(rest) != 17 {
+		t.Fatalf("piece metadata: %d bytes after the parent id, want 17 (traffic type, cost, created at)", len(rest))
+	}
 	traffic := rest[0]
-	if len(rest) < 17 {
-		t.Fatalf("piece metadata too short: %d bytes after the parent id", len(rest))
+	content := make([]byte, length)
+	if _, err := io.ReadFull(conn, content); err != nil {
+		t.Fatal(err)
 	}
 	if num != number || length != uint64(len(content)) || off == 0 && number != 0 {
 		t.Errorf("vortex piece: number %d offset %d length %d with %d content bytes; asked for piece %d", num, off, length, len(content), number)
