@@ -3,14 +3,16 @@ GO      ?= go
 BIN     := bin/dfnydus
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 FUZZTIME ?= 30s
+PREFIX  ?= /usr/local
 
-.PHONY: all build test test-unit test-e2e bench fuzz lint setup help clean demo bench-containers
+.PHONY: all build test test-unit test-e2e bench fuzz lint setup help clean demo bench-containers install
 
 all: build
 
 help:
 	@echo "make setup     install system packages the tests need (root, Debian)"
 	@echo "make build     build $(BIN)"
+	@echo "make install   install dfnydus into PREFIX/bin ($(PREFIX)) with a nydusd symlink for nydus-snapshotter"
 	@echo "make test      unit + end-to-end tests (what CI runs)"
 	@echo "make bench     benchmarks with their same-run baselines"
 	@echo "make bench-containers  real container starts: OCI/overlayfs vs dfnydus via nydus-snapshotter (docs/containers.md)"
@@ -26,6 +28,11 @@ build:
 
 test: setup build
 	$(GO) test -race -count=1 -timeout 40m ./...
+
+# dfnydus run as "nydusd" serves containerd's nydus-snapshotter (docs/containers.md).
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/dfnydus
+	ln -sf dfnydus $(DESTDIR)$(PREFIX)/bin/nydusd
 
 bench: build
 	bash scripts/bench.sh
