@@ -3,6 +3,7 @@ package fuse
 import (
 	"log"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -138,7 +139,7 @@ func (o Options) withDefaults() Options {
 func GoFuseOptions(opts Options) *gofuse.Options {
 	o := opts.withDefaults()
 	entry, attr := o.EntryTimeout, o.AttrTimeout
-	logger := stdLog(o.Log.Named("go-fuse"), zapcore.WarnLevel)
+	logger := goFuseLog(o.Log.Named("go-fuse"))
 	mo := fuse.MountOptions{
 		Options:       []string{"ro", "default_permissions"},
 		FsName:        o.FSName,
@@ -171,6 +172,25 @@ func GoFuseOptions(opts Options) *gofuse.Options {
 		NullPermissions: true, // modes are the image's, 0000 included
 		Logger:          logger,
 	}
+}
+
+// goFuseLog adapts l to go-fuse's *log.Logger: warnings, except the splice fallback go-fuse reports
+// on every read larger than the kernel's pipe limit (it then writes the reply without splicing,
+// which is what we want anyway), which goes to debug.
+func goFuseLog(l *zap.Logger) *log.Logger {
+	return log.New(goFuseWriter{l}, "", 0)
+}
+
+type goFuseWriter struct{ l *zap.Logger }
+
+func (w goFuseWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimRight(string(p), "\n")
+	if strings.HasPrefix(msg, "trySplice:") {
+		w.l.Debug(msg)
+	} else {
+		w.l.Warn(msg)
+	}
+	return len(p), nil
 }
 
 // stdLog adapts l to the *log.Logger go-fuse writes to, at the given level.
