@@ -49,10 +49,12 @@ type task struct {
 	back      bool // the scheduler told us to go back to source
 	sess      *schedclient.Session
 	finished  bool
-	refs      int
-	closed    bool
-	cancel    context.CancelFunc
-	ctx       context.Context
+	// completing is set once the pieces no chunk lives in are being fetched to finish the task.
+	completing bool
+	refs       int
+	closed     bool
+	cancel     context.CancelFunc
+	ctx        context.Context
 }
 
 // call is one piece fetch in flight; readers of the same piece wait on it.
@@ -623,11 +625,44 @@ func (t *task) verifySpan(buf []byte, base uint64, first, last uint32) error {
 	return firstErr
 }
 
-// maybeFinished tells the scheduler once every piece is held and verified.
+// maybeFinished tells the scheduler once every piece is held and verified. Pieces that hold no
+// chunk of a mounted image (the blob's ToC and chunk table) are never read through the file
+// system: once every other piece is held they are fetched here, so the peer completes the task
+// (the scheduler counts a task as succeeded only when a peer finished all of it).
 func (t *task) maybeFinished() {
 	t.mu.Lock()
-	if t.finished || t.sess == nil || !t.answered || uint32(len(t.held)) < t.lay.count {
+	if t.finished || t.sess == nil || !t.answered {
 		t.mu.Unlock()
+		return
+	}
+	if uint32(len(t.held)) < t.lay.count {
+		var rest []uint32
+		if t.table != nil && !t.completing {
+			for n := uint32(0); n < t.lay.count; n++ {
+				if _, ok := t.held[n]; ok {
+					continue
+				}
+				if len(t.table.byPiece[n]) > 0 {
+					rest = nil
+					break
+				}
+				rest = append(rest, n)
+			}
+		}
+		if len(rest) > 0 {
+			t.completing = true
+		}
+		t.mu.Unlock()
+		if len(rest) > 0 {
+			go func() {
+				for _, n := range rest {
+					if _, err := t.piece(t.ctx, n); err != nil {
+						t.log.Debug("completing the task", zap.Uint32("piece", n), zap.Error(err))
+						return
+					}
+				}
+			}()
+		}
 		return
 	}
 	for _, r := range t.held {
