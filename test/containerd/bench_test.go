@@ -267,7 +267,8 @@ func layoutMB(b *testing.B, layout string) float64 {
 
 func printBench(results []benchResult, runs int) {
 	fmt.Printf("container start over a %d Mbit/s link (tc tbf on the registry's veth): containerd 1.6 + runc, nydus-snapshotter v0.16.1\n", benchLinkMbit)
-	fmt.Printf("launching dfnydus as nydusd (prefetch off); pull + create + run until the workload's ready line; %d run(s) each, means; MB = 10^6 bytes\n", runs)
+	fmt.Printf("launching dfnydus as nydusd (lazy: fs_prefetch off; + prefetch all: the snapshotter's default template);\n")
+	fmt.Printf("pull + create + run until the workload's ready line; cold caches; %d run(s) each, means; MB = 10^6 bytes\n", runs)
 	fmt.Printf("%-8s %9s  %-28s %7s %7s %7s %8s %9s %8s\n", "image", "OCI MB", "mode", "pull s", "create", "ready", "total s", "link MB", "speedup")
 	type key struct{ image, mode string }
 	sum := map[key]*benchResult{}
