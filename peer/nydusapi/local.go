@@ -388,15 +388,18 @@ func (c *cancelOnClose) Close() error {
 // prepareMountpoint creates the mountpoint if needed and clears a FUSE mount left there by a killed
 // daemon (its reads fail with ENOTCONN), which is what a restarted daemon finds.
 func prepareMountpoint(mp string, log *zap.Logger) error {
-	_, err := os.Stat(mp)
-	if errors.Is(err, unix.ENOTCONN) {
+	// statfs, unlike stat, is never answered from the kernel's attribute cache: a dead FUSE
+	// connection shows as ENOTCONN even when the root's attributes are still cached.
+	var sfs unix.Statfs_t
+	err := unix.Statfs(mp, &sfs)
+	if errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ECONNABORTED) {
 		log.Warn("clearing a stale mount left by a killed daemon", zap.String("mountpoint", mp))
 		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
 			return fmt.Errorf("clear stale mount at %s: %w", mp, err)
 		}
-		_, err = os.Stat(mp)
+		err = unix.Statfs(mp, &sfs)
 	}
-	if errors.Is(err, os.ErrNotExist) {
+	if errors.Is(err, unix.ENOENT) {
 		err = os.MkdirAll(mp, 0o755)
 	}
 	if err != nil {
