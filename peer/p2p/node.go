@@ -13,6 +13,7 @@ import (
 	"time"
 
 	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
+	dfdaemonv2 "d7y.io/api/v2/pkg/apis/dfdaemon/v2"
 	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
@@ -233,25 +234,35 @@ func (n *Node) Preheat(ctx context.Context, req daemon.PreheatRequest) error {
 	if o.Username != "" {
 		pr.Username, pr.Password = ptr(o.Username), ptr(o.Password)
 	}
-	if err := n.sched.PreheatImage(ctx, pr); err != nil {
-		return fmt.Errorf("scheduler preheat: %w", err)
-	}
 	var ids []string
 	for _, l := range img.Manifest.Layers {
 		u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Registry, ref.Repository, l.Digest)
 		ids = append(ids, TaskID(u, uint64(n.cfg.Scheduler.PieceLength)))
 	}
-	n.log.Info("preheat requested", zap.String("image", req.Ref), zap.Int("layers", len(ids)))
+	// The scheduler runs preheat as a job against the seed peers it knows healthy (it checks
+	// announced super seeds every 30 s): a job that found no seed leaves no task behind. Ask again
+	// until the layers' tasks exist, then wait for them to succeed.
+	const retryAfter = 35 * time.Second
+	asked := time.Time{}
+	lastDone := -1
 	for {
-		done := 0
-		for _, id := range ids {
-			t, err := n.sched.StatTask(ctx, id)
-			if err == nil && t.GetState() == "Succeeded" {
-				done++
-			}
-		}
+		done, seen := n.seedProgress(ctx, ids)
 		if done == len(ids) {
+			n.log.Info("preheat done", zap.String("image", req.Ref), zap.Int("layers", len(ids)))
 			return nil
+		}
+		if done != lastDone {
+			n.log.Info("preheat progress", zap.String("image", req.Ref), zap.Int("layers_done", done), zap.Int("layers", len(ids)))
+			lastDone = done
+		}
+		if seen == 0 && time.Since(asked) > retryAfter {
+			if err := n.sched.PreheatImage(ctx, pr); err != nil {
+				return fmt.Errorf("scheduler preheat: %w", err)
+			}
+			if !asked.IsZero() {
+				n.log.Info("preheat asked again: no seed peer took it yet", zap.String("image", req.Ref))
+			}
+			asked = time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -259,6 +270,43 @@ func (n *Node) Preheat(ctx context.Context, req daemon.PreheatRequest) error {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// seedProgress asks every super seed the scheduler knows (its DfdaemonUpload.StatTask) about the
+// tasks: done counts the tasks some seed holds completely, seen those some seed has started.
+func (n *Node) seedProgress(ctx context.Context, ids []string) (done, seen int) {
+	hosts, err := n.sched.ListHosts(ctx)
+	if err != nil {
+		n.log.Debug("list hosts", zap.Error(err))
+		return 0, 0
+	}
+	for _, id := range ids {
+		started, complete := false, false
+		for _, h := range hosts {
+			if h.GetType() == 0 || complete {
+				continue
+			}
+			cc, err := n.conn(h.GetIp(), int(h.GetPort()))
+			if err != nil {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			t, err := dfdaemonv2.NewDfdaemonUploadClient(cc).StatTask(sctx, &dfdaemonv2.StatTaskRequest{TaskId: id})
+			cancel()
+			if err != nil {
+				continue
+			}
+			started = true
+			complete = t.GetState() == upload.TaskStateSucceeded
+		}
+		if started {
+			seen++
+		}
+		if complete {
+			done++
+		}
+	}
+	return done, seen
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -73,7 +73,8 @@ func (m *Manager) ServePiece(ctx context.Context, id string, n uint32) (vortex.P
 	off, l := t.lay.bounds(n)
 	m.met.served.Inc()
 	m.met.servedBytes.Add(float64(l))
-	return vortex.Piece{Number: n, Offset: off, Length: l, Digest: crcDigest(r.CRC32), ParentID: t.peerID, CreatedAt: time.Now()}, data, nil
+	return vortex.Piece{Number: n, Offset: off, Length: l, Digest: crcDigest(r.CRC32), ParentID: t.peerID,
+		TrafficType: vortex.TrafficTypeRemotePeer, CreatedAt: time.Now()}, data, nil
 }
 
 // DownloadTask implements upload.Tasks: the scheduler asks this (seed) peer to hold a whole task.

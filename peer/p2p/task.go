@@ -49,6 +49,8 @@ type task struct {
 	back      bool // the scheduler told us to go back to source
 	sess      *schedclient.Session
 	finished  bool
+	// lastPiece is the last piece of the latest read, to spot sequential reads.
+	lastPiece uint32
 	// completing is set once the pieces no chunk lives in are being fetched to finish the task.
 	completing bool
 	refs       int
@@ -552,6 +554,7 @@ func (t *task) read(ctx context.Context, off, n uint64) ([]byte, error) {
 		return nil, fmt.Errorf("task %s: [%d,%d) past the blob's %d bytes: %w", t.id, off, off+n, t.lay.size, source.ErrRange)
 	}
 	first, last := t.lay.span(off, n)
+	t.readAhead(first, last)
 	for attempt := 0; ; attempt++ {
 		parts := make([][]byte, last-first+1)
 		errs := make([]error, len(parts))
@@ -586,6 +589,39 @@ func (t *task) read(ctx context.Context, off, n uint64) ([]byte, error) {
 			return nil, bad
 		}
 	}
+}
+
+// readAheadPieces is how many pieces past a sequential read are fetched in the background, so a
+// reader streaming through a blob (or the peers behind it) keeps the link busy.
+const readAheadPieces = 2
+
+// readAhead starts fetching the pieces after last when reads move forward through the blob.
+func (t *task) readAhead(first, last uint32) {
+	t.mu.Lock()
+	sequential := first == t.lastPiece || first == t.lastPiece+1
+	t.lastPiece = last
+	t.mu.Unlock()
+	if !sequential {
+		return
+	}
+	for n := last + 1; n <= last+readAheadPieces && n < t.lay.count; n++ {
+		t.warm(n)
+	}
+}
+
+// warm starts fetching piece n in the background unless it is held or already on its way.
+func (t *task) warm(n uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.held[n]; ok {
+		return
+	}
+	if _, ok := t.inflight[n]; ok {
+		return
+	}
+	c := &call{done: make(chan struct{})}
+	t.inflight[n] = c
+	go t.run(n, c)
 }
 
 // verifySpan checks the unverified chunks lying wholly inside buf (pieces first..last); on a

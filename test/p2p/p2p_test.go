@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,9 +50,10 @@ func mb(n int64) float64 { return float64(n) / 1e6 }
 func (c *cluster) eightPeers(t *testing.T) string {
 	// One peer alone (P2P on: with nobody to share with it goes back to source).
 	b0 := c.registryBytes(t)
-	alone := c.startPeer(t, "p1", peerOpts{p2p: true})
-	alone.mount(t, c.ref)
-	sums, durs := runAll(t, []*peerProc{alone})
+	// Peers run with the product's default prefetch (all): the image streams in the background
+	// while the workload reads.
+	alone := c.startPeer(t, "p1", peerOpts{p2p: true, prefetch: "all"})
+	sums, durs := c.mountAndRun(t, []*peerProc{alone})
 	want, aloneDur := sums[0], durs[0]
 	aloneBytes := c.registryBytes(t) - b0
 	alone.stop(t)
@@ -59,12 +61,10 @@ func (c *cluster) eightPeers(t *testing.T) string {
 	run := func(p2p bool) (int64, []time.Duration, []*peerProc) {
 		var peers []*peerProc
 		for _, n := range peerNames {
-			p := c.startPeer(t, n, peerOpts{p2p: p2p})
-			p.mount(t, c.ref)
-			peers = append(peers, p)
+			peers = append(peers, c.startPeer(t, n, peerOpts{p2p: p2p, prefetch: "all"}))
 		}
 		b0 := c.registryBytes(t)
-		sums, durs := runAll(t, peers)
+		sums, durs := c.mountAndRun(t, peers)
 		for i, s := range sums {
 			if s != want {
 				t.Fatalf("peer %s read different bytes: md5 %s, want %s", peers[i].name, s, want)
@@ -124,6 +124,36 @@ func (c *cluster) eightPeers(t *testing.T) string {
 		t.Errorf("without P2P the registry served only %.2fx the unique bytes: the baseline is not what it should be (~8x)", ratioOff)
 	}
 	return want
+}
+
+// mountAndRun mounts the image on every peer at once and runs the workload on each as soon as its
+// mount is up; durations count from the moment the mounts were asked for.
+func (c *cluster) mountAndRun(t *testing.T, peers []*peerProc) ([]string, []time.Duration) {
+	t.Helper()
+	sums := make([]string, len(peers))
+	durs := make([]time.Duration, len(peers))
+	errs := make([]error, len(peers))
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, p := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := testenv.Exec(t, testenv.Binary(t), "mount", "--daemon-socket", p.socket, "--plain-http", c.ref, p.mp); r.Err != nil {
+				errs[i] = fmt.Errorf("mount on %s: %v: %s", p.name, r.Err, r.Stderr)
+				return
+			}
+			sums[i], _, errs[i] = p.workload(t)
+			durs[i] = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sums, durs
 }
 
 // checkInterop asserts what a Rust peer would see of our peers at the scheduler: task ids are
