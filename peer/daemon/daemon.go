@@ -59,7 +59,9 @@ type Options struct {
 type MountRequest struct {
 	Mountpoint string
 	// Ref is an image reference in a registry, an s3://BUCKET/PREFIX location (with Bootstrap), or
-	// "" for a local or NAS directory of blobs (Bootstrap and BlobDir).
+	// "" for a local or NAS directory of blobs (Bootstrap and BlobDir). A registry repository
+	// ("host/repo", a tag is ignored) with Bootstrap reads the bootstrap from that file and the
+	// blobs from the repository: what nydus-snapshotter gives nydusd.
 	Ref       string
 	Bootstrap string
 	BlobDir   string
@@ -79,7 +81,7 @@ type MountRequest struct {
 // MountInfo describes one mount of the daemon.
 type MountInfo struct {
 	Mountpoint string    `json:"mountpoint"`
-	Image      string    `json:"image"`  // resolved reference, s3:// location or bootstrap path
+	Image      string    `json:"image"`  // resolved reference, s3:// location, bootstrap path or RepoBootstrapName
 	Source     string    `json:"source"` // registry, s3 or local
 	APISocket  string    `json:"api_socket"`
 	Started    time.Time `json:"started"`

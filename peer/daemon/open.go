@@ -2,13 +2,16 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/dfnydus/dfnydus/oci"
 	"github.com/dfnydus/dfnydus/peer/source"
@@ -35,21 +38,33 @@ func (o *openedImage) close() {
 	}
 }
 
+// Source kinds a mount request can ask for (sourceKind).
+const (
+	kindLocal    = "local"
+	kindS3       = "s3"
+	kindRegistry = "registry"
+	// kindRepoBootstrap is a registry repository's blobs with a bootstrap file given locally:
+	// what nydus-snapshotter hands nydusd (image.boot + backend host/repo).
+	kindRepoBootstrap = "registry+bootstrap"
+)
+
 // sourceKind says which back-to-source reader a request asks for.
 func sourceKind(req MountRequest) string {
 	switch {
 	case req.Ref == "":
-		return "local"
+		return kindLocal
 	case strings.HasPrefix(req.Ref, "s3://"):
-		return "s3"
+		return kindS3
+	case req.Bootstrap != "":
+		return kindRepoBootstrap
 	}
-	return "registry"
+	return kindRegistry
 }
 
 // open reads the image's bootstrap (from the registry, or a local file for s3 and local sources).
 func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, error) {
 	switch sourceKind(req) {
-	case "local":
+	case kindLocal:
 		_, img, err := bootstrap.Load(req.Bootstrap)
 		if err != nil {
 			return nil, fmt.Errorf("bootstrap: %w", err)
@@ -62,7 +77,7 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 			}
 		}
 		return &openedImage{name: req.Bootstrap, img: img, src: source.NewLocal(req.BlobDir), blobs: blobs}, nil
-	case "s3":
+	case kindS3:
 		cfg, err := source.ParseS3URL(req.Ref)
 		if err != nil {
 			return nil, err
@@ -80,6 +95,8 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 			blobs[i] = BlobRef{ID: b.ID, Size: int64(b.CompressedSize)}
 		}
 		return &openedImage{name: req.Ref, img: img, src: src, blobs: blobs}, nil
+	case kindRepoBootstrap:
+		return d.openRepoBootstrap(ctx, req)
 	}
 	ref, err := registry.ParseRef(req.Ref)
 	if err != nil {
@@ -105,18 +122,91 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 	if err != nil {
 		return nil, err
 	}
-	scheme := "https"
-	if ropts.PlainHTTP {
-		scheme = "http"
-	}
 	blobs := make([]BlobRef, len(oimg.RAFS.Blobs))
 	for i, b := range oimg.RAFS.Blobs {
 		desc := oimg.Blobs[b.ID]
-		blobs[i] = BlobRef{ID: b.ID, Size: desc.Size,
-			URL: fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, oimg.Ref.Registry, oimg.Ref.Repository, desc.Digest)}
+		blobs[i] = BlobRef{ID: b.ID, Size: desc.Size, URL: blobURL(ropts, oimg.Ref, desc.Digest)}
 	}
 	return &openedImage{name: oimg.Ref.String(), img: oimg.RAFS, src: source.NewRegistry(rc, oimg.Ref), blobs: blobs,
 		closeFn: func() { rc.Close() }}, nil
+}
+
+// blobURL is a blob's registry URL, the P2P task's URL: scheme://host/v2/REPO/blobs/DIGEST (http
+// when the registry is reached over plain HTTP).
+func blobURL(o RegistryOptions, ref registry.Ref, d digest.Digest) string {
+	scheme := "https"
+	if o.PlainHTTP {
+		scheme = "http"
+	}
+	return fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Registry, ref.Repository, d)
+}
+
+// openRepoBootstrap opens a registry repository's blobs with a local bootstrap: Ref names the
+// repository ("host/repo"; a tag or digest is ignored). Every blob with data is checked with a
+// HEAD before anything is mounted, so refused credentials or a missing blob fail the mount instead
+// of every later read; the HEAD also gives the size when the bootstrap does not record it.
+func (d *Daemon) openRepoBootstrap(ctx context.Context, req MountRequest) (*openedImage, error) {
+	ref, err := registry.ParseRef(req.Ref)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	ref.Tag, ref.Digest = "", ""
+	_, img, err := bootstrap.Load(req.Bootstrap)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	ropts := d.cfg.Registry.merge(req.Registry)
+	hc, err := d.registryClient(ropts, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer hc.Close()
+	blobs := make([]BlobRef, len(img.Blobs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, b := range img.Blobs {
+		dg := digest.NewDigestFromEncoded(digest.SHA256, b.ID)
+		if err := dg.Validate(); err != nil {
+			return nil, fmt.Errorf("bootstrap %s: blob id %q is not a sha256 digest: %w", req.Bootstrap, b.ID, err)
+		}
+		blobs[i] = BlobRef{ID: b.ID, Size: int64(b.CompressedSize), URL: blobURL(ropts, ref, dg)}
+		if b.CompressedSize == 0 && b.ChunkCount == 0 {
+			continue // no data (an empty layer): never read
+		}
+		g.Go(func() error {
+			ok, size, err := hc.BlobExists(gctx, ref, dg)
+			switch {
+			case errors.Is(err, registry.ErrUnauthorized):
+				return fmt.Errorf("registry %s refused the credentials for %s: %w", ref.Registry, ref.Repository, err)
+			case err != nil:
+				if blobs[i].Size == 0 {
+					return fmt.Errorf("blob %s: the bootstrap has no size and the registry does not say: %w", b.ID, err)
+				}
+				d.log.Warn("cannot check blob before mounting; reads will retry", zap.String("blob", b.ID), zap.Error(err))
+			case !ok:
+				return fmt.Errorf("blob %s is not in %s: %w", b.ID, ref.Context(), registry.ErrNotFound)
+			case blobs[i].Size == 0:
+				blobs[i].Size = size
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	// Chunk reads get a client without retries of its own: the Retrying source decides.
+	rc, err := d.registryClient(ropts, -1)
+	if err != nil {
+		return nil, err
+	}
+	return &openedImage{name: RepoBootstrapName(ref.Context(), req.Bootstrap), img: img, src: source.NewRegistry(rc, ref),
+		blobs: blobs, closeFn: func() { rc.Close() }}, nil
+}
+
+// RepoBootstrapName is the MountInfo.Image of a mount of repository repo ("host/repo") with a
+// local bootstrap file.
+func RepoBootstrapName(repo, bootstrap string) string {
+	return repo + " (bootstrap " + bootstrap + ")"
 }
 
 // registryClient returns a client with o's settings; retries as registry.Options.Retries.
@@ -161,11 +251,11 @@ func checkRequest(req MountRequest) (MountRequest, error) {
 		}
 	}
 	switch sourceKind(req) {
-	case "local":
+	case kindLocal:
 		if req.Bootstrap == "" || req.BlobDir == "" {
 			return bad("without an image reference, give a bootstrap and a blob dir")
 		}
-	case "s3":
+	case kindS3:
 		if req.Bootstrap == "" {
 			return bad("an s3:// source needs a bootstrap")
 		}
