@@ -245,8 +245,8 @@ func serveNydusd(ctx context.Context, f *nydusdFlags, log *zap.Logger) error {
 
 	ver, commit, built := nydusdVersion()
 	exit := make(chan struct{})
-	mounter := nydusapi.NewLocalMounter(nydusapi.LocalOptions{Log: log, UserAgent: "dfnydus/" + version,
-		AllowOther: f.allowOther, FuseDebug: f.fuseDebug})
+	mounter, closeMounter := nydusdMounter(ctx, f, log)
+	defer closeMounter()
 	srv := nydusapi.NewServer(nydusapi.ServerOptions{ID: f.id, Mounter: mounter, Root: f.mountpoint, Log: log,
 		Version: nydusapi.BuildInfo{PackageVer: ver, GitCommit: commit, BuildTime: built, Profile: "release", Rustc: runtime.Version()},
 		Exit:    func() { close(exit) }})
@@ -281,6 +281,34 @@ func serveNydusd(ctx context.Context, f *nydusdFlags, log *zap.Logger) error {
 	}
 	log.Info("nydusd stopped")
 	return nil
+}
+
+// nydusdMounter picks how the images are mounted: through the dfnydus daemon answering on
+// $DFNYDUS_SOCKET or the default control socket (its store, its P2P; mounts outlive this process),
+// else in this process. The second result releases what the mounter holds (not the mounts).
+func nydusdMounter(ctx context.Context, f *nydusdFlags, log *zap.Logger) (nydusapi.Mounter, func()) {
+	socket := defaultDaemonSocket()
+	c, err := connectDaemon(ctx, socket)
+	if err != nil {
+		log.Warn("the dfnydus daemon does not answer: mounting in this process", zap.String("socket", socket), zap.Error(err))
+	}
+	if c != nil {
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		v, verr := c.Version(pctx)
+		cancel()
+		if verr == nil {
+			log.Info("mounting through the dfnydus daemon (its store and P2P)", zap.String("socket", socket),
+				zap.Int("daemon_pid", v.PID), zap.String("daemon_version", v.Version), zap.Bool("p2p", v.P2P))
+			m := nydusapi.NewDaemonMounter(c, nydusapi.DaemonOptions{Log: log, AllowOther: f.allowOther, FuseDebug: f.fuseDebug})
+			return m, func() { _ = m.Close() }
+		}
+		log.Warn("the dfnydus daemon does not answer: mounting in this process", zap.String("socket", socket), zap.Error(verr))
+		c.Close()
+	} else if err == nil {
+		log.Info("no dfnydus daemon answers: mounting in this process", zap.String("socket", socket))
+	}
+	return nydusapi.NewLocalMounter(nydusapi.LocalOptions{Log: log, UserAgent: "dfnydus/" + version,
+		AllowOther: f.allowOther, FuseDebug: f.fuseDebug}), func() {}
 }
 
 // splitPrefetchFiles splits --prefetch-files into absolute paths.

@@ -8,9 +8,10 @@
 //     daemon info and state (INIT, READY, RUNNING), mounts and unmounts in shared mode, metrics,
 //     configuration (auth) updates, errors as {"code","message"}. Idle connections are never timed
 //     out: the snapshotter keeps one open and reads its hang-up as the daemon's death.
-//   - mounter.go: the Mounter interface the server mounts through, so a long-running dfnydus daemon
-//     can later serve the mounts; LocalMounter mounts in this process with the store, the fetcher and
-//     the FUSE file system, as `dfnydus mount` does.
+//   - mounter.go: the Mounter interface the server mounts through. local.go: LocalMounter mounts in
+//     this process with the store, the fetcher and the FUSE file system, as `dfnydus mount` does.
+//     daemon.go: DaemonMounter asks a running `dfnydus daemon` (peer/daemon's control API) to mount,
+//     so the mounts share its store and P2P and outlive a killed nydusd (its successor adopts them).
 //
 // The wire formats carry over from upstream; where a rule comes from is cited next to it.
 package nydusapi

@@ -19,8 +19,8 @@ type MountSpec struct {
 	PrefetchFiles []string
 }
 
-// Mounter mounts and unmounts RAFS instances. LocalMounter does it in this process; a mounter that
-// asks a running dfnydus daemon can take its place without the API changing.
+// Mounter mounts and unmounts RAFS instances. LocalMounter does it in this process; DaemonMounter
+// asks a running dfnydus daemon.
 type Mounter interface {
 	// Mount serves spec at spec.Mountpoint and returns once the mount answers. On error nothing is
 	// left mounted.
