@@ -141,7 +141,7 @@ const (
 	DefaultSourceRetries    = 5
 	DefaultUploadPort       = 4000 // dragonfly-client's upload gRPC default
 	DefaultPiecePort        = 4005 // dragonfly-client's Vortex TCP default
-	DefaultPieceLength      = 0 // per blob, as the Rust dfdaemon picks it
+	DefaultPieceLength      = 0    // per blob, as the Rust dfdaemon picks it
 	DefaultAnnounceInterval = 5 * time.Minute
 	// MinPieceLength is the scheduler's smallest piece length (notes/dragonfly.md).
 	MinPieceLength = 4 << 20
