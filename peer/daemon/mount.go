@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +27,10 @@ type mount struct {
 	api          *peer.APIServer
 	stopPrefetch context.CancelFunc
 	log          *zap.Logger
+	// dev is the FUSE mount's device ("major:minor" in /proc/self/mountinfo), to tell whether the
+	// mountpoint still shows this mount.
+	dev     string
+	apiOnce sync.Once
 
 	// umu serialises unmounts; unmounted is set once one succeeded.
 	umu       sync.Mutex
@@ -46,10 +51,15 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountInfo, error)
 		return MountInfo{}, err
 	}
 	mp := req.Mountpoint
-	if err := d.reserve(mp); err != nil {
+	shadowed, err := d.reserve(mp)
+	if err != nil {
 		return MountInfo{}, err
 	}
 	defer d.inflight.Done()
+	if shadowed != nil {
+		// Its API socket path is the new mount's.
+		shadowed.closeAPI()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(d.closing, cancel)()
@@ -76,21 +86,66 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountInfo, error)
 	return m.info, nil
 }
 
-// reserve marks mp as being mounted; the caller must call d.inflight.Done.
-func (d *Daemon) reserve(mp string) error {
+// reserve marks mp as being mounted; the caller must call d.inflight.Done. A mount of this daemon
+// at mp that the mountpoint no longer shows is dropped from the table and returned: it was
+// unmounted from outside while something still uses it (an overlay whose lower layer it is holds a
+// private clone of it: nydus-snapshotter unmounts a killed nydusd's mountpoint that way). It goes
+// on serving its users until the kernel drops it (watch releases it then), and mp can be mounted
+// anew.
+func (d *Daemon) reserve(mp string) (shadowed *mount, _ error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
 	case d.closed:
-		return ErrClosed
+		return nil, ErrClosed
 	case d.pending[mp]:
-		return fmt.Errorf("%s: %w (a mount is in progress)", mp, ErrAlreadyMounted)
+		return nil, fmt.Errorf("%s: %w (a mount is in progress)", mp, ErrAlreadyMounted)
 	case d.mounts[mp] != nil:
-		return fmt.Errorf("%s: %w", mp, ErrAlreadyMounted)
+		old := d.mounts[mp]
+		if !old.shadowed() {
+			return nil, fmt.Errorf("%s: %w", mp, ErrAlreadyMounted)
+		}
+		old.log.Warn("the mountpoint no longer shows this mount (unmounted from outside while in use): it serves its users until they go; mounting anew")
+		delete(d.mounts, mp)
+		shadowed = old
 	}
 	d.pending[mp] = true
 	d.inflight.Add(1)
-	return nil
+	return shadowed, nil
+}
+
+// shadowed reports whether the mountpoint shows another file system than this mount's (it was
+// unmounted from outside, and something else or nothing is there).
+func (m *mount) shadowed() bool {
+	dev, err := mountDevice(m.info.Mountpoint)
+	return err == nil && m.dev != "" && dev != m.dev
+}
+
+// mountDevice returns the device ("major:minor") of the topmost mount at mp in this process's mount
+// namespace, or "" when nothing is mounted there (/proc/self/mountinfo: ID PARENT MAJ:MIN ROOT
+// MOUNTPOINT ..., the mount point with space, tab, newline and backslash octal-escaped).
+func mountDevice(mp string) (string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("mount table: %w", err)
+	}
+	esc := strings.NewReplacer("\\", "\\134", " ", "\\040", "\t", "\\011", "\n", "\\012").Replace(mp)
+	dev := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == esc {
+			dev = f[2] // later lines are mounted on top of earlier ones
+		}
+	}
+	return dev, nil
+}
+
+// closeAPI closes the mount's API socket once.
+func (m *mount) closeAPI() {
+	m.apiOnce.Do(func() {
+		if m.api != nil {
+			m.api.Close()
+		}
+	})
 }
 
 // prefetchFor returns the request's prefetch mode and rate, falling back to the config.
@@ -155,6 +210,9 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 	if m.srv, err = fuse.Mount(mp, oi.img, m.im, fopts); err != nil {
 		return nil, err // says "mount MP: ..."
 	}
+	if m.dev, err = mountDevice(mp); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
 	sock := peer.SocketPath(d.cfg.CacheDir, mp)
 	im := m.im
 	if m.api, err = peer.ServeAPI(sock, mp, func() []*peer.Image { return []*peer.Image{im} }, d.reg); err != nil {
@@ -188,9 +246,7 @@ func (m *mount) release() {
 		m.stopPrefetch()
 		waitPrefetch(m.im)
 	}
-	if m.api != nil {
-		m.api.Close()
-	}
+	m.closeAPI()
 	if m.attached != nil {
 		if err := m.attached.Close(); err != nil {
 			m.log.Warn("detach from P2P", zap.Error(err))

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,6 +56,9 @@ type harnessOptions struct {
 	// NetNS, when set, is a network namespace path (/run/netns/NAME) containerd and the
 	// snapshotter (hence every nydusd) run in; mounts stay in the host's mount namespace.
 	NetNS string
+	// SnapshotterEnv is added to the snapshotter's environment, which every nydusd inherits (e.g.
+	// DFNYDUS_SOCKET: mount through that dfnydus daemon).
+	SnapshotterEnv []string
 }
 
 // defaultNydusdConfig is the snapshotter's template (misc/snapshotter/nydusd-config.fusedev.json)
@@ -99,6 +103,10 @@ func startHarness(t testing.TB, opts harnessOptions) *harness {
 	dir, err := os.MkdirTemp("/var/tmp", "dfc-")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(opts.SnapshotterEnv, func(kv string) bool { return strings.HasPrefix(kv, "DFNYDUS_SOCKET=") }) {
+		// No dfnydus daemon: nydusd mounts in process even if a daemon answers on the default socket.
+		opts.SnapshotterEnv = append(opts.SnapshotterEnv, "DFNYDUS_SOCKET="+filepath.Join(dir, "no-daemon.sock"))
 	}
 	h := &harness{t: t, dir: dir, ns: "dfnydus-" + filepath.Base(dir)[4:], ctrclient: filepath.Join(tdir, "ctrclient"),
 		nydusd: filepath.Join(dir, "bin", "nydusd"), ctrdSock: filepath.Join(dir, "containerd.sock"),
@@ -168,7 +176,7 @@ cleanup_on_close = false
 `, h.snapRoot, snapSock, filepath.Join(dir, "system.sock"), filepath.Join(dir, "nydusd-config.json"), h.nydusd, opts.RecoverPolicy, opts.DaemonMode)
 	must(t, os.WriteFile(filepath.Join(dir, "snapshotter.toml"), []byte(snapCfg), 0o644))
 
-	h.start("containerd-nydus-grpc", h.snapLogs, opts.NetNS, filepath.Join(tdir, "containerd-nydus-grpc"), "--config", filepath.Join(dir, "snapshotter.toml"))
+	h.startEnv("containerd-nydus-grpc", h.snapLogs, opts.NetNS, opts.SnapshotterEnv, filepath.Join(tdir, "containerd-nydus-grpc"), "--config", filepath.Join(dir, "snapshotter.toml"))
 	h.waitSocket(snapSock, h.snapLogs)
 	h.start("containerd", h.ctrdLogs, opts.NetNS, "containerd", "--config", filepath.Join(dir, "containerd.toml"))
 	h.waitSocket(h.ctrdSock, h.ctrdLogs)
@@ -184,12 +192,23 @@ func must(t testing.TB, err error) {
 
 func (h *harness) start(name string, logs *testenv.LogBuffer, netns, prog string, args ...string) {
 	h.t.Helper()
+	h.startEnv(name, logs, netns, nil, prog, args...)
+}
+
+// startEnv starts prog with env added to this process's environment.
+func (h *harness) startEnv(name string, logs *testenv.LogBuffer, netns string, env []string, prog string, args ...string) {
+	h.t.Helper()
 	cmd := exec.Command(prog, args...)
 	if netns != "" {
 		// nsenter execs prog: the pid stays prog's.
 		cmd = exec.Command("nsenter", append([]string{"--net=" + netns, "--", prog}, args...)...)
 	}
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logs, logs
+	// The snapshotter's nydusd daemons inherit its stdout: Wait must not wait for them to close it.
+	cmd.WaitDelay = 10 * time.Second
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		h.t.Fatalf("start %s: %v", name, err)
