@@ -288,7 +288,11 @@ func (t *task) parentFailed(p schedclient.Parent, n uint32, err error) {
 	if sess == nil {
 		return
 	}
-	if rerr := sess.PieceFailed(n, p.PeerID, !bad); rerr != nil {
+	// Always "temporary": the v2.5.1 scheduler then blocks the parent for this peer and counts an
+	// upload failure against the parent's host (lowering its score for everyone); a non-temporary
+	// failure makes it end the whole AnnouncePeer stream instead (scheduler/service/service_v2.go
+	// handleDownloadPieceFailedRequest).
+	if rerr := sess.PieceFailed(n, p.PeerID, true); rerr != nil {
 		t.log.Debug("report piece failed", zap.Error(rerr))
 	}
 	if left == 0 {
