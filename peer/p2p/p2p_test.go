@@ -10,8 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -46,9 +48,20 @@ func TestPieceLengthFor(t *testing.T) {
 type countingSource struct {
 	inner source.Source
 	bytes atomic.Int64
+	mu    sync.Mutex
+	reqs  [][2]int64 // offset, length of every request, in order
+}
+
+func (s *countingSource) requests() [][2]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][2]int64(nil), s.reqs...)
 }
 
 func (s *countingSource) ReadRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
+	s.mu.Lock()
+	s.reqs = append(s.reqs, [2]int64{off, n})
+	s.mu.Unlock()
 	rc, err := s.inner.ReadRange(ctx, id, off, n)
 	if err != nil {
 		return nil, err
@@ -357,5 +370,42 @@ func TestUnknownTask(t *testing.T) {
 	}
 	if _, _, err := a.m.ServePiece(context.Background(), "nope", 0); !errors.Is(err, vortex.ErrPieceNotFound) {
 		t.Errorf("ServePiece of an unknown task: %v, want ErrPieceNotFound", err)
+	}
+}
+
+func TestSmallReadBackToSourceComesFirstAndThePieceOnce(t *testing.T) {
+	// A peer going back to source serves a small read with a request for just its bytes, then
+	// fetches the rest of the piece around them: no byte of the piece is fetched twice.
+	fx := newFixture(t)
+	a := startPeer(t, fx, "a")
+	var c rafs.Chunk
+	for _, ch := range blobChunks(fx.img, 0) {
+		if ch.CompressedOffset > 5<<20 && ch.CompressedOffset+uint64(ch.CompressedSize) < 8<<20 {
+			c = ch
+			break
+		}
+	}
+	if c.CompressedSize == 0 {
+		t.Fatal("no chunk inside piece 1")
+	}
+	rc, err := a.attach.ReadRange(context.Background(), fx.blobID, int64(c.CompressedOffset), int64(c.CompressedSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, fx.blob[c.CompressedOffset:c.CompressedOffset+uint64(c.CompressedSize)]) {
+		t.Fatal("wrong bytes")
+	}
+	if reqs := a.src.requests(); len(reqs) == 0 || reqs[0] != [2]int64{int64(c.CompressedOffset), int64(c.CompressedSize)} {
+		t.Fatalf("first source request %v, want just the read's range [%d +%d]", reqs, c.CompressedOffset, c.CompressedSize)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for a.src.bytes.Load() < 4<<20 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := a.src.bytes.Load(); got != 4<<20 {
+		t.Errorf("source sent %d bytes, want the piece (%d) exactly once", got, 4<<20)
 	}
 }

@@ -51,6 +51,7 @@ type task struct {
 	finished  bool
 	// lastPiece is the last piece of the latest read, to spot sequential reads.
 	lastPiece uint32
+	readSeen  bool
 	// completing is set once the pieces no chunk lives in are being fetched to finish the task.
 	completing bool
 	refs       int
@@ -559,6 +560,11 @@ func (t *task) read(ctx context.Context, off, n uint64) ([]byte, error) {
 	}
 	first, last := t.lay.span(off, n)
 	t.readAhead(first, last)
+	if first == last {
+		if data, ok, err := t.readFirst(ctx, first, off, n); ok {
+			return data, err
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		parts := make([][]byte, last-first+1)
 		errs := make([]error, len(parts))
@@ -595,6 +601,84 @@ func (t *task) read(ctx context.Context, off, n uint64) ([]byte, error) {
 	}
 }
 
+// readFirst serves a small read of a piece nobody holds or fetches, when it would come from the
+// source anyway: the reader's bytes are fetched first and returned at once (the caller, the
+// fetcher, verifies its chunks), and the rest of the piece follows in the background in one or two
+// more ranged requests, so the piece is still fetched exactly once. ok is false when the read must
+// take the normal path.
+func (t *task) readFirst(ctx context.Context, p uint32, off, n uint64) ([]byte, bool, error) {
+	pOff, pLen := t.lay.bounds(p)
+	if n > pLen/4 || t.m.cfg.DisableBackToSource {
+		return nil, false, nil
+	}
+	t.mu.Lock()
+	_, held := t.held[p]
+	_, running := t.inflight[p]
+	answered := t.answered
+	t.mu.Unlock()
+	if held || running {
+		return nil, false, nil
+	}
+	if !answered {
+		t.waitScheduled(ctx)
+	}
+	if len(t.candidates()) > 0 {
+		return nil, false, nil
+	}
+	t.mu.Lock()
+	if _, running := t.inflight[p]; running {
+		t.mu.Unlock()
+		return nil, false, nil
+	}
+	if _, held := t.held[p]; held {
+		t.mu.Unlock()
+		return nil, false, nil
+	}
+	c := &call{done: make(chan struct{})}
+	t.inflight[p] = c
+	t.mu.Unlock()
+
+	finish := func(data []byte, err error) {
+		c.data, c.err = data, err
+		t.mu.Lock()
+		delete(t.inflight, p)
+		t.mu.Unlock()
+		close(c.done)
+	}
+	t0 := time.Now()
+	head, err := readFull(ctx, t.src, t.blobID, int64(off), int64(n))
+	if err != nil {
+		// Let the normal path (and its retries) have the piece.
+		finish(nil, fmt.Errorf("task %s piece %d back to source: %w", t.id, p, err))
+		return nil, false, nil
+	}
+	go func() {
+		fctx, cancel := context.WithTimeout(t.ctx, t.m.cfg.PieceTimeout)
+		defer cancel()
+		piece := make([]byte, pLen)
+		copy(piece[off-pOff:], head)
+		for _, r := range [][2]uint64{{pOff, off}, {off + n, pOff + pLen}} {
+			if r[1] <= r[0] {
+				continue
+			}
+			b, err := readFull(fctx, t.src, t.blobID, int64(r[0]), int64(r[1]-r[0]))
+			if err != nil {
+				finish(nil, fmt.Errorf("task %s piece %d back to source: %w", t.id, p, err))
+				return
+			}
+			copy(piece[r[0]-pOff:], b)
+		}
+		if err := t.accept(fctx, p, piece, "", time.Since(t0)); err != nil {
+			finish(nil, err)
+			return
+		}
+		t.m.met.pieces.WithLabelValues(trafficSource).Inc()
+		t.m.met.bytes.WithLabelValues(trafficSource).Add(float64(pLen))
+		finish(piece, nil)
+	}()
+	return head, true, nil
+}
+
 // readAheadPieces is how many pieces past a sequential read are fetched in the background, so a
 // reader streaming through a blob (or the peers behind it) keeps the link busy.
 const readAheadPieces = 2
@@ -602,8 +686,10 @@ const readAheadPieces = 2
 // readAhead starts fetching the pieces after last when reads move forward through the blob.
 func (t *task) readAhead(first, last uint32) {
 	t.mu.Lock()
-	sequential := first == t.lastPiece || first == t.lastPiece+1
-	t.lastPiece = last
+	// Crossing into the next piece is what a stream looks like; reads within one piece, or
+	// jumping about, are not (and must not cost the link pieces nobody asked for).
+	sequential := t.readSeen && first == t.lastPiece+1
+	t.lastPiece, t.readSeen = last, true
 	t.mu.Unlock()
 	if !sequential {
 		return
