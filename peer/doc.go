@@ -3,6 +3,7 @@
 // chunk in flight, verifies every chunk before it is stored or returned, and prefetches the rest of
 // each image in the background without getting in the way of on-demand reads.
 //
-// Later: chunk reads become pieces of Dragonfly tasks (scheduler-client), and verified pieces are
-// served to other peers (peer/upload).
+// With a Dragonfly scheduler configured, the source the fetcher reads through is peer/p2p's: chunk
+// reads become pieces of Dragonfly tasks, and verified pieces are served to other peers
+// (peer/upload, peer/vortex).
 package peer
