@@ -2,6 +2,11 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/term"
 
 	"github.com/spf13/cobra"
 
@@ -35,7 +40,10 @@ scheduler configured (scheduler.addrs).`,
 			if ro != nil {
 				req.Registry = *ro
 			}
-			if err := c.Preheat(cmd.Context(), req); err != nil {
+			stop := preheatProgress(cmd.ErrOrStderr(), args[0])
+			err = c.Preheat(cmd.Context(), req)
+			stop()
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "preheated %s\n", args[0])
@@ -47,4 +55,32 @@ scheduler configured (scheduler.addrs).`,
 	reg.add(fl)
 	addDaemonSocketFlag(fl, &socket)
 	return cmd
+}
+
+// preheatProgress shows the time spent on a terminal while the daemon preheats (the scheduler
+// finds seed peers every 30 s, then they download every layer); it returns the function that
+// ends the display.
+func preheatProgress(w io.Writer, ref string) (stop func()) {
+	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return func() {}
+	}
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(exited)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprintf(f, "\r\033[K")
+				return
+			case <-tick.C:
+				fmt.Fprintf(f, "\rpreheating %s: %s (seed peers downloading its layers)\033[K", ref, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
 }
