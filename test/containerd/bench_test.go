@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dfnydus/dfnydus/test/internal/netns"
+	"github.com/dfnydus/dfnydus/test/internal/schedtest"
 	"github.com/dfnydus/dfnydus/test/internal/testenv"
 )
 
@@ -74,16 +78,37 @@ func BenchmarkContainerStart(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("DFNYDUS_BENCH_RUNS")); err == nil && v > 0 {
 		runs = v
 	}
+	// DFNYDUS_BENCH_IMAGES / DFNYDUS_BENCH_MODES (comma-separated names, modes by their hook
+	// names oci, lazy, prefetch, p2p) narrow a run; the full-pull baseline always runs.
+	images := benchImages
+	if v := os.Getenv("DFNYDUS_BENCH_IMAGES"); v != "" {
+		images = nil
+		for _, img := range benchImages {
+			if slices.Contains(strings.Split(v, ","), img.name) {
+				images = append(images, img)
+			}
+		}
+	}
+	modes := []string{modeOCI, modeLazy, modePf, modeP2P}
+	if v := os.Getenv("DFNYDUS_BENCH_MODES"); v != "" {
+		modes = []string{modeOCI}
+		for _, m := range []struct{ name, mode string }{{"lazy", modeLazy}, {"prefetch", modePf}, {"p2p", modeP2P}} {
+			if slices.Contains(strings.Split(v, ","), m.name) {
+				modes = append(modes, m.mode)
+			}
+		}
+	}
 	layouts := map[string]string{}
-	for _, img := range benchImages {
+	for _, img := range images {
 		layouts[img.name] = benchLayout(b, img)
 	}
 
 	nw := netns.Start(b, netns.Options{})
 	regNode, client := nw.MustAddNode(b, "registry"), nw.MustAddNode(b, "client")
+	schedNode, neighNode := nw.MustAddNode(b, "sched"), nw.MustAddNode(b, "neighbour")
 	reg := netns.MustStartRegistry(b, regNode, 5000)
 	refs := map[string][2]string{}
-	for _, img := range benchImages {
+	for _, img := range images {
 		oci, nydus := reg.Ref(img.name, "v1"), reg.Ref(img.name+"-nydus", "v1")
 		runIn(b, regNode, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", "oci:"+layouts[img.name]+":img", "docker://"+oci)
 		runIn(b, regNode, testenv.Binary(b), "convert", "--log-level", "warn", "--plain-http",
@@ -95,6 +120,17 @@ func BenchmarkContainerStart(b *testing.B) {
 			}
 		}
 	}
+	// The warm P2P neighbour: the real scheduler in its own node, and a dfnydus daemon with P2P in
+	// another that has mounted every nydus image and read all of it (before the link is limited).
+	sched := schedtest.Start(b, schedtest.Options{ListenIP: schedNode.Addr.String(), Port: 8002,
+		Command: func(name string, args ...string) *exec.Cmd {
+			return schedNode.Command(context.Background(), name, args...)
+		},
+		DialContext: schedNode.DialContext})
+	neighbour := startDfnydusDaemon(b, daemonOptions{Node: neighNode, Extra: p2pConfig(sched, neighNode, "neighbour")})
+	for _, img := range images {
+		neighbour.warm(b, neighNode, refs[img.name][1], img.name)
+	}
 	if err := regNode.ShapeEgress(context.Background(), netns.Shape{Rate: netns.Mbit(benchLinkMbit)}); err != nil {
 		b.Fatal(err)
 	}
@@ -103,12 +139,20 @@ func BenchmarkContainerStart(b *testing.B) {
 	h := startHarness(b, harnessOptions{NetNS: client.Path(), NydusdConfig: lazyConfig})
 	// The snapshotter's default: prefetch everything in the background while the container starts.
 	hPf := startHarness(b, harnessOptions{NetNS: client.Path()})
+	// The container node's own dfnydus daemon with P2P, which its nydusd mount through; a fresh
+	// one (cold store) for every start, on the same control socket.
+	p2pDir, err := os.MkdirTemp("/var/tmp", "dfs-") // short: a socket path
+	must(b, err)
+	b.Cleanup(func() { os.RemoveAll(p2pDir) })
+	p2pSock := filepath.Join(p2pDir, "dfnydus.sock")
+	hP2P := startHarness(b, harnessOptions{NetNS: client.Path(), NydusdConfig: lazyConfig, SnapshotterEnv: []string{"DFNYDUS_SOCKET=" + p2pSock}})
+	starts := 0
 
 	var results []benchResult
-	for _, img := range benchImages {
+	for _, img := range images {
 		size := layoutMB(b, layouts[img.name])
 		for i := 0; i < runs; i++ {
-			for _, mode := range []string{modeOCI, modeLazy, modePf, modeP2P} {
+			for _, mode := range modes {
 				r := benchResult{Image: img.name, Mode: mode, ImageMB: size}
 				switch mode {
 				case modeOCI:
@@ -119,10 +163,17 @@ func BenchmarkContainerStart(b *testing.B) {
 					// Link bytes include what the prefetch moved until ready; it goes on afterwards.
 					hPf.benchStart(b, regNode, &r, "nydus", refs[img.name][1], img, i)
 				case modeP2P:
-					// HOOK (P2P): start a seed peer (a dfnydus daemon with the scheduler) that has
-					// read the image, point the nydusd mounts at the local daemon, then measure as
-					// for modeLazy. Needs the dfnydus daemon + P2P work (peer/daemon, peer/p2p).
-					r.Skipped = "needs the dfnydus daemon with P2P (not landed yet)"
+					// Lazy (fs_prefetch off) through the node's daemon, whose reads the scheduler
+					// sends to the warm neighbour. A new hostname per start: the scheduler still
+					// knows the previous daemon's host for a while.
+					starts++
+					host := fmt.Sprintf("client-%d", starts)
+					d := startDfnydusDaemon(b, daemonOptions{Node: client, Socket: p2pSock, Extra: p2pConfig(sched, client, host)})
+					hP2P.benchStart(b, regNode, &r, "nydus", refs[img.name][1], img, i)
+					d.close()
+					if dir := os.Getenv("DFNYDUS_BENCH_LOGS"); dir != "" {
+						must(b, os.WriteFile(filepath.Join(dir, host+"-"+img.name+".log"), []byte(d.logs.String()), 0o644))
+					}
 				}
 				results = append(results, r)
 			}
@@ -133,6 +184,48 @@ func BenchmarkContainerStart(b *testing.B) {
 		data, err := json.MarshalIndent(results, "", "  ")
 		must(b, err)
 		must(b, os.WriteFile(out, data, 0o644))
+	}
+}
+
+// p2pConfig is the daemon configuration that makes it a P2P peer of sched on node nd.
+func p2pConfig(sched *schedtest.Scheduler, nd *netns.Node, hostname string) string {
+	return fmt.Sprintf("registry:\n  plainHTTP: true\nscheduler:\n  addrs: [%q]\n  advertiseIP: %s\n  hostname: %s\n  uploadPort: 4000\n  piecePort: 4005\n",
+		sched.Addr(), nd.Addr, hostname)
+}
+
+// warm mounts ref on the daemon (in node nd) with prefetch all and waits until every chunk is read.
+func (d *dfnydusDaemon) warm(b *testing.B, nd *netns.Node, ref, name string) {
+	b.Helper()
+	mp := filepath.Join(d.dir, "mnt-"+name)
+	must(b, os.MkdirAll(mp, 0o755))
+	runIn(b, nd, testenv.Binary(b), "mount", "--daemon-socket", d.socket, "--plain-http", "--prefetch", "all", ref, mp)
+	deadline := time.Now().Add(30 * time.Minute)
+	for {
+		out, err := nd.Command(context.Background(), testenv.Binary(b), "stat", "--daemon-socket", d.socket, "--json", mp).Output()
+		must(b, err)
+		var info struct {
+			Images []struct {
+				Chunks       int `json:"chunks"`
+				ChunksCached int `json:"chunks_cached"`
+				Prefetch     struct {
+					State string `json:"state"`
+				} `json:"prefetch"`
+			} `json:"images"`
+		}
+		must(b, json.Unmarshal(out, &info))
+		if len(info.Images) == 1 {
+			st := info.Images[0]
+			if st.Prefetch.State == "done" && st.ChunksCached == st.Chunks {
+				return
+			}
+			if st.Prefetch.State == "incomplete" {
+				b.Fatalf("neighbour: prefetch of %s incomplete: %s\n%s", ref, out, tail(d.logs.String(), 20))
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("neighbour: %s never fully read: %s", ref, out)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -267,7 +360,8 @@ func layoutMB(b *testing.B, layout string) float64 {
 
 func printBench(results []benchResult, runs int) {
 	fmt.Printf("container start over a %d Mbit/s link (tc tbf on the registry's veth): containerd 1.6 + runc, nydus-snapshotter v0.16.1\n", benchLinkMbit)
-	fmt.Printf("launching dfnydus as nydusd (lazy: fs_prefetch off; + prefetch all: the snapshotter's default template);\n")
+	fmt.Printf("launching dfnydus as nydusd (lazy: fs_prefetch off; + prefetch all: the snapshotter's default template;\n")
+	fmt.Printf("warm P2P neighbour: lazy, nydusd mounting through the node's dfnydus daemon, the real scheduler, a neighbour that read the image);\n")
 	fmt.Printf("pull + create + run until the workload's ready line; cold caches; %d run(s) each, means; MB = 10^6 bytes\n", runs)
 	fmt.Printf("%-8s %9s  %-28s %7s %7s %7s %8s %9s %8s\n", "image", "OCI MB", "mode", "pull s", "create", "ready", "total s", "link MB", "speedup")
 	type key struct{ image, mode string }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,9 +23,11 @@ type dfnydusDaemon struct {
 	t        testing.TB
 	socket   string
 	cacheDir string
+	dir      string
 	cmd      *exec.Cmd
 	logs     *testenv.LogBuffer
 	done     chan struct{}
+	once     sync.Once
 }
 
 // daemonOptions tune startDfnydusDaemon.
@@ -35,6 +38,8 @@ type daemonOptions struct {
 	Prefetch string
 	// Extra is YAML appended to the configuration (a scheduler section).
 	Extra string
+	// Socket is the control socket ("" means one in the daemon's fresh directory).
+	Socket string
 }
 
 // startDfnydusDaemon starts a daemon with its cache and control socket in a fresh directory and
@@ -46,8 +51,11 @@ func startDfnydusDaemon(t testing.TB, o daemonOptions) *dfnydusDaemon {
 	if o.Prefetch == "" {
 		o.Prefetch = "off"
 	}
-	d := &dfnydusDaemon{t: t, socket: filepath.Join(dir, "control.sock"), cacheDir: filepath.Join(dir, "cache"),
+	d := &dfnydusDaemon{t: t, socket: filepath.Join(dir, "control.sock"), cacheDir: filepath.Join(dir, "cache"), dir: dir,
 		logs: &testenv.LogBuffer{}, done: make(chan struct{})}
+	if o.Socket != "" {
+		d.socket = o.Socket
+	}
 	cfg := filepath.Join(dir, "dfnydus.yaml")
 	must(t, os.WriteFile(cfg, []byte(fmt.Sprintf("cacheDir: %s\ncontrolSocket: %s\nprefetch:\n  mode: %s\nlog:\n  level: info\n%s",
 		d.cacheDir, d.socket, o.Prefetch, o.Extra)), 0o644))
@@ -61,16 +69,10 @@ func startDfnydusDaemon(t testing.TB, o daemonOptions) *dfnydusDaemon {
 	must(t, d.cmd.Start())
 	go func() { _ = d.cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
-		d.stop()
-		for _, mp := range mountsUnder(dir) {
-			_ = syscall.Unmount(mp, syscall.MNT_DETACH)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Logf("cleanup: %v", err)
-		}
 		if t.Failed() {
 			t.Logf("dfnydus daemon log (tail):\n%s", tail(d.logs.String(), 60))
 		}
+		d.close()
 	})
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -88,6 +90,19 @@ func startDfnydusDaemon(t testing.TB, o daemonOptions) *dfnydusDaemon {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return d
+}
+
+// close stops the daemon and removes its directory (cache included) and what it left mounted there.
+func (d *dfnydusDaemon) close() {
+	d.once.Do(func() {
+		d.stop()
+		for _, mp := range mountsUnder(d.dir) {
+			_ = syscall.Unmount(mp, syscall.MNT_DETACH)
+		}
+		if err := os.RemoveAll(d.dir); err != nil {
+			d.t.Logf("cleanup: %v", err)
+		}
+	})
 }
 
 // stop ends the daemon with SIGTERM, then SIGKILL.

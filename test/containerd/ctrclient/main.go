@@ -266,8 +266,15 @@ func cmdRun(ctx context.Context, g *globals, args []string) (int, error) {
 		tm.Ready = time.Since(start).Seconds()
 		code = int(st.ExitCode())
 		if *readyText != "" {
-			code = max(code, 1)
-			fmt.Fprintf(os.Stderr, "ctrclient: container exited (%d) before printing %q\n", st.ExitCode(), *readyText)
+			// A workload that prints the ready line and exits at once can be seen exiting before
+			// its output is copied: wait for the copy, then look.
+			task.IO().Wait()
+			select {
+			case <-rw.ready:
+			default:
+				code = max(code, 1)
+				fmt.Fprintf(os.Stderr, "ctrclient: container exited (%d) before printing %q\n", st.ExitCode(), *readyText)
+			}
 		}
 	case <-ctx.Done():
 		return 0, ctx.Err()
