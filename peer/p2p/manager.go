@@ -196,7 +196,7 @@ func (m *Manager) Attach(ctx context.Context, img daemon.AttachedImage) (source.
 		t.setTable(img.RAFS.Blobs[i], blobChunks(img.RAFS, uint32(i)))
 		s.tasks[b.ID] = t
 		m.log.Info("blob is a P2P task", zap.String("image", img.Name), zap.String("blob", b.ID), zap.String("task", t.id),
-			zap.Uint64("piece_length", t.lay.pieceLength), zap.Uint32("pieces", t.lay.count))
+			zap.String("peer", t.peerID), zap.Uint64("piece_length", t.lay.pieceLength), zap.Uint32("pieces", t.lay.count))
 	}
 	return s, nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +23,9 @@ import (
 	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
 	"github.com/dfnydus/dfnydus/test/internal/testenv"
 )
+
+// peerLogLine finds a task id and this peer's id in a daemon's "blob is a P2P task" log line.
+var peerLogLine = regexp.MustCompile(`blob is a P2P task.*"task": "([0-9a-f]{64})", "peer": "([^"]+)"`)
 
 var peerNames = []string{"p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"}
 
@@ -229,6 +233,26 @@ func (c *cluster) checkInterop(t *testing.T, peers []*peerProc) {
 		// digest len u32 + bytes, parent id len u32 + bytes, traffic type u8, cost u64, created at
 		// u64), then the piece bytes.
 		c.vortexPiece(t, peers[0], id, task.GetPieceCount()-1)
+	}
+	// StatPeer of one of our peers, found by the ids its daemon logs, looks like a Rust peer's: the
+	// task's peer on our host (ip and ports), finished.
+	if m := peerLogLine.FindStringSubmatch(peers[0].stderr.String()); m == nil {
+		t.Errorf("peer %s did not log its task and peer ids", peers[0].name)
+	} else {
+		sp, err := sc.StatPeer(ctx, m[1], m[2])
+		for err == nil && sp.GetState() != "Succeeded" && ctx.Err() == nil {
+			time.Sleep(200 * time.Millisecond)
+			sp, err = sc.StatPeer(ctx, m[1], m[2])
+		}
+		switch {
+		case err != nil:
+			t.Errorf("scheduler StatPeer(%s, %s): %v", m[1], m[2], err)
+		case sp.GetId() != m[2] || sp.GetTask().GetId() != m[1] || sp.GetState() != "Succeeded" ||
+			sp.GetHost().GetIp() != peers[0].node.Addr.String() || sp.GetHost().GetPort() != 4000 || sp.GetHost().GetDownloadPort() != 4005:
+			t.Errorf("scheduler StatPeer: peer %s of task %s in state %s on host %s:%d/%d; want %s of %s Succeeded on %s:4000/4005",
+				sp.GetId(), sp.GetTask().GetId(), sp.GetState(), sp.GetHost().GetIp(), sp.GetHost().GetPort(), sp.GetHost().GetDownloadPort(),
+				m[2], m[1], peers[0].node.Addr)
+		}
 	}
 	hosts, err := sc.ListHosts(ctx)
 	if err != nil {
