@@ -168,11 +168,17 @@ func BenchmarkContainerStart(b *testing.B) {
 					// knows the previous daemon's host for a while.
 					starts++
 					host := fmt.Sprintf("client-%d", starts)
-					d := startDfnydusDaemon(b, daemonOptions{Node: client, Socket: p2pSock, Extra: p2pConfig(sched, client, host)})
+					logDir := os.Getenv("DFNYDUS_BENCH_LOGS") // debug logs of the P2P daemons go there
+					level := ""
+					if logDir != "" {
+						level = "debug"
+					}
+					d := startDfnydusDaemon(b, daemonOptions{Node: client, Socket: p2pSock, Extra: p2pConfig(sched, client, host), LogLevel: level})
 					hP2P.benchStart(b, regNode, &r, "nydus", refs[img.name][1], img, i)
 					d.close()
-					if dir := os.Getenv("DFNYDUS_BENCH_LOGS"); dir != "" {
-						must(b, os.WriteFile(filepath.Join(dir, host+"-"+img.name+".log"), []byte(d.logs.String()), 0o644))
+					if logDir != "" {
+						must(b, os.WriteFile(filepath.Join(logDir, host+"-"+img.name+".log"), []byte(d.logs.String()), 0o644))
+						must(b, os.WriteFile(filepath.Join(logDir, "neighbour.log"), []byte(neighbour.logs.String()), 0o644))
 					}
 				}
 				results = append(results, r)

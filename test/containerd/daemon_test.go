@@ -40,6 +40,8 @@ type daemonOptions struct {
 	Extra string
 	// Socket is the control socket ("" means one in the daemon's fresh directory).
 	Socket string
+	// LogLevel is log.level ("" means info).
+	LogLevel string
 }
 
 // startDfnydusDaemon starts a daemon with its cache and control socket in a fresh directory and
@@ -51,14 +53,17 @@ func startDfnydusDaemon(t testing.TB, o daemonOptions) *dfnydusDaemon {
 	if o.Prefetch == "" {
 		o.Prefetch = "off"
 	}
+	if o.LogLevel == "" {
+		o.LogLevel = "info"
+	}
 	d := &dfnydusDaemon{t: t, socket: filepath.Join(dir, "control.sock"), cacheDir: filepath.Join(dir, "cache"), dir: dir,
 		logs: &testenv.LogBuffer{}, done: make(chan struct{})}
 	if o.Socket != "" {
 		d.socket = o.Socket
 	}
 	cfg := filepath.Join(dir, "dfnydus.yaml")
-	must(t, os.WriteFile(cfg, []byte(fmt.Sprintf("cacheDir: %s\ncontrolSocket: %s\nprefetch:\n  mode: %s\nlog:\n  level: info\n%s",
-		d.cacheDir, d.socket, o.Prefetch, o.Extra)), 0o644))
+	must(t, os.WriteFile(cfg, []byte(fmt.Sprintf("cacheDir: %s\ncontrolSocket: %s\nprefetch:\n  mode: %s\nlog:\n  level: %s\n%s",
+		d.cacheDir, d.socket, o.Prefetch, o.LogLevel, o.Extra)), 0o644))
 	if o.Node != nil {
 		d.cmd = o.Node.Command(context.Background(), testenv.Binary(t), "daemon", "--config", cfg)
 	} else {
