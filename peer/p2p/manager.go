@@ -170,6 +170,19 @@ func (m *Manager) task(id, url, blobID string, size uint64, src source.Source, n
 	return t, nil
 }
 
+// siblings returns the other tasks of t's blob.
+func (m *Manager) siblings(t *task) []*task {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*task
+	for _, o := range m.tasks {
+		if o != t && o.blobID == t.blobID {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
 func (m *Manager) lookup(id string) (*task, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -194,6 +207,7 @@ func (m *Manager) Attach(ctx context.Context, img daemon.AttachedImage) (source.
 			return nil, err
 		}
 		t.setTable(img.RAFS.Blobs[i], blobChunks(img.RAFS, uint32(i)))
+		go t.adoptAll()
 		s.tasks[b.ID] = t
 		m.log.Info("blob is a P2P task", zap.String("image", img.Name), zap.String("blob", b.ID), zap.String("task", t.id),
 			zap.String("peer", t.peerID), zap.Uint64("piece_length", t.lay.pieceLength), zap.Uint32("pieces", t.lay.count))

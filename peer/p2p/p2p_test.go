@@ -409,3 +409,33 @@ func TestSmallReadBackToSourceComesFirstAndThePieceOnce(t *testing.T) {
 		t.Errorf("source sent %d bytes, want the piece (%d) exactly once", got, 4<<20)
 	}
 }
+
+func TestSameBlobInAnotherRepositoryIsServedFromTheFirstTasksPieces(t *testing.T) {
+	// One blob pushed to two repositories is two tasks (two URLs); a peer holding the pieces of one
+	// serves the other without going back to source.
+	fx := newFixture(t)
+	a := startPeer(t, fx, "a")
+	if err := a.readAll(t, fx); err != nil {
+		t.Fatal(err)
+	}
+	before := a.src.bytes.Load()
+	other, err := a.m.Attach(context.Background(), daemon.AttachedImage{Name: "other", RAFS: fx.img, Source: a.src,
+		Blobs: []daemon.BlobRef{{ID: fx.blobID, URL: "http://registry.test/v2/other/blobs/sha256:" + fx.blobID, Size: int64(len(fx.blob))}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	otherID := TaskID("http://registry.test/v2/other/blobs/sha256:"+fx.blobID, 0)
+	for n := uint32(0); n < 3; n++ {
+		if _, err := a.m.WaitPiece(context.Background(), otherID, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := a.src.bytes.Load() - before; got != 0 {
+		t.Errorf("the second repository's task read %d bytes from the source, want 0", got)
+	}
+	info, err := a.m.Task(context.Background(), otherID)
+	if err != nil || !info.Done {
+		t.Errorf("second task: %+v, %v; want all pieces held", info, err)
+	}
+}

@@ -167,6 +167,9 @@ func (t *task) piece(ctx context.Context, n uint32) ([]byte, error) {
 			}
 			continue
 		}
+		if t.adoptFromSibling(n) {
+			continue
+		}
 		t.mu.Lock()
 		c, running := t.inflight[n]
 		if !running {
@@ -180,6 +183,55 @@ func (t *task) piece(ctx context.Context, n uint32) ([]byte, error) {
 			return c.data, c.err
 		case <-ctx.Done():
 			return nil, fmt.Errorf("task %s piece %d: %w", t.id, n, ctx.Err())
+		}
+	}
+}
+
+// adoptFromSibling takes piece n from another task of the same blob (the same blob pushed to
+// several repositories has one URL, so one task, per repository): pieces are content-addressed in
+// the store, so holding it is a matter of recording it. Only verified pieces of tasks cut the same
+// way are taken.
+func (t *task) adoptFromSibling(n uint32) bool {
+	for _, o := range t.m.siblings(t) {
+		o.mu.Lock()
+		r, ok := o.held[n]
+		o.mu.Unlock()
+		if !ok || !r.Verified || o.lay != t.lay || !t.m.store.Has(storeKey(r)) {
+			continue
+		}
+		t.mu.Lock()
+		if _, held := t.held[n]; held {
+			t.mu.Unlock()
+			return true
+		}
+		t.held[n] = r
+		if t.table != nil {
+			for _, ci := range t.table.byPiece[n] {
+				t.chunkOK[ci] = true
+			}
+		}
+		t.notifyLocked()
+		sess := t.sess
+		t.mu.Unlock()
+		_ = t.m.index.put(t.id, n, r)
+		if sess != nil {
+			off, l := t.lay.bounds(n)
+			_ = sess.PieceFinished(schedclient.Piece{Number: n, Offset: off, Length: l, Digest: crcDigest(r.CRC32)}, "")
+		}
+		t.maybeFinished()
+		return true
+	}
+	return false
+}
+
+// adoptAll takes every piece other tasks of the same blob hold.
+func (t *task) adoptAll() {
+	for n := uint32(0); n < t.lay.count; n++ {
+		t.mu.Lock()
+		_, held := t.held[n]
+		t.mu.Unlock()
+		if !held {
+			t.adoptFromSibling(n)
 		}
 	}
 }
