@@ -42,6 +42,9 @@ type Fetcher struct {
 	group singleflight.Group
 	// foreground counts on-demand fetches in flight; background prefetch waits while it is non-zero.
 	foreground atomic.Int64
+	// lastForeground is when the latest on-demand fetch ended (unix nanoseconds): prefetch waits for
+	// a quiet moment and keeps its requests small while reads are active.
+	lastForeground atomic.Int64
 	// puts bounds the store writes in flight: verified chunks are written (and synced) in parallel,
 	// and on-demand readers do not wait for the disk.
 	puts  chan struct{}
@@ -126,7 +129,10 @@ func (f *Fetcher) load(ctx context.Context, src source.Source, st *imageStats, b
 		return data, nil
 	}
 	f.foreground.Add(1)
-	defer f.foreground.Add(-1)
+	defer func() {
+		f.lastForeground.Store(time.Now().UnixNano())
+		f.foreground.Add(-1)
+	}()
 	for {
 		v, err, _ := f.group.Do(flightKey(b, c), func() (any, error) {
 			out, err := f.fetch(ctx, src, st, b, []rafs.Chunk{*c}, kindOnDemand)

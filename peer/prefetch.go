@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"go.uber.org/zap"
@@ -167,38 +168,63 @@ func (im *Image) runPrefetch(ctx context.Context, batches []batch, lim *rate.Lim
 }
 
 func (im *Image) prefetchBatch(ctx context.Context, b batch, lim *rate.Limiter) error {
-	// Yield to on-demand reads.
-	for im.f.foreground.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Millisecond):
+	rest := b.chunks
+	for len(rest) > 0 {
+		// Yield to on-demand reads: wait until none is in flight and none ended in the last
+		// prefetchQuiet, and while reads were active lately, fetch at most prefetchActiveRequest at a
+		// time, so a request already on the wire delays the next on-demand read little.
+		for im.f.foreground.Load() > 0 || time.Since(time.Unix(0, im.f.lastForeground.Load())) < prefetchQuiet {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(2 * time.Millisecond):
+			}
 		}
-	}
-	if lim != nil {
-		if err := lim.WaitN(ctx, int(min(b.bytes, int64(lim.Burst())))); err != nil {
+		limit := int64(math.MaxInt64)
+		if time.Since(time.Unix(0, im.f.lastForeground.Load())) < prefetchActiveWindow {
+			limit = prefetchActiveRequest
+		}
+		// Chunks that on-demand reads brought in meanwhile are skipped.
+		var need []rafs.Chunk
+		var size int64
+		for len(rest) > 0 {
+			c := rest[0]
+			if len(need) > 0 && size+int64(c.CompressedSize) > limit {
+				break
+			}
+			rest = rest[1:]
+			if !im.f.store.Has(keyOf(b.blob, &c)) {
+				need = append(need, c)
+				size += int64(c.CompressedSize)
+			}
+		}
+		if len(need) == 0 {
+			continue
+		}
+		if lim != nil {
+			if err := lim.WaitN(ctx, int(min(size, int64(lim.Burst())))); err != nil {
+				return err
+			}
+		}
+		out, err := im.f.fetch(ctx, im.src, &im.st, b.blob, need, kindPrefetch)
+		if err != nil {
 			return err
 		}
-	}
-	// Chunks that on-demand reads brought in meanwhile are skipped.
-	var need []rafs.Chunk
-	for _, c := range b.chunks {
-		if !im.f.store.Has(keyOf(b.blob, &c)) {
-			need = append(need, c)
+		for _, d := range out {
+			im.f.m.prefetchBytes.Add(float64(len(d)))
 		}
-	}
-	if len(need) == 0 {
-		return nil
-	}
-	out, err := im.f.fetch(ctx, im.src, &im.st, b.blob, need, kindPrefetch)
-	if err != nil {
-		return err
-	}
-	for _, d := range out {
-		im.f.m.prefetchBytes.Add(float64(len(d)))
 	}
 	return nil
 }
+
+// How background prefetch shares the link with on-demand reads (a container starting while its
+// image prefetches): it starts a request only after prefetchQuiet without on-demand fetches, and
+// within prefetchActiveWindow of one its requests are at most prefetchActiveRequest bytes.
+const (
+	prefetchQuiet         = 100 * time.Millisecond
+	prefetchActiveWindow  = 2 * time.Second
+	prefetchActiveRequest = 512 << 10
+)
 
 func (im *Image) setPrefetch(fn func(*PrefetchStatus)) {
 	im.prefetchMu.Lock()
