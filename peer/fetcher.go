@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,7 +164,7 @@ func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, 
 	last := chunks[len(chunks)-1]
 	end := last.CompressedOffset + uint64(last.CompressedSize)
 	t0 := time.Now()
-	raw, err := readRange(ctx, src, b.ID, int64(start), int64(end-start))
+	raw, err := source.ReadFull(ctx, src, b.ID, int64(start), int64(end-start))
 	f.m.fetchSeconds.WithLabelValues(src.String(), kind).Observe(time.Since(t0).Seconds())
 	if err != nil {
 		f.m.fetchErrors.WithLabelValues(src.String(), kind).Inc()
@@ -174,7 +173,7 @@ func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, 
 	f.m.fetchBytes.WithLabelValues(src.String(), kind).Add(float64(len(raw)))
 	st.fetched(kind, int64(len(raw)))
 	out := make([][]byte, len(chunks))
-	ra := offsetReaderAt{data: raw, base: int64(start)}
+	ra := source.BytesAt{Data: raw, Base: int64(start)}
 	// Prefetch waits for its writes so the store answers Has truthfully when it moves on; on-demand
 	// readers get their bytes while the writes finish.
 	var wrote sync.WaitGroup
@@ -200,36 +199,4 @@ func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, 
 		out[i] = data
 	}
 	return out, nil
-}
-
-// readRange reads exactly n bytes at off of a blob.
-func readRange(ctx context.Context, src source.Source, id string, off, n int64) ([]byte, error) {
-	rc, err := src.ReadRange(ctx, id, off, n)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(rc, buf); err != nil {
-		return nil, err
-	}
-	return buf, nil
-}
-
-// offsetReaderAt serves a fetched range as if it were the blob file at its original offsets.
-type offsetReaderAt struct {
-	data []byte
-	base int64
-}
-
-func (o offsetReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	off -= o.base
-	if off < 0 || off > int64(len(o.data)) {
-		return 0, fmt.Errorf("read at %d outside the fetched range", off+o.base)
-	}
-	n := copy(p, o.data[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
 }

@@ -366,7 +366,6 @@ func (t *task) close() {
 	t.cancel()
 	t.mu.Lock()
 	sess := t.sess
-	t.closed = true
 	t.mu.Unlock()
 	if sess != nil {
 		_ = sess.Close()

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
 	dfdaemonv2 "d7y.io/api/v2/pkg/apis/dfdaemon/v2"
 	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
 	"github.com/opencontainers/go-digest"
@@ -310,8 +309,6 @@ func (n *Node) seedProgress(ctx context.Context, ids []string) (done, seen int) 
 }
 
 func ptr[T any](v T) *T { return &v }
-
-var _ = commonv2.Priority_LEVEL0
 
 // FaultCorruptPieces is a test-only fault: set to 1 in a daemon's environment, it makes the peer
 // serve every piece with one byte flipped and a matching crc32, as a malicious peer would. The

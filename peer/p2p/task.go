@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"sync"
 	"time"
 
@@ -41,7 +40,6 @@ type task struct {
 	parentOf  map[uint32]string // piece -> the parent it came from, while unverified
 	chunkOK   []bool
 	inflight  map[uint32]*call
-	changed   chan struct{} // closed and replaced whenever a piece is added or verified
 	parents   []schedclient.Parent
 	blocked   map[string]bool
 	scheduled chan struct{} // closed on the scheduler's first answer (or when it cannot answer)
@@ -55,7 +53,6 @@ type task struct {
 	// completing is set once the pieces no chunk lives in are being fetched to finish the task.
 	completing bool
 	refs       int
-	closed     bool
 	cancel     context.CancelFunc
 	ctx        context.Context
 }
@@ -71,7 +68,7 @@ func newTask(m *Manager, id, url, blobID string, size, pieceLength uint64, src s
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &task{m: m, id: id, url: url, blobID: blobID, peerID: schedclient.PeerID(), lay: newLayout(size, pieceLength),
 		src: src, held: map[uint32]pieceRecord{}, parentOf: map[uint32]string{}, inflight: map[uint32]*call{},
-		changed: make(chan struct{}), blocked: map[string]bool{}, scheduled: make(chan struct{}), ctx: ctx, cancel: cancel}
+		blocked: map[string]bool{}, scheduled: make(chan struct{}), ctx: ctx, cancel: cancel}
 	t.log = m.log.With(zap.String("task", id), zap.String("blob", blobID))
 	return t
 }
@@ -118,11 +115,6 @@ func (t *task) loadIndex() error {
 		t.held[n] = r
 	}
 	return nil
-}
-
-func (t *task) notifyLocked() {
-	close(t.changed)
-	t.changed = make(chan struct{})
 }
 
 func storeKey(r pieceRecord) store.Key {
@@ -210,7 +202,6 @@ func (t *task) adoptFromSibling(n uint32) bool {
 				t.chunkOK[ci] = true
 			}
 		}
-		t.notifyLocked()
 		sess := t.sess
 		t.mu.Unlock()
 		_ = t.m.index.put(t.id, n, r)
@@ -287,7 +278,7 @@ func (t *task) fetch(ctx context.Context, n uint32) ([]byte, error) {
 		return nil, fmt.Errorf("task %s piece %d: no parent could serve it and back-to-source is disabled", t.id, n)
 	}
 	t0 := time.Now()
-	data, err := readFull(ctx, t.src, t.blobID, int64(off), int64(length))
+	data, err := source.ReadFull(ctx, t.src, t.blobID, int64(off), int64(length))
 	if err != nil {
 		return nil, fmt.Errorf("task %s piece %d back to source: %w", t.id, n, err)
 	}
@@ -387,7 +378,6 @@ func (t *task) accept(ctx context.Context, n uint32, data []byte, parentID strin
 		t.parentOf[n] = parentID
 	}
 	t.held[n] = rec
-	t.notifyLocked()
 	sess := t.sess
 	t.mu.Unlock()
 	if err := t.m.index.put(t.id, n, rec); err != nil {
@@ -435,7 +425,7 @@ func (t *task) verifyChunk(table *chunkTable, ci int32, data []byte, base uint64
 		return nil
 	}
 	c := &table.chunks[ci]
-	if _, err := blob.ReadChunk(offsetReaderAt{data: data, base: int64(base)}, t.blobID, c, table.blob.Compressor, table.blob.Digester, nil); err != nil {
+	if _, err := blob.ReadChunk(source.BytesAt{Data: data, Base: int64(base)}, t.blobID, c, table.blob.Compressor, table.blob.Digester, nil); err != nil {
 		return fmt.Errorf("%w: chunk %d at %d: %w", ErrBadPiece, c.Index, c.CompressedOffset, err)
 	}
 	t.mu.Lock()
@@ -547,7 +537,6 @@ func (t *task) markVerified(n uint32) {
 			r.FromParent = false
 			t.held[p] = r
 			delete(t.parentOf, p)
-			t.notifyLocked()
 		}
 		t.mu.Unlock()
 		if flip {
@@ -698,7 +687,7 @@ func (t *task) readFirst(ctx context.Context, p uint32, off, n uint64) ([]byte, 
 		close(c.done)
 	}
 	t0 := time.Now()
-	head, err := readFull(ctx, t.src, t.blobID, int64(off), int64(n))
+	head, err := source.ReadFull(ctx, t.src, t.blobID, int64(off), int64(n))
 	if err != nil {
 		// Let the normal path (and its retries) have the piece.
 		finish(nil, fmt.Errorf("task %s piece %d back to source: %w", t.id, p, err))
@@ -713,7 +702,7 @@ func (t *task) readFirst(ctx context.Context, p uint32, off, n uint64) ([]byte, 
 			if r[1] <= r[0] {
 				continue
 			}
-			b, err := readFull(fctx, t.src, t.blobID, int64(r[0]), int64(r[1]-r[0]))
+			b, err := source.ReadFull(fctx, t.src, t.blobID, int64(r[0]), int64(r[1]-r[0]))
 			if err != nil {
 				finish(nil, fmt.Errorf("task %s piece %d back to source: %w", t.id, p, err))
 				return
@@ -856,36 +845,4 @@ func (t *task) maybeFinished() {
 		t.log.Debug("report finished", zap.Error(err))
 	}
 	t.log.Info("task complete", zap.Uint32("pieces", t.lay.count), zap.Uint64("bytes", t.lay.size))
-}
-
-// readFull reads exactly n bytes at off of a blob from src.
-func readFull(ctx context.Context, src source.Source, id string, off, n int64) ([]byte, error) {
-	rc, err := src.ReadRange(ctx, id, off, n)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(rc, buf); err != nil {
-		return nil, err
-	}
-	return buf, nil
-}
-
-// offsetReaderAt serves bytes fetched at blob offset base as if they were the blob file.
-type offsetReaderAt struct {
-	data []byte
-	base int64
-}
-
-func (o offsetReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	off -= o.base
-	if off < 0 || off > int64(len(o.data)) {
-		return 0, fmt.Errorf("read at %d outside the fetched range", off+o.base)
-	}
-	n := copy(p, o.data[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
 }

@@ -141,3 +141,36 @@ func (r *rangeReader) Close() error { return r.body.Close() }
 func rangeString(kind, blobID string, off, n int64) string {
 	return fmt.Sprintf("%s: blob %s bytes %d-%d", kind, blobID, off, off+n-1)
 }
+
+// ReadFull reads exactly n bytes at off of a blob from s.
+func ReadFull(ctx context.Context, s Source, blobID string, off, n int64) ([]byte, error) {
+	rc, err := s.ReadRange(ctx, blobID, off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// BytesAt serves bytes fetched at blob offset Base as if they were the blob file (an io.ReaderAt
+// for rafs/blob.ReadChunk).
+type BytesAt struct {
+	Data []byte
+	Base int64
+}
+
+func (b BytesAt) ReadAt(p []byte, off int64) (int, error) {
+	off -= b.Base
+	if off < 0 || off > int64(len(b.Data)) {
+		return 0, fmt.Errorf("read at %d outside the fetched range", off+b.Base)
+	}
+	n := copy(p, b.Data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}

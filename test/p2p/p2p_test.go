@@ -1,7 +1,6 @@
 package p2p_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -452,5 +451,4 @@ func (c *cluster) preheat(t *testing.T, want string) {
 	}
 	t.Logf("after preheat: 2 peers read the whole image; the registry link carried %.2f MB (manifests and bootstraps only)",
 		mb(c.registryBytes(t)-b0))
-	_ = bytes.MinRead
 }
