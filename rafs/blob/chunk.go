@@ -41,33 +41,70 @@ func ReadChunk(r io.ReaderAt, blobID string, c *rafs.Chunk, comp rafs.Compressor
 	if cap(buf) < size {
 		buf = make([]byte, size)
 	}
-	var out []byte
 	if !c.IsCompressed() {
-		out = buf[:size]
+		out := buf[:size]
 		if err := readChunkAt(r, out, c.CompressedOffset, blobID, c); err != nil {
 			return nil, err
 		}
+		return finishChunk(out, blobID, c, dig, true)
+	}
+	sp := scratch.Get().(*[]byte)
+	defer scratch.Put(sp)
+	if cap(*sp) < int(c.CompressedSize) {
+		*sp = make([]byte, c.CompressedSize)
+	}
+	src := (*sp)[:c.CompressedSize]
+	if err := readChunkAt(r, src, c.CompressedOffset, blobID, c); err != nil {
+		return nil, err
+	}
+	return DecodeChunk(src, blobID, c, comp, dig, true, buf)
+}
+
+// DecodeChunk turns chunk c's stored bytes (exactly its CompressedSize bytes, as they are in the
+// blob) into its uncompressed bytes, in buf when buf is big enough. With verify it checks the
+// digest (and crc32c) against the record, as ReadChunk does; without, the caller vouches for the
+// bytes (they were verified when they entered the node) and only the decompression runs. The
+// result never aliases src.
+func DecodeChunk(src []byte, blobID string, c *rafs.Chunk, comp rafs.Compressor, dig rafs.Digester, verify bool, buf []byte) ([]byte, error) {
+	bad := func(format string, args ...any) error {
+		return rafs.Corruptf("blob %s chunk %d: %s", blobID, c.Index, fmt.Sprintf(format, args...))
+	}
+	if uint64(len(src)) != uint64(c.CompressedSize) {
+		return nil, bad("%d stored bytes, record says %d", len(src), c.CompressedSize)
+	}
+	if c.UncompressedSize == 0 || c.UncompressedSize > rafs.MaxChunkSize {
+		return nil, bad("uncompressed size %d out of range", c.UncompressedSize)
+	}
+	size := int(c.UncompressedSize)
+	if cap(buf) < size {
+		buf = make([]byte, size)
+	}
+	var out []byte
+	if !c.IsCompressed() {
+		if c.CompressedSize != c.UncompressedSize {
+			return nil, bad("stored raw but sizes %d != %d", c.CompressedSize, c.UncompressedSize)
+		}
+		out = buf[:size]
+		copy(out, src)
 	} else {
-		sp := scratch.Get().(*[]byte)
-		defer scratch.Put(sp)
-		if cap(*sp) < int(c.CompressedSize) {
-			*sp = make([]byte, c.CompressedSize)
-		}
-		src := (*sp)[:c.CompressedSize]
-		if err := readChunkAt(r, src, c.CompressedOffset, blobID, c); err != nil {
-			return nil, err
-		}
 		var err error
 		if out, err = compress.Decompress(comp, buf[:0], src, size); err != nil {
 			return nil, bad("%v", err)
 		}
 	}
+	return finishChunk(out, blobID, c, dig, verify)
+}
+
+func finishChunk(out []byte, blobID string, c *rafs.Chunk, dig rafs.Digester, verify bool) ([]byte, error) {
+	if !verify {
+		return out, nil
+	}
 	if got := digest.Sum(dig, out); got != c.Digest {
-		return nil, bad("%v digest %s, record says %s", dig, got, c.Digest)
+		return nil, rafs.Corruptf("blob %s chunk %d: %v digest %s, record says %s", blobID, c.Index, dig, got, c.Digest)
 	}
 	if c.Flags&rafs.ChunkHasCRC32 != 0 {
 		if got := crc32.Checksum(out, castagnoli); got != c.CRC32 {
-			return nil, bad("crc32c %#08x, record says %#08x", got, c.CRC32)
+			return nil, rafs.Corruptf("blob %s chunk %d: crc32c %#08x, record says %#08x", blobID, c.Index, got, c.CRC32)
 		}
 	}
 	return out, nil
