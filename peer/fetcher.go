@@ -4,25 +4,30 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
 
+	"github.com/dfnydus/dfnydus/blobstore"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/rafs"
-	"github.com/dfnydus/dfnydus/rafs/blob"
-	"github.com/dfnydus/dfnydus/store"
 )
 
 // Options configure a Fetcher.
 type Options struct {
-	Store *store.Store
+	Store *blobstore.Store
 	// MemoryCache bounds the in-memory cache of recently read chunks (bytes); 0 disables it.
 	MemoryCache int64
+	// ReadWindow is how far past a missing chunk an on-demand read fetches the blob's next missing
+	// chunks in the same request (0: DefaultReadWindow; negative: the chunk alone).
+	ReadWindow int64
+	// VerifyReads hashes every chunk read from the store, not only the first read of a chunk kept
+	// by an earlier process.
+	VerifyReads bool
 	Log         *zap.Logger
 	Metrics     *prometheus.Registry
 }
@@ -31,65 +36,48 @@ type Options struct {
 // through 1 MiB chunks.
 const DefaultMemoryCache = 16 << 20
 
+// DefaultReadWindow is how many stored bytes past a missing chunk an on-demand read brings in with
+// it (nydusd's amplify_io default): files are laid out in directory order, so the neighbours are
+// what a starting program reads next, and one round trip for them costs little more than for one.
+const DefaultReadWindow = 1 << 20
+
 // Fetcher serves chunks from memory, the store, or back to source, one fetch per chunk in flight
 // whoever asks, and never returns bytes that did not match their digest.
 type Fetcher struct {
-	store *store.Store
-	log   *zap.Logger
-	m     *metrics
-	mem   *chunkLRU
-	group singleflight.Group
-	// foreground counts on-demand fetches in flight; background prefetch waits while it is non-zero.
-	foreground atomic.Int64
-	// lastForeground is when the latest on-demand fetch ended (unix nanoseconds): prefetch waits for
-	// a quiet moment and keeps its requests small while reads are active.
-	lastForeground atomic.Int64
-	// puts bounds the store writes in flight: verified chunks are written (and synced) in parallel,
-	// and on-demand readers do not wait for the disk.
-	puts  chan struct{}
-	putWG sync.WaitGroup
-}
+	store       *blobstore.Store
+	log         *zap.Logger
+	m           *metrics
+	mem         *chunkLRU
+	window      int64
+	verifyReads bool
+	fg          activity
+	repaired    atomic.Int64
 
-// maxPutsInFlight bounds background store writes (and the chunk memory they hold).
-const maxPutsInFlight = 32
+	blobsMu sync.Mutex
+	blobs   map[string]*Blob
+}
 
 // NewFetcher returns a Fetcher over opts.Store.
 func NewFetcher(opts Options) *Fetcher {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
+	w := opts.ReadWindow
+	switch {
+	case w == 0:
+		w = DefaultReadWindow
+	case w < 0:
+		w = 0
+	}
 	return &Fetcher{store: opts.Store, log: opts.Log, m: newMetrics(opts.Metrics), mem: newChunkLRU(opts.MemoryCache),
-		puts: make(chan struct{}, maxPutsInFlight)}
+		window: w, verifyReads: opts.VerifyReads, fg: newActivity(), blobs: map[string]*Blob{}}
 }
 
-// Close waits for store writes still in flight.
-func (f *Fetcher) Close() { f.putWG.Wait() }
+// Close is kept for symmetry: the store owns every write, and Flush/Close on it make them durable.
+func (f *Fetcher) Close() {}
 
-// put writes a verified chunk to the store in the background; when too many writes are in flight
-// it writes in the caller (backpressure). done, if not nil, is called when the write finished.
-func (f *Fetcher) put(k store.Key, data []byte, done func()) {
-	write := func() {
-		// The store outlives any one reader: its context is not the reader's.
-		if err := f.store.Put(context.Background(), k, data); err != nil {
-			// The bytes are verified: they were served even if the store could not keep them (disk full).
-			f.log.Warn("store put failed", zap.String("chunk", k.Digest.String()), zap.Error(err))
-		}
-		if done != nil {
-			done()
-		}
-	}
-	select {
-	case f.puts <- struct{}{}:
-		f.putWG.Add(1)
-		go func() {
-			defer f.putWG.Done()
-			defer func() { <-f.puts }()
-			write()
-		}()
-	default:
-		write()
-	}
-}
+// Store returns the blob store the fetcher reads and fills.
+func (f *Fetcher) Store() *blobstore.Store { return f.store }
 
 // kinds of fetch, for metrics and scheduling.
 const (
@@ -100,103 +88,261 @@ const (
 // ErrVerify is wrapped by errors about fetched bytes that do not match their digest.
 var ErrVerify = errors.New("chunk failed verification")
 
-func keyOf(b *rafs.Blob, c *rafs.Chunk) store.Key {
-	return store.Key{Alg: b.Digester, Digest: c.Digest}
-}
-
-// cached returns the chunk from memory or the store.
-func (f *Fetcher) cached(ctx context.Context, b *rafs.Blob, c *rafs.Chunk, buf []byte) ([]byte, bool, error) {
-	k := keyOf(b, c)
-	if data := f.mem.get(k); data != nil {
-		f.m.memHits.Inc()
-		return data, true, nil
-	}
-	data, ok, err := f.store.Get(ctx, k, c.UncompressedSize, nil)
-	if err != nil || !ok {
-		return nil, false, err
-	}
-	f.m.storeHits.Inc()
-	f.mem.add(k, data)
-	return data, true, nil
-}
-
-// load returns one chunk, fetching it from src when it is in neither cache.
-func (f *Fetcher) load(ctx context.Context, src source.Source, st *imageStats, b *rafs.Blob, c *rafs.Chunk, buf []byte) ([]byte, error) {
-	if data, ok, err := f.cached(ctx, b, c, buf); err != nil {
-		return nil, err
-	} else if ok {
-		return data, nil
-	}
-	f.foreground.Add(1)
-	defer func() {
-		f.lastForeground.Store(time.Now().UnixNano())
-		f.foreground.Add(-1)
-	}()
-	for {
-		v, err, _ := f.group.Do(flightKey(b, c), func() (any, error) {
-			out, err := f.fetch(ctx, src, st, b, []rafs.Chunk{*c}, kindOnDemand)
-			if err != nil {
-				return nil, err
-			}
-			return out[0], nil
-		})
+// readChunk returns chunk c of bl: memory, the store, else fetched (with the missing chunks after
+// it, up to the read window) through src.
+func (f *Fetcher) readChunk(ctx context.Context, src source.Source, st *imageStats, bl *Blob, c *rafs.Chunk, buf []byte) ([]byte, error) {
+	k := bl.key(c)
+	for attempt := 0; ; attempt++ {
+		if data := f.mem.get(k); data != nil {
+			f.m.memHits.Inc()
+			return data, nil
+		}
+		if data, ok, err := bl.readStored(c, buf); err != nil {
+			return nil, err
+		} else if ok {
+			f.m.storeHits.Inc()
+			return data, nil
+		}
+		fl, lead := bl.join(c)
+		if lead != nil {
+			f.fg.begin()
+			f.fetch(ctx, src, st, bl, lead, kindOnDemand)
+			f.fg.end()
+		}
+		select {
+		case <-fl.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("blob %s chunk %d: %w", bl.id, c.Index, ctx.Err())
+		}
+		if fl.err == nil && fl.data != nil {
+			return fl.data, nil
+		}
+		err := fl.err
 		if err == nil {
-			return v.([]byte), nil
+			if attempt >= 8 {
+				return nil, fmt.Errorf("blob %s chunk %d: fetched %d times and still not here", bl.id, c.Index, attempt+1)
+			}
+			continue // kept by someone else's fetch: read it from the store
 		}
 		// Another reader's fetch we joined was cancelled with its reader: try again on our own
 		// context unless ours is done too.
-		if (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) && ctx.Err() == nil {
+		if (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) && ctx.Err() == nil && attempt < 8 {
 			continue
 		}
 		return nil, err
 	}
 }
 
-func flightKey(b *rafs.Blob, c *rafs.Chunk) string {
-	return fmt.Sprintf("%d:%x", b.Digester, c.Digest[:])
+// join returns the flight of chunk c, and when there was none, the chunks this caller must fetch:
+// c and the missing chunks after it within the read window, each now in flight.
+func (bl *Blob) join(c *rafs.Chunk) (*flight, []rafs.Chunk) {
+	bl.mu.Lock()
+	defer bl.mu.Unlock()
+	if fl := bl.flights[c.CompressedOffset]; fl != nil {
+		return fl, nil
+	}
+	fl := &flight{done: make(chan struct{})}
+	bl.flights[c.CompressedOffset] = fl
+	lead := []rafs.Chunk{*c}
+	if i := bl.findLocked(c.CompressedOffset); i >= 0 {
+		limit := int64(c.CompressedOffset) + max(int64(c.CompressedSize), bl.f.window)
+		last := int64(c.CompressedOffset) + int64(c.CompressedSize)
+		for j := i + 1; j < len(bl.chunks); j++ {
+			n := &bl.chunks[j]
+			ne := int64(n.CompressedOffset) + int64(n.CompressedSize)
+			if ne > limit || int64(n.CompressedOffset)-last > gapLimit {
+				break
+			}
+			if bl.flights[n.CompressedOffset] != nil || bl.sb.Verified(int64(n.CompressedOffset), int64(n.CompressedSize)) {
+				break // a run ends where bytes are already here or on their way
+			}
+			bl.flights[n.CompressedOffset] = &flight{done: make(chan struct{})}
+			lead = append(lead, *n)
+			last = ne
+		}
+	}
+	return fl, lead
 }
 
-// fetch reads the compressed range covering chunks (sorted by offset, in one blob) from src in one
-// request, verifies each chunk, stores it and returns the uncompressed chunks in order. A chunk that
-// fails verification fails the whole fetch: nothing unverified is stored or returned.
-func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, b *rafs.Blob, chunks []rafs.Chunk, kind string) ([][]byte, error) {
-	start := chunks[0].CompressedOffset
+// gapLimit is the most bytes between two chunks one request may carry for nothing.
+const gapLimit = 64 << 10
+
+// claim puts the chunks that are neither stored nor in flight in flight and returns them, in runs
+// of adjacent chunks (background prefetch: it never waits for a chunk someone else fetches).
+func (bl *Blob) claim(cs []rafs.Chunk) [][]rafs.Chunk {
+	bl.mu.Lock()
+	defer bl.mu.Unlock()
+	var runs [][]rafs.Chunk
+	open := false
+	for _, c := range cs {
+		if bl.flights[c.CompressedOffset] != nil || bl.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
+			open = false
+			continue
+		}
+		bl.flights[c.CompressedOffset] = &flight{done: make(chan struct{})}
+		if open {
+			r := &runs[len(runs)-1]
+			prev := (*r)[len(*r)-1]
+			if int64(c.CompressedOffset)-int64(prev.CompressedOffset+uint64(prev.CompressedSize)) <= gapLimit {
+				*r = append(*r, c)
+				continue
+			}
+		}
+		runs = append(runs, []rafs.Chunk{c})
+		open = true
+	}
+	return runs
+}
+
+// fetch brings chunks (in flight, owned by this caller, sorted by offset) into the node and ends
+// their flights: through the P2P layer when src fills the store itself, else one ranged read whose
+// chunks are verified and handed out one by one as their bytes arrive (the first reader does not
+// wait for the rest of the request).
+func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, bl *Blob, chunks []rafs.Chunk, kind string) {
+	start := int64(chunks[0].CompressedOffset)
 	last := chunks[len(chunks)-1]
-	end := last.CompressedOffset + uint64(last.CompressedSize)
+	end := int64(last.CompressedOffset) + int64(last.CompressedSize)
 	t0 := time.Now()
-	raw, err := source.ReadFull(ctx, src, b.ID, int64(start), int64(end-start))
+	var err error
+	if fl, ok := src.(source.Filler); ok && fl.Fills(bl.id) {
+		err = fl.Fill(ctx, bl.id, start, end-start, kind == kindPrefetch)
+		if err == nil {
+			st.fetched(kind, 0)
+		}
+	} else {
+		err = f.stream(ctx, src, st, bl, chunks, kind)
+	}
 	f.m.fetchSeconds.WithLabelValues(src.String(), kind).Observe(time.Since(t0).Seconds())
 	if err != nil {
 		f.m.fetchErrors.WithLabelValues(src.String(), kind).Inc()
-		return nil, fmt.Errorf("fetch blob %s [%d,%d) from %s: %w", b.ID, start, end, src, err)
+		err = fmt.Errorf("fetch blob %s [%d,%d) from %s: %w", bl.id, start, end, src, err)
 	}
-	f.m.fetchBytes.WithLabelValues(src.String(), kind).Add(float64(len(raw)))
-	st.fetched(kind, int64(len(raw)))
-	out := make([][]byte, len(chunks))
-	ra := source.BytesAt{Data: raw, Base: int64(start)}
-	// Prefetch waits for its writes so the store answers Has truthfully when it moves on; on-demand
-	// readers get their bytes while the writes finish.
-	var wrote sync.WaitGroup
-	defer func() {
-		if kind == kindPrefetch {
-			wrote.Wait()
+	// Whatever is still in flight was not verified by this fetch: its readers look again (in the
+	// store, where another path may have put it) or get the error.
+	bl.mu.Lock()
+	var left []*flight
+	for _, c := range chunks {
+		if fl := bl.flights[c.CompressedOffset]; fl != nil {
+			delete(bl.flights, c.CompressedOffset)
+			left = append(left, fl)
 		}
-	}()
+	}
+	bl.mu.Unlock()
+	for _, fl := range left {
+		fl.finish(nil, err)
+	}
+}
+
+// stream reads the chunks' range from src and accepts it chunk by chunk as it arrives.
+func (f *Fetcher) stream(ctx context.Context, src source.Source, st *imageStats, bl *Blob, chunks []rafs.Chunk, kind string) error {
+	start := int64(chunks[0].CompressedOffset)
+	last := chunks[len(chunks)-1]
+	end := int64(last.CompressedOffset) + int64(last.CompressedSize)
+	rc, err := src.ReadRange(ctx, bl.id, start, end-start)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	pos := start
+	var buf []byte
 	for i := range chunks {
 		c := &chunks[i]
-		data, err := blob.ReadChunk(ra, b.ID, c, b.Compressor, b.Digester, nil)
-		if err != nil {
-			f.m.verifyFailed.WithLabelValues(src.String()).Inc()
-			st.verifyFailures.Add(1)
-			f.log.Error("chunk from source failed verification", zap.String("source", src.String()), zap.String("blob", b.ID),
-				zap.Uint32("chunk", c.Index), zap.Uint64("offset", c.CompressedOffset), zap.Error(err))
-			return nil, fmt.Errorf("%w: %w", ErrVerify, err)
+		co, ce := int64(c.CompressedOffset), int64(c.CompressedOffset)+int64(c.CompressedSize)
+		if co > pos { // bytes between chunks: nothing reads them through a mount
+			if _, err := io.CopyN(io.Discard, rc, co-pos); err != nil {
+				return err
+			}
+			pos = co
 		}
-		f.m.fetchChunks.WithLabelValues(src.String(), kind).Inc()
-		f.mem.add(keyOf(b, c), data)
-		wrote.Add(1)
-		f.put(keyOf(b, c), data, wrote.Done)
-		out[i] = data
+		if co < pos {
+			continue // overlapping records: the earlier chunk's bytes already went by
+		}
+		if cap(buf) < int(ce-co) {
+			buf = make([]byte, ce-co)
+		}
+		p := buf[:ce-co]
+		if _, err := io.ReadFull(rc, p); err != nil {
+			return err
+		}
+		pos = ce
+		f.m.fetchBytes.WithLabelValues(src.String(), kind).Add(float64(len(p)))
+		st.fetched(kind, int64(len(p)))
+		res, err := bl.Accept(co, p, OriginSource)
+		if err != nil {
+			return err
+		}
+		for _, bad := range res.Bad {
+			st.verifyFailures.Add(1)
+			f.log.Error("chunk from source failed verification", zap.String("source", src.String()), zap.String("blob", bl.id),
+				zap.Uint32("chunk", bad.Index), zap.Int64("offset", bad.Off), zap.Error(bad.Err))
+		}
+		f.m.fetchChunks.WithLabelValues(src.String(), kind).Add(float64(res.Verified))
 	}
-	return out, nil
+	return nil
+}
+
+// readStored returns chunk c from the store when its bytes are verified there. A chunk kept by an
+// earlier process is hashed on its first read in this one (or on every read with VerifyReads); one
+// that no longer matches is dropped from the store and counted, and the caller fetches it again.
+func (bl *Blob) readStored(c *rafs.Chunk, buf []byte) ([]byte, bool, error) {
+	co, n := int64(c.CompressedOffset), int64(c.CompressedSize)
+	if !bl.sb.Verified(co, n) {
+		return nil, false, nil
+	}
+	sp := storedScratch.Get().(*[]byte)
+	defer storedScratch.Put(sp)
+	if int64(cap(*sp)) < n {
+		*sp = make([]byte, n)
+	}
+	src := (*sp)[:n]
+	if err := bl.sb.ReadAt(src, co); err != nil {
+		if errors.Is(err, blobstore.ErrMissing) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("blob %s chunk %d: read from the store: %w", bl.id, c.Index, err)
+	}
+	bl.mu.Lock()
+	i := bl.findLocked(c.CompressedOffset)
+	verify := bl.f.verifyReads || i < 0 || !bl.checked[i]
+	bl.mu.Unlock()
+	out, err := bl.decode(src, c, buf, verify)
+	if err != nil {
+		bl.f.repaired.Add(1)
+		bl.log.Warn("stored chunk no longer matches its digest: dropping it, it will be fetched again",
+			zap.Uint32("chunk", c.Index), zap.Int64("offset", co), zap.Error(err))
+		if ierr := bl.sb.Invalidate(co, n); ierr != nil {
+			return nil, false, fmt.Errorf("blob %s chunk %d: drop damaged bytes: %w", bl.id, c.Index, ierr)
+		}
+		return nil, false, nil
+	}
+	if verify {
+		bl.markChecked(c.CompressedOffset)
+	}
+	bl.f.mem.add(bl.key(c), out)
+	return out, true, nil
+}
+
+var storedScratch = sync.Pool{New: func() any { return new([]byte) }}
+
+// abandon ends the flights of chunks claimed but not fetched.
+func (bl *Blob) abandon(chunks []rafs.Chunk, err error) {
+	bl.mu.Lock()
+	var left []*flight
+	for _, c := range chunks {
+		if fl := bl.flights[c.CompressedOffset]; fl != nil {
+			delete(bl.flights, c.CompressedOffset)
+			left = append(left, fl)
+		}
+	}
+	bl.mu.Unlock()
+	for _, fl := range left {
+		fl.finish(nil, err)
+	}
+}
+
+// BlobInUse reports whether a mounted image or a task holds a handle of blob id.
+func (f *Fetcher) BlobInUse(id string) bool {
+	f.blobsMu.Lock()
+	defer f.blobsMu.Unlock()
+	return f.blobs[id] != nil
 }

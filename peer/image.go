@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -13,11 +14,12 @@ import (
 // Image is one mounted image as the fetcher sees it: its model, where its blobs come from, and its
 // counters. It is the rafs.ChunkReader the FUSE filesystem reads through.
 type Image struct {
-	Name string
-	f    *Fetcher
-	img  *rafs.Image
-	src  source.Source
-	st   imageStats
+	Name  string
+	f     *Fetcher
+	img   *rafs.Image
+	src   source.Source
+	st    imageStats
+	blobs []*Blob // by blob index; nil for blobs no regular file uses
 
 	prefetchMu sync.Mutex
 	prefetch   PrefetchStatus
@@ -42,9 +44,40 @@ func (s *imageStats) fetched(kind string, n int64) {
 	}
 }
 
-// NewImage attaches an image and its blob source to the fetcher.
-func (f *Fetcher) NewImage(name string, img *rafs.Image, src source.Source) *Image {
-	return &Image{Name: name, f: f, img: img, src: src, prefetch: PrefetchStatus{State: PrefetchIdle}}
+// NewImage attaches an image and its blob source to the fetcher. A blob's size is the bootstrap's
+// record of it (the caller fills in what it learned elsewhere, e.g. the manifest, when the record
+// has none); a blob already known to the node with another size is refused. Close releases it.
+func (f *Fetcher) NewImage(name string, img *rafs.Image, src source.Source) (*Image, error) {
+	im := &Image{Name: name, f: f, img: img, src: src, prefetch: PrefetchStatus{State: PrefetchIdle}, blobs: make([]*Blob, len(img.Blobs))}
+	for _, bc := range chunksOf(img, nil) {
+		b := bc.blob
+		size := int64(b.CompressedSize)
+		if size == 0 {
+			last := bc.chunks[len(bc.chunks)-1]
+			size = int64(last.CompressedOffset) + int64(last.CompressedSize)
+		}
+		bl, err := f.OpenBlob(b.ID, size, b)
+		if err != nil {
+			im.Close()
+			return nil, fmt.Errorf("image %s: %w", name, err)
+		}
+		im.blobs[bc.index] = bl
+		if err := bl.addChunks(bc.chunks); err != nil {
+			im.Close()
+			return nil, fmt.Errorf("image %s: %w", name, err)
+		}
+	}
+	return im, nil
+}
+
+// Close releases the image's blobs.
+func (im *Image) Close() {
+	for i, bl := range im.blobs {
+		if bl != nil {
+			bl.Release()
+			im.blobs[i] = nil
+		}
+	}
 }
 
 // RAFS returns the image model.
@@ -53,7 +86,11 @@ func (im *Image) RAFS() *rafs.Image { return im.img }
 // ReadChunk implements rafs.ChunkReader: memory, store, then source; always verified.
 func (im *Image) ReadChunk(ctx context.Context, b *rafs.Blob, c *rafs.Chunk, buf []byte) ([]byte, error) {
 	im.st.reads.Add(1)
-	data, err := im.f.load(ctx, im.src, &im.st, b, c, buf)
+	if int(c.BlobIndex) >= len(im.blobs) || im.blobs[c.BlobIndex] == nil {
+		im.st.readErrors.Add(1)
+		return nil, fmt.Errorf("image %s: chunk %d names blob %d, which the image does not hold", im.Name, c.Index, c.BlobIndex)
+	}
+	data, err := im.f.readChunk(ctx, im.src, &im.st, im.blobs[c.BlobIndex], c, buf)
 	if err != nil {
 		im.st.readErrors.Add(1)
 	}
@@ -79,19 +116,20 @@ type Stats struct {
 	StoreRepairedEver int64          `json:"store_repaired"`
 }
 
-// Stats counts the image's chunks against the store (a scan of the index: cheap, but not free).
+// Stats counts the image's chunks against the store (a walk of the chunk tables: cheap, not free).
 func (im *Image) Stats() Stats {
 	s := Stats{Name: im.Name, Source: im.src.String(),
 		ChunkReads: im.st.reads.Load(), Fetches: im.st.fetches.Load(),
 		BytesOnDemand: im.st.bytesOnDemand.Load(), BytesPrefetched: im.st.bytesPrefetch.Load(),
 		VerifyFailures: im.st.verifyFailures.Load(), ReadErrors: im.st.readErrors.Load(),
-		StoreRepairedEver: int64(im.f.store.Stats().Repaired)}
+		StoreRepairedEver: im.f.repaired.Load()}
 	s.BytesFetched = s.BytesOnDemand + s.BytesPrefetched
 	for _, bc := range im.distinctChunks() {
+		bl := im.blobs[bc.index]
 		for _, c := range bc.chunks {
 			s.Chunks++
 			s.BytesTotal += int64(c.UncompressedSize)
-			if im.f.store.Has(keyOf(bc.blob, &c)) {
+			if bl != nil && bl.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
 				s.ChunksCached++
 				s.BytesCached += int64(c.UncompressedSize)
 			}
@@ -106,6 +144,7 @@ func (im *Image) Stats() Stats {
 // blobChunks are the distinct chunks of one blob, by compressed offset.
 type blobChunks struct {
 	blob   *rafs.Blob
+	index  int
 	chunks []rafs.Chunk
 }
 
@@ -149,7 +188,7 @@ func chunksOf(img *rafs.Image, roots []string) []blobChunks {
 		if len(m) == 0 {
 			continue
 		}
-		bc := blobChunks{blob: img.Blobs[i]}
+		bc := blobChunks{blob: img.Blobs[i], index: i}
 		for _, c := range m {
 			bc.chunks = append(bc.chunks, c)
 		}

@@ -4,8 +4,14 @@ import (
 	"container/list"
 	"sync"
 
-	"github.com/dfnydus/dfnydus/store"
+	"github.com/dfnydus/dfnydus/rafs"
 )
+
+// memKey names an uncompressed chunk by content: the same chunk in two blobs is one entry.
+type memKey struct {
+	alg    rafs.Digester
+	digest rafs.Digest
+}
 
 // chunkLRU keeps the most recently read uncompressed chunks in memory, bounded in bytes, so the
 // 128 KiB FUSE reads that walk through one 1 MiB chunk do not go to the store each time. Entries are
@@ -15,19 +21,19 @@ type chunkLRU struct {
 	max   int64
 	size  int64
 	ll    *list.List
-	items map[store.Key]*list.Element
+	items map[memKey]*list.Element
 }
 
 type lruEntry struct {
-	key  store.Key
+	key  memKey
 	data []byte
 }
 
 func newChunkLRU(max int64) *chunkLRU {
-	return &chunkLRU{max: max, ll: list.New(), items: map[store.Key]*list.Element{}}
+	return &chunkLRU{max: max, ll: list.New(), items: map[memKey]*list.Element{}}
 }
 
-func (l *chunkLRU) get(k store.Key) []byte {
+func (l *chunkLRU) get(k memKey) []byte {
 	if l.max <= 0 {
 		return nil
 	}
@@ -40,7 +46,7 @@ func (l *chunkLRU) get(k store.Key) []byte {
 	return nil
 }
 
-func (l *chunkLRU) add(k store.Key, data []byte) {
+func (l *chunkLRU) add(k memKey, data []byte) {
 	if l.max <= 0 || int64(len(data)) > l.max {
 		return
 	}

@@ -62,7 +62,7 @@ const defaultMaxRequest = 4 << 20
 
 // batch is a run of adjacent chunks of one blob fetched in one request.
 type batch struct {
-	blob   *rafs.Blob
+	blob   *Blob
 	chunks []rafs.Chunk
 	bytes  int64
 }
@@ -77,13 +77,21 @@ func (im *Image) plan(mode PrefetchMode, maxReq int64) []batch {
 	if mode == PrefetchAll {
 		groups = append(groups, chunksOf(im.img, nil)...)
 	}
-	seen := map[string]bool{}
+	type seenKey struct {
+		blob int
+		off  uint64
+	}
+	seen := map[seenKey]bool{}
 	var out []batch
 	for _, g := range groups {
+		bl := im.blobs[g.index]
+		if bl == nil {
+			continue
+		}
 		open := false // whether out's last batch may still grow
 		for _, c := range g.chunks {
-			k := flightKey(g.blob, &c)
-			if seen[k] || im.f.store.Has(keyOf(g.blob, &c)) {
+			k := seenKey{g.index, c.CompressedOffset}
+			if seen[k] || bl.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
 				seen[k] = true
 				open = false
 				continue
@@ -99,7 +107,7 @@ func (im *Image) plan(mode PrefetchMode, maxReq int64) []batch {
 					continue
 				}
 			}
-			out = append(out, batch{blob: g.blob, chunks: []rafs.Chunk{c}, bytes: int64(c.CompressedSize)})
+			out = append(out, batch{blob: bl, chunks: []rafs.Chunk{c}, bytes: int64(c.CompressedSize)})
 			open = true
 		}
 	}
@@ -140,7 +148,7 @@ func (im *Image) runPrefetch(ctx context.Context, batches []batch, lim *rate.Lim
 					im.setPrefetch(func(p *PrefetchStatus) { p.State, p.Error = PrefetchIncomplete, ctx.Err().Error() })
 					return
 				}
-				log.Warn("prefetch batch failed", zap.String("blob", b.blob.ID), zap.Int("chunks", len(b.chunks)), zap.Error(err))
+				log.Warn("prefetch batch failed", zap.String("blob", b.blob.id), zap.Int("chunks", len(b.chunks)), zap.Error(err))
 				im.setPrefetch(func(p *PrefetchStatus) { p.Error = err.Error() })
 				failed = append(failed, b)
 				continue
@@ -173,45 +181,43 @@ func (im *Image) prefetchBatch(ctx context.Context, b batch, lim *rate.Limiter) 
 		// Yield to on-demand reads: wait until none is in flight and none ended in the last
 		// prefetchQuiet, and while reads were active lately, fetch at most prefetchActiveRequest at a
 		// time, so a request already on the wire delays the next on-demand read little.
-		for im.f.foreground.Load() > 0 || time.Since(time.Unix(0, im.f.lastForeground.Load())) < prefetchQuiet {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(2 * time.Millisecond):
-			}
+		if err := im.f.fg.waitQuiet(ctx, prefetchQuiet); err != nil {
+			return err
 		}
 		limit := int64(math.MaxInt64)
-		if time.Since(time.Unix(0, im.f.lastForeground.Load())) < prefetchActiveWindow {
+		if im.f.fg.sinceLast() < prefetchActiveWindow {
 			limit = prefetchActiveRequest
 		}
-		// Chunks that on-demand reads brought in meanwhile are skipped.
-		var need []rafs.Chunk
+		var take []rafs.Chunk
 		var size int64
 		for len(rest) > 0 {
 			c := rest[0]
-			if len(need) > 0 && size+int64(c.CompressedSize) > limit {
+			if len(take) > 0 && size+int64(c.CompressedSize) > limit {
 				break
 			}
 			rest = rest[1:]
-			if !im.f.store.Has(keyOf(b.blob, &c)) {
-				need = append(need, c)
-				size += int64(c.CompressedSize)
+			take = append(take, c)
+			size += int64(c.CompressedSize)
+		}
+		// Chunks that on-demand reads brought in, or are bringing in, meanwhile are skipped.
+		for _, run := range b.blob.claim(take) {
+			var n int64
+			for _, c := range run {
+				n += int64(c.CompressedSize)
 			}
-		}
-		if len(need) == 0 {
-			continue
-		}
-		if lim != nil {
-			if err := lim.WaitN(ctx, int(min(size, int64(lim.Burst())))); err != nil {
-				return err
+			if lim != nil {
+				if err := lim.WaitN(ctx, int(min(n, int64(lim.Burst())))); err != nil {
+					b.blob.abandon(run, err)
+					return err
+				}
 			}
-		}
-		out, err := im.f.fetch(ctx, im.src, &im.st, b.blob, need, kindPrefetch)
-		if err != nil {
-			return err
-		}
-		for _, d := range out {
-			im.f.m.prefetchBytes.Add(float64(len(d)))
+			im.f.fetch(ctx, im.src, &im.st, b.blob, run, kindPrefetch)
+			for _, c := range run {
+				if !b.blob.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
+					return fmt.Errorf("blob %s chunk %d: not fetched", b.blob.id, c.Index)
+				}
+				im.f.m.prefetchBytes.Add(float64(c.UncompressedSize))
+			}
 		}
 	}
 	return nil

@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/dfnydus/dfnydus/blobstore"
 	"github.com/dfnydus/dfnydus/peer"
-	"github.com/dfnydus/dfnydus/store"
 )
 
 // Errors the daemon's methods wrap (and the control API carries as gRPC codes).
@@ -105,7 +105,7 @@ type Daemon struct {
 	opts    Options
 	log     *zap.Logger
 	reg     *prometheus.Registry
-	store   *store.Store
+	store   *blobstore.Store
 	fetcher *peer.Fetcher
 	dist    Distributor
 	ownDist bool
@@ -140,18 +140,19 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	sopts := store.DefaultOptions()
-	sopts.Budget, sopts.VerifyReads, sopts.Log, sopts.Metrics = int64(cfg.Store.Budget), cfg.Store.VerifyReads, opts.Log, reg
-	st, err := store.Open(filepath.Join(cfg.CacheDir, "store"), sopts)
+	sopts := blobstore.DefaultOptions()
+	sopts.Budget, sopts.Log, sopts.Metrics = int64(cfg.Store.Budget), opts.Log, reg
+	st, err := blobstore.Open(filepath.Join(cfg.CacheDir, "store"), sopts)
 	if err != nil {
-		if errors.Is(err, store.ErrLocked) {
+		if errors.Is(err, blobstore.ErrLocked) {
 			return nil, fmt.Errorf("%w (is another dfnydus daemon or mount using cacheDir %s?)", err, cfg.CacheDir)
 		}
 		return nil, err
 	}
 	closing, startClose := context.WithCancel(context.Background())
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Log, reg: reg, store: st, started: time.Now(),
-		fetcher: peer.NewFetcher(peer.Options{Store: st, MemoryCache: int64(cfg.MemoryCache), Log: opts.Log, Metrics: reg}),
+		fetcher: peer.NewFetcher(peer.Options{Store: st, MemoryCache: int64(cfg.MemoryCache), VerifyReads: cfg.Store.VerifyReads,
+			Log: opts.Log, Metrics: reg}),
 		closing: closing, startClose: startClose, closeDone: make(chan struct{}),
 		mounts: map[string]*mount{}, pending: map[string]bool{}}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dfnydus_mounts", Help: "Images the daemon serves."},
@@ -195,8 +196,11 @@ func (d *Daemon) Config() Config { return d.cfg }
 // Metrics returns the daemon's Prometheus registry (store, fetcher, FUSE and daemon series).
 func (d *Daemon) Metrics() *prometheus.Registry { return d.reg }
 
-// Store returns the chunk store.
-func (d *Daemon) Store() *store.Store { return d.store }
+// Store returns the blob store.
+func (d *Daemon) Store() *blobstore.Store { return d.store }
+
+// Fetcher returns the daemon's fetcher: the node's one verification point for blob bytes.
+func (d *Daemon) Fetcher() *peer.Fetcher { return d.fetcher }
 
 // Version says which daemon this is.
 func (d *Daemon) Version() VersionInfo {

@@ -192,6 +192,9 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 	}
 	oi.src = source.Retrying(oi.src, d.cfg.Source.Retries, sourceRetryBase)
 	m.oi = oi
+	if err := reconcileSizes(oi); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
 	m.log = m.log.With(zap.String("image", oi.name))
 	read := oi.src
 	if d.dist != nil {
@@ -204,7 +207,9 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}
-	m.im = d.fetcher.NewImage(oi.name, oi.img, read)
+	if m.im, err = d.fetcher.NewImage(oi.name, oi.img, read); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
 	fopts := fuse.DefaultOptions()
 	fopts.AllowOther, fopts.Debug, fopts.Log, fopts.Metrics = req.AllowOther, req.FuseDebug, d.log, d.reg
 	if m.srv, err = fuse.Mount(mp, oi.img, m.im, fopts); err != nil {
@@ -247,6 +252,9 @@ func (m *mount) release() {
 		waitPrefetch(m.im)
 	}
 	m.closeAPI()
+	if m.im != nil {
+		m.im.Close()
+	}
 	if m.attached != nil {
 		if err := m.attached.Close(); err != nil {
 			m.log.Warn("detach from P2P", zap.Error(err))

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dfnydus/dfnydus/oci"
+	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/bootstrap"
@@ -274,4 +275,31 @@ func logSource(req MountRequest) zap.Field {
 		return zap.String("ref", req.Ref)
 	}
 	return zap.String("blob_dir", req.BlobDir)
+}
+
+// maxBlobSize bounds a blob's size as a manifest or a HEAD reports it (1 TiB).
+const maxBlobSize = 1 << 40
+
+// reconcileSizes checks each blob's size as the manifest (or the blob file, or a HEAD) says it
+// against the bootstrap's record, which is verified with the bootstrap: a disagreement is a lying
+// manifest and refuses the mount. A bootstrap without a record takes the other size, so the store,
+// the P2P task and every later mount of the blob agree on one.
+func reconcileSizes(oi *openedImage) error {
+	for i := range oi.blobs {
+		if i >= len(oi.img.Blobs) {
+			break
+		}
+		ref, rec := oi.blobs[i].Size, oi.img.Blobs[i].CompressedSize
+		switch {
+		case ref < 0 || ref > maxBlobSize:
+			return fmt.Errorf("blob %s: size %d out of range", oi.blobs[i].ID, ref)
+		case ref > 0 && rec != 0 && uint64(ref) != rec:
+			return fmt.Errorf("blob %s: %w: the manifest says %d bytes, the bootstrap %d", oi.blobs[i].ID, peer.ErrSizeMismatch, ref, rec)
+		case ref > 0 && rec == 0:
+			oi.img.Blobs[i].CompressedSize = uint64(ref)
+		case ref == 0 && rec != 0:
+			oi.blobs[i].Size = int64(rec)
+		}
+	}
+	return nil
 }

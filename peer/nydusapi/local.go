@@ -19,13 +19,13 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/dfnydus/dfnydus/blobstore"
 	"github.com/dfnydus/dfnydus/fuse"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/bootstrap"
 	"github.com/dfnydus/dfnydus/registry"
-	"github.com/dfnydus/dfnydus/store"
 )
 
 // ErrNotRAFS marks a bootstrap file that is not a RAFS v5/v6 bootstrap.
@@ -64,7 +64,7 @@ type LocalMounter struct {
 
 type sharedStore struct {
 	dir     string
-	st      *store.Store
+	st      *blobstore.Store
 	fetcher *peer.Fetcher
 	refs    int
 }
@@ -138,9 +138,9 @@ func (m *LocalMounter) acquireStore(dir string) (*sharedStore, error) {
 		s.refs++
 		return s, nil
 	}
-	sopts := store.DefaultOptions()
+	sopts := blobstore.DefaultOptions()
 	sopts.Log = m.opts.Log
-	st, err := store.Open(dir, sopts)
+	st, err := blobstore.Open(dir, sopts)
 	if err != nil {
 		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
 	}
@@ -213,7 +213,15 @@ func (m *LocalMounter) Mount(ctx context.Context, spec MountSpec) (_ Handle, err
 	if spec.Config.Backend.Type == BackendLocalfs {
 		name = spec.Config.Backend.Dir
 	}
-	im := shared.fetcher.NewImage(name, img, src)
+	im, err := shared.fetcher.NewImage(name, img, src)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			im.Close()
+		}
+	}()
 	fopts := fuse.DefaultOptions()
 	fopts.Log, fopts.Debug, fopts.AllowOther = log, m.opts.FuseDebug, m.opts.AllowOther
 	fopts.FSName = "dfnydus"
@@ -237,6 +245,7 @@ func (m *LocalMounter) Mount(ctx context.Context, spec MountSpec) (_ Handle, err
 func (h *localHandle) release(m *LocalMounter) {
 	h.once.Do(func() {
 		h.stop()
+		h.im.Close()
 		h.src.Close()
 		m.releaseStore(h.shared)
 		close(h.done)

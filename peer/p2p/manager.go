@@ -1,13 +1,11 @@
 package p2p
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -19,13 +17,12 @@ import (
 
 	"d7y.io/dragonfly/v2/pkg/idgen"
 
+	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/daemon"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/peer/upload"
 	"github.com/dfnydus/dfnydus/peer/vortex"
-	"github.com/dfnydus/dfnydus/rafs"
 	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
-	"github.com/dfnydus/dfnydus/store"
 )
 
 // Config configures a Manager.
@@ -34,14 +31,13 @@ type Config struct {
 	Scheduler *schedclient.Client
 	// HostID is this peer's Dragonfly host id (SyncPieces names the asking host).
 	HostID string
-	// Store keeps piece bytes (content-addressed); IndexPath is the bbolt file of which pieces of
-	// which tasks the peer holds.
-	Store     *store.Store
-	IndexPath string
+	// Fetcher is the node's verification point and store: every byte a task brings in goes
+	// through its blobs' Accept, and what its store marks verified is what the peer serves.
+	Fetcher *peer.Fetcher
 	// PieceLength forces a piece length (it then enters the task id, as Dragonfly's does); 0 picks
-	// the Rust dfdaemon's length for each blob's size.
+	// the Rust dfdaemon's length for each blob's size. Forced lengths must be 4 to 64 MiB.
 	PieceLength uint64
-	// Seed marks a super-seed peer: tasks it downloads for the scheduler are trusted from the source.
+	// Seed marks a super-seed peer: it downloads whole tasks when the scheduler asks.
 	Seed bool
 	// OpenURL opens the back-to-source reader of a blob named only by its URL (seed downloads,
 	// preheat): it returns the source, the blob id and its size.
@@ -52,6 +48,17 @@ type Config struct {
 	ScheduleTimeout     time.Duration // how long first reads wait for the scheduler's answer (default 3 s)
 	ReadParallelism     int           // pieces of one read fetched at once (default 4)
 	DisableBackToSource bool
+	// CompletePieces makes a peer that read part of a piece from the source fetch the rest of it
+	// in the background, so it holds the piece whole and can serve it. It is on whenever a
+	// scheduler is configured (other peers may ask); without one nobody can.
+	CompletePieces bool
+
+	// Seed tasks (DownloadTask by URL): how many may exist at once, how many bytes they may hold
+	// together, and how long one may sit unused before it is released (defaults 64, 0 = only the
+	// store budget, 30 min).
+	MaxSeedTasks int
+	MaxSeedBytes int64
+	SeedTaskIdle time.Duration
 
 	Log     *zap.Logger
 	Metrics prometheus.Registerer
@@ -70,6 +77,12 @@ func (c Config) withDefaults() Config {
 	if c.ReadParallelism <= 0 {
 		c.ReadParallelism = 4
 	}
+	if c.MaxSeedTasks <= 0 {
+		c.MaxSeedTasks = 64
+	}
+	if c.SeedTaskIdle <= 0 {
+		c.SeedTaskIdle = 30 * time.Minute
+	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()
 	}
@@ -81,49 +94,65 @@ type Manager struct {
 	cfg    Config
 	log    *zap.Logger
 	sched  *schedclient.Client
-	store  *store.Store
-	index  *index
+	f      *peer.Fetcher
 	vortex *vortex.Client
 	met    *metrics
 
-	mu    sync.Mutex
-	tasks map[string]*task
-	conns map[string]*grpc.ClientConn
+	mu     sync.Mutex
+	tasks  map[string]*task
+	conns  map[string]*peerConn
+	closed bool
 }
 
-// New opens the piece index and returns a Manager.
+// peerConn is a shared gRPC connection to a peer's upload service, closed after idleConn unused.
+type peerConn struct {
+	cc    *grpc.ClientConn
+	users int
+	timer *time.Timer
+}
+
+// idleConn is how long a connection to another peer stays open with no task using it.
+const idleConn = 2 * time.Minute
+
+// New returns a Manager.
 func New(cfg Config) (*Manager, error) {
 	cfg = cfg.withDefaults()
-	if cfg.Store == nil || cfg.IndexPath == "" {
-		return nil, errors.New("p2p: a store and an index path are required")
+	if cfg.Fetcher == nil {
+		return nil, errors.New("p2p: a fetcher is required")
 	}
-	ix, err := openIndex(cfg.IndexPath)
-	if err != nil {
-		return nil, err
+	if cfg.PieceLength != 0 && !ValidPieceLength(cfg.PieceLength) {
+		return nil, fmt.Errorf("p2p: piece length %d: want %d to %d bytes", cfg.PieceLength, MinPieceLength, MaxPieceLength)
 	}
-	return &Manager{cfg: cfg, log: cfg.Log, sched: cfg.Scheduler, store: cfg.Store, index: ix,
+	if cfg.Scheduler != nil {
+		cfg.CompletePieces = true
+	}
+	return &Manager{cfg: cfg, log: cfg.Log, sched: cfg.Scheduler, f: cfg.Fetcher,
 		vortex: vortex.NewClient(vortex.ClientOptions{}), met: newMetrics(cfg.Metrics),
-		tasks: map[string]*task{}, conns: map[string]*grpc.ClientConn{}}, nil
+		tasks: map[string]*task{}, conns: map[string]*peerConn{}}, nil
 }
 
-// Close ends every task's scheduler session and closes connections and the index.
+// Close ends every task (scheduler sessions end, the peer leaves them) and closes connections.
 func (m *Manager) Close() error {
 	m.mu.Lock()
+	m.closed = true
 	tasks := make([]*task, 0, len(m.tasks))
 	for _, t := range m.tasks {
 		tasks = append(tasks, t)
 	}
+	m.tasks = map[string]*task{}
 	conns := m.conns
-	m.conns = map[string]*grpc.ClientConn{}
+	m.conns = map[string]*peerConn{}
 	m.mu.Unlock()
 	for _, t := range tasks {
 		t.close()
 	}
-	for _, cc := range conns {
-		_ = cc.Close()
+	for _, pc := range conns {
+		if pc.timer != nil {
+			pc.timer.Stop()
+		}
+		_ = pc.cc.Close()
 	}
-	_ = m.vortex.Close()
-	return m.index.close()
+	return m.vortex.Close()
 }
 
 // TaskID is the Dragonfly task id of a blob URL: TaskIDV2ByURLBased with no tag, application or
@@ -144,43 +173,77 @@ func (m *Manager) pieceLength(size uint64) uint64 {
 	return PieceLengthFor(size)
 }
 
-// task returns the task with id, creating it (and its scheduler session) if it is new.
-func (m *Manager) task(id, url, blobID string, size uint64, src source.Source, needBackToSource bool) (*task, error) {
+// taskSpec names a task to acquire.
+type taskSpec struct {
+	id, url, blobID string
+	size            int64
+	src             source.Source
+	backToSource    bool
+	seed            bool // created by DownloadTask, not by a mount
+}
+
+// acquire returns the task with spec.id, creating it (and its scheduler session) if it is new, and
+// takes a reference: release gives it back, and the last release ends the task. A known task takes
+// the newest source (a remount brings new credentials).
+func (m *Manager) acquire(spec taskSpec) (*task, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if t, ok := m.tasks[id]; ok {
-		if t.lay.size != size {
-			return nil, fmt.Errorf("task %s: blob %s is %d bytes here, %d in the task already known", id, blobID, size, t.lay.size)
+	if m.closed {
+		return nil, errors.New("p2p: closed")
+	}
+	if t, ok := m.tasks[spec.id]; ok {
+		if t.lay.size != uint64(spec.size) || t.blobID != spec.blobID {
+			return nil, fmt.Errorf("task %s: blob %s of %d bytes, but the task is blob %s of %d bytes", spec.id, spec.blobID, spec.size, t.blobID, t.lay.size)
 		}
 		t.refs++
+		if spec.src != nil {
+			t.setSource(spec.src)
+		}
 		return t, nil
 	}
-	t := newTask(m, id, url, blobID, size, m.pieceLength(size), src)
-	if err := t.loadIndex(); err != nil {
+	if spec.seed {
+		n, bytes := 0, int64(0)
+		for _, t := range m.tasks {
+			if t.seed {
+				n++
+				bytes += int64(t.lay.size)
+			}
+		}
+		if n >= m.cfg.MaxSeedTasks {
+			return nil, fmt.Errorf("%w: %d seed tasks already", errLimit, n)
+		}
+		if m.cfg.MaxSeedBytes > 0 && bytes+spec.size > m.cfg.MaxSeedBytes {
+			return nil, fmt.Errorf("%w: seed tasks would hold %d bytes, over %d", errLimit, bytes+spec.size, m.cfg.MaxSeedBytes)
+		}
+	}
+	bl, err := m.f.OpenBlob(spec.blobID, spec.size, nil)
+	if err != nil {
 		return nil, err
 	}
+	t := newTask(m, spec, bl)
 	t.refs = 1
-	m.tasks[id] = t
+	m.tasks[spec.id] = t
 	m.met.tasks.Set(float64(len(m.tasks)))
-	if m.sched != nil {
-		go t.schedule(needBackToSource)
-	} else {
-		close(t.scheduled)
-	}
+	t.start()
 	return t, nil
 }
 
-// siblings returns the other tasks of t's blob.
-func (m *Manager) siblings(t *task) []*task {
+// errLimit is wrapped when a configured limit refuses a new task.
+var errLimit = errors.New("limit reached")
+
+// release gives back a reference taken by acquire; the last one ends the task.
+func (m *Manager) release(t *task) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []*task
-	for _, o := range m.tasks {
-		if o != t && o.blobID == t.blobID {
-			out = append(out, o)
-		}
+	t.refs--
+	last := t.refs == 0 && m.tasks[t.id] == t
+	if last {
+		delete(m.tasks, t.id)
+		m.met.tasks.Set(float64(len(m.tasks)))
 	}
-	return out
+	m.mu.Unlock()
+	if last {
+		t.close()
+	}
 }
 
 func (m *Manager) lookup(id string) (*task, error) {
@@ -194,20 +257,25 @@ func (m *Manager) lookup(id string) (*task, error) {
 }
 
 // Attach implements daemon.Distributor: the image's registry blobs become tasks, and the returned
-// source reads them piece by piece through the peer network.
+// source fills the node's store with their pieces through the peer network.
 func (m *Manager) Attach(ctx context.Context, img daemon.AttachedImage) (source.Source, error) {
 	s := &blobSource{m: m, fallback: img.Source, tasks: map[string]*task{}}
 	for i, b := range img.Blobs {
 		if b.URL == "" || b.Size <= 0 || i >= len(img.RAFS.Blobs) {
 			continue
 		}
-		t, err := m.task(TaskID(b.URL, m.cfg.PieceLength), b.URL, b.ID, uint64(b.Size), img.Source, false)
+		if _, ok := s.tasks[b.ID]; ok {
+			continue
+		}
+		if rec := img.RAFS.Blobs[i].CompressedSize; rec != 0 && rec != uint64(b.Size) {
+			s.release()
+			return nil, fmt.Errorf("blob %s: the manifest says %d bytes, the bootstrap %d: %w", b.ID, b.Size, rec, peer.ErrSizeMismatch)
+		}
+		t, err := m.acquire(taskSpec{id: TaskID(b.URL, m.cfg.PieceLength), url: b.URL, blobID: b.ID, size: b.Size, src: img.Source})
 		if err != nil {
 			s.release()
 			return nil, err
 		}
-		t.setTable(img.RAFS.Blobs[i], blobChunks(img.RAFS, uint32(i)))
-		go t.adoptAll()
 		s.tasks[b.ID] = t
 		m.log.Info("blob is a P2P task", zap.String("image", img.Name), zap.String("blob", b.ID), zap.String("task", t.id),
 			zap.String("peer", t.peerID), zap.Uint64("piece_length", t.lay.pieceLength), zap.Uint32("pieces", t.lay.count))
@@ -215,29 +283,7 @@ func (m *Manager) Attach(ctx context.Context, img daemon.AttachedImage) (source.
 	return s, nil
 }
 
-// blobChunks lists the distinct chunks of blob bi by compressed offset.
-func blobChunks(img *rafs.Image, bi uint32) []rafs.Chunk {
-	byOff := map[uint64]rafs.Chunk{}
-	_ = img.Walk(func(_ string, n *rafs.Node) error {
-		if !n.Inode.IsReg() {
-			return nil
-		}
-		for _, c := range n.Inode.Chunks {
-			if c.BlobIndex == bi {
-				byOff[c.CompressedOffset] = c
-			}
-		}
-		return nil
-	})
-	out := make([]rafs.Chunk, 0, len(byOff))
-	for _, c := range byOff {
-		out = append(out, c)
-	}
-	sort.Slice(out, func(a, b int) bool { return out[a].CompressedOffset < out[b].CompressedOffset })
-	return out
-}
-
-// blobSource is the source.Source of an attached image.
+// blobSource is the source of an attached image: a source.Filler over the image's tasks.
 type blobSource struct {
 	m        *Manager
 	fallback source.Source
@@ -245,23 +291,44 @@ type blobSource struct {
 	once     sync.Once
 }
 
+// Fills implements source.Filler: the image's registry blobs are tasks.
+func (s *blobSource) Fills(blobID string) bool {
+	_, ok := s.tasks[blobID]
+	return ok
+}
+
+// Fill implements source.Filler.
+func (s *blobSource) Fill(ctx context.Context, blobID string, off, n int64, background bool) error {
+	t, ok := s.tasks[blobID]
+	if !ok {
+		return fmt.Errorf("blob %s is not a P2P task", blobID)
+	}
+	return t.fill(ctx, off, n, background)
+}
+
+// ReadRange serves callers that want bytes rather than a filled store: the range is filled, then
+// read back from the store, where it is verified chunk by chunk.
 func (s *blobSource) ReadRange(ctx context.Context, blobID string, off, n int64) (io.ReadCloser, error) {
 	t, ok := s.tasks[blobID]
 	if !ok {
 		return s.fallback.ReadRange(ctx, blobID, off, n)
 	}
-	if off < 0 || n < 0 {
+	if off < 0 || n < 0 || off+n > int64(t.lay.size) {
 		return nil, fmt.Errorf("blob %s: %w: offset %d length %d", blobID, source.ErrRange, off, n)
 	}
-	data, err := t.read(ctx, uint64(off), uint64(n))
-	if err != nil {
+	if err := t.fill(ctx, off, n, false); err != nil {
 		return nil, err
 	}
-	return io.NopCloser(bytes.NewReader(data)), nil
+	rc, err := t.bl.Store().OpenRange(off, n)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s [%d, +%d): %w", blobID, off, n, err)
+	}
+	return rc, nil
 }
 
 func (s *blobSource) String() string { return "p2p" }
 
+// Close detaches the image: its tasks lose a reference, and those no other mount uses end.
 func (s *blobSource) Close() error {
 	s.release()
 	return nil
@@ -270,171 +337,54 @@ func (s *blobSource) Close() error {
 func (s *blobSource) release() {
 	s.once.Do(func() {
 		for _, t := range s.tasks {
-			t.m.mu.Lock()
-			t.refs--
-			t.m.mu.Unlock()
+			s.m.release(t)
 		}
 	})
 }
 
-// schedule registers the task with the scheduler and follows its answers for the session's life.
-func (t *task) schedule(needBackToSource bool) {
-	spec := schedclient.TaskSpec{TaskID: t.id, PeerID: t.peerID, URL: t.url, Digest: "sha256:" + t.blobID,
-		PieceLength: t.lay.pieceLength, ContentLength: t.lay.size, PieceCount: t.lay.count,
-		NeedBackToSource: needBackToSource}
-	answered := func() {
-		t.mu.Lock()
-		first := !t.answered
-		t.answered = true
-		t.mu.Unlock()
-		if first {
-			close(t.scheduled)
-		}
-	}
-	sess, err := t.m.sched.Register(t.ctx, spec)
-	if err != nil {
-		t.log.Warn("scheduler register failed: reading from the source", zap.Error(err))
-		answered()
-		return
-	}
-	t.mu.Lock()
-	t.sess = sess
-	t.mu.Unlock()
-	started := false
-	for ev := range sess.Events() {
-		switch ev.Kind {
-		case schedclient.EventParents:
-			var ps []schedclient.Parent
-			for _, p := range ev.Parents {
-				if p.PeerID != t.peerID && p.HostID != t.m.cfg.HostID {
-					ps = append(ps, p)
-				}
-			}
-			t.mu.Lock()
-			t.parents, t.back = ps, false
-			t.mu.Unlock()
-			t.log.Info("scheduler named parents", zap.Int("parents", len(ps)))
-			if !started {
-				started = true
-				_ = sess.Started(false)
-			}
-		case schedclient.EventBackToSource:
-			t.mu.Lock()
-			t.parents, t.back = nil, true
-			t.mu.Unlock()
-			t.log.Info("scheduler: back to source", zap.String("why", ev.Description))
-			if !started {
-				started = true
-				_ = sess.Started(true)
-			}
-		case schedclient.EventEmpty:
-		case schedclient.EventError:
-			t.mu.Lock()
-			t.parents = nil
-			t.mu.Unlock()
-			t.log.Warn("scheduler session failed: reading from the source", zap.Error(ev.Err))
-		}
-		t.mu.Lock()
-		first := !t.answered
-		t.mu.Unlock()
-		if first {
-			t.reportHeld(sess)
-		}
-		answered()
-		t.maybeFinished()
-	}
-	answered()
-}
-
-// reportHeld tells a new session about pieces kept from before.
-func (t *task) reportHeld(sess *schedclient.Session) {
-	t.mu.Lock()
-	var ps []schedclient.Piece
-	for n, r := range t.held {
-		if r.Verified {
-			off, l := t.lay.bounds(n)
-			ps = append(ps, schedclient.Piece{Number: n, Offset: off, Length: l, Digest: crcDigest(r.CRC32)})
-		}
-	}
-	t.mu.Unlock()
-	for _, p := range ps {
-		_ = sess.PieceFinished(p, "")
-	}
-}
-
-func (t *task) close() {
-	t.cancel()
-	t.mu.Lock()
-	sess := t.sess
-	t.mu.Unlock()
-	if sess != nil {
-		_ = sess.Close()
-	}
-}
-
-// conn returns a (shared) gRPC connection to a peer's upload service.
-func (m *Manager) conn(ip string, port int) (*grpc.ClientConn, error) {
+// conn returns a shared gRPC connection to a peer's upload service; done gives it back.
+func (m *Manager) conn(ip string, port int) (*grpc.ClientConn, func(), error) {
 	addr := net.JoinHostPort(ip, strconv.Itoa(port))
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if cc, ok := m.conns[addr]; ok {
-		return cc, nil
+	if m.closed {
+		return nil, nil, errors.New("p2p: closed")
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("peer %s: %w", addr, err)
+	pc, ok := m.conns[addr]
+	if !ok {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, nil, fmt.Errorf("peer %s: %w", addr, err)
+		}
+		pc = &peerConn{cc: cc}
+		m.conns[addr] = pc
 	}
-	m.conns[addr] = cc
-	return cc, nil
+	if pc.timer != nil {
+		pc.timer.Stop()
+		pc.timer = nil
+	}
+	pc.users++
+	var once sync.Once
+	return pc.cc, func() { once.Do(func() { m.unuse(addr, pc) }) }, nil
 }
 
-// fromParent downloads piece n of t from parent p: SyncPieces says where (waiting while p is still
-// getting it), then the bytes come over Vortex.
-func (m *Manager) fromParent(ctx context.Context, t *task, p schedclient.Parent, n uint32) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.ParentTimeout)
-	defer cancel()
-	cc, err := m.conn(p.IP, p.Port)
-	if err != nil {
-		return nil, err
+// unuse drops a user of a connection; one nobody uses for idleConn is closed.
+func (m *Manager) unuse(addr string, pc *peerConn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	pc.users--
+	if pc.users > 0 || m.closed {
+		return
 	}
-	locs, errc := upload.SyncPieces(ctx, cc, m.cfg.HostID, t.id, []uint32{n})
-	var loc upload.PieceLocation
-	select {
-	case l, ok := <-locs:
-		if !ok {
-			err := <-errc
-			if err == nil {
-				err = errors.New("sync pieces ended without the piece")
-			}
-			return nil, fmt.Errorf("parent %s sync piece %d: %w", p.IP, n, err)
+	pc.timer = time.AfterFunc(idleConn, func() {
+		m.mu.Lock()
+		idle := pc.users == 0 && m.conns[addr] == pc
+		if idle {
+			delete(m.conns, addr)
 		}
-		loc = l
-	case err := <-errc:
-		if err == nil {
-			err = errors.New("sync pieces ended without the piece")
+		m.mu.Unlock()
+		if idle {
+			_ = pc.cc.Close()
 		}
-		return nil, fmt.Errorf("parent %s sync piece %d: %w", p.IP, n, err)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("parent %s sync piece %d: %w", p.IP, n, ctx.Err())
-	}
-	ip, port := loc.IP, loc.TCPPort
-	if ip == "" {
-		ip = p.IP
-	}
-	if port == 0 {
-		port = p.DownloadPort
-	}
-	piece, data, err := m.vortex.DownloadPiece(ctx, net.JoinHostPort(ip, strconv.Itoa(port)), t.id, n)
-	if errors.Is(err, vortex.ErrPieceInvalid) {
-		return nil, fmt.Errorf("parent %s piece %d: %w: %w", p.IP, n, ErrBadPiece, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("parent %s piece %d: %w", p.IP, n, err)
-	}
-	off, length := t.lay.bounds(n)
-	if piece.Number != n || piece.Offset != off || piece.Length != length {
-		return nil, fmt.Errorf("parent %s sent piece %d [%d+%d] for piece %d [%d+%d]: %w", p.IP, piece.Number, piece.Offset, piece.Length,
-			n, off, length, ErrBadPiece)
-	}
-	return data, nil
+	})
 }

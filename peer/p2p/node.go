@@ -92,7 +92,9 @@ func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logge
 		host.Hostname, _ = os.Hostname()
 	}
 	host.ID = schedclient.HostID(ip, host.Hostname, sc.Seed)
-	mgr, err := New(Config{HostID: host.ID, Store: d.Store(), IndexPath: filepath.Join(cfg.CacheDir, "pieces.db"),
+	// The piece index of older versions: the store's verified ranges are the one truth now.
+	_ = os.Remove(filepath.Join(cfg.CacheDir, "pieces.db"))
+	mgr, err := New(Config{HostID: host.ID, Fetcher: d.Fetcher(),
 		PieceLength: uint64(sc.PieceLength), Seed: sc.Seed, OpenURL: n.openURL, Log: log, Metrics: d.Metrics()})
 	if err != nil {
 		upLn.Close()
@@ -104,12 +106,8 @@ func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logge
 	n.grpcSrv = grpc.NewServer()
 	n.upload.Register(n.grpcSrv)
 	go func() { _ = n.grpcSrv.Serve(upLn) }()
-	handler := mgr.ServePiece
-	if os.Getenv(FaultCorruptPieces) == "1" {
-		log.Warn("fault injection: this peer serves corrupted pieces", zap.String("env", FaultCorruptPieces))
-		handler = corrupting(handler)
-	}
-	n.vortex = vortex.NewServer(handler, log.Named("vortex"))
+	handler := faults(mgr.ServePiece, log)
+	n.vortex = vortex.NewServer(legacy(handler), log.Named("vortex"))
 	go func() { _ = n.vortex.Serve(pieceLn) }()
 
 	n.sched, err = schedclient.New(ctx, schedclient.Config{Addrs: sc.Addrs, Host: host, AnnounceInterval: sc.AnnounceInterval, Log: log.Named("scheduler")})
@@ -117,6 +115,7 @@ func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logge
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
 	mgr.sched = n.sched
+	mgr.cfg.CompletePieces = true
 	mgr.cfg.Scheduler = n.sched
 	log.Info("P2P peer up", zap.String("host_id", host.ID), zap.String("ip", ip), zap.Int("upload_port", sc.UploadPort),
 		zap.Int("piece_port", sc.PiecePort), zap.Bool("seed", sc.Seed), zap.Strings("schedulers", sc.Addrs))
@@ -285,13 +284,14 @@ func (n *Node) seedProgress(ctx context.Context, ids []string) (done, seen int) 
 			if h.GetType() == 0 || complete {
 				continue
 			}
-			cc, err := n.conn(h.GetIp(), int(h.GetPort()))
+			cc, done, err := n.conn(h.GetIp(), int(h.GetPort()))
 			if err != nil {
 				continue
 			}
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			t, err := dfdaemonv2.NewDfdaemonUploadClient(cc).StatTask(sctx, &dfdaemonv2.StatTaskRequest{TaskId: id})
 			cancel()
+			done()
 			if err != nil {
 				continue
 			}
@@ -309,21 +309,3 @@ func (n *Node) seedProgress(ctx context.Context, ids []string) (done, seen int) 
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// FaultCorruptPieces is a test-only fault: set to 1 in a daemon's environment, it makes the peer
-// serve every piece with one byte flipped and a matching crc32, as a malicious peer would. The
-// end-to-end suite uses it to check that other peers catch and avoid such a parent.
-const FaultCorruptPieces = "DFNYDUS_FAULT_CORRUPT_PIECES"
-
-func corrupting(h vortex.Handler) vortex.Handler {
-	return func(ctx context.Context, id string, n uint32) (vortex.Piece, []byte, error) {
-		p, data, err := h(ctx, id, n)
-		if err != nil || len(data) == 0 {
-			return p, data, err
-		}
-		bad := append([]byte(nil), data...)
-		bad[len(bad)/2] ^= 0xff
-		p.Digest = vortex.CRC32Digest(bad)
-		return p, bad, nil
-	}
-}

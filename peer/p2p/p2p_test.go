@@ -4,21 +4,26 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 
+	"github.com/dfnydus/dfnydus/blobstore"
+	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/daemon"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/peer/upload"
@@ -26,7 +31,6 @@ import (
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/builder"
 	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
-	"github.com/dfnydus/dfnydus/store"
 )
 
 func TestPieceLengthFor(t *testing.T) {
@@ -91,7 +95,7 @@ func newFixture(t *testing.T) *fixture {
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for i, size := range []int{3 << 20, 5<<20 + 12345, 3<<20 - 777} {
+	for i, size := range []int{3<<20 + 4321, 5<<20 + 12345, 3<<20 - 777} {
 		data := make([]byte, size)
 		for j := range data {
 			data[j] = byte(rng.Uint32())
@@ -115,57 +119,103 @@ func newFixture(t *testing.T) *fixture {
 	return &fixture{img: res.Image, blobDir: blobs, blob: data, blobID: id}
 }
 
-// testPeer is a Manager with its upload gRPC and Vortex servers on loopback.
+// testPeer is a node (blob store + fetcher) with a Manager, its upload gRPC and Vortex servers on
+// loopback, and the fixture image mounted (attached + its chunk table in the fetcher).
 type testPeer struct {
 	m       *Manager
+	f       *peer.Fetcher
+	st      *blobstore.Store
 	src     *countingSource
 	attach  source.Source
+	im      *peer.Image
 	parent  schedclient.Parent
 	reg     *prometheus.Registry
 	stop    func()
 	corrupt atomic.Int32 // 0 honest, 1 flips a byte (crc no longer matches), 2 flips a byte and sends its crc
+	// corruptAt, when >= 0, is the blob offset of the byte mode 2 flips (else the piece's middle).
+	corruptAt atomic.Int64
+}
+
+const testURL = "http://registry.test/v2/app/blobs/sha256:"
+
+type peerOpts struct {
+	dir         string // store directory (a temp dir if empty)
+	pieceLength uint64
+	noServers   bool
 }
 
 func startPeer(t *testing.T, fx *fixture, name string) *testPeer {
+	return startPeerWith(t, fx, name, peerOpts{})
+}
+
+func startPeerWith(t *testing.T, fx *fixture, name string, o peerOpts) *testPeer {
 	t.Helper()
-	st, err := store.Open(t.TempDir(), store.DefaultOptions())
+	if o.dir == "" {
+		o.dir = t.TempDir()
+	}
+	st, err := blobstore.Open(o.dir, blobstore.DefaultOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &testPeer{src: &countingSource{inner: source.NewLocal(fx.blobDir)}, reg: prometheus.NewRegistry()}
-	p.m, err = New(Config{HostID: name, Store: st, IndexPath: filepath.Join(t.TempDir(), "pieces.db"), Metrics: p.reg})
+	p := &testPeer{st: st, src: &countingSource{inner: source.NewLocal(fx.blobDir)}, reg: prometheus.NewRegistry()}
+	p.corruptAt.Store(-1)
+	p.f = peer.NewFetcher(peer.Options{Store: st})
+	p.m, err = New(Config{HostID: name, Fetcher: p.f, PieceLength: o.pieceLength, CompletePieces: true, Metrics: p.reg,
+		OpenURL: func(ctx context.Context, url string) (source.Source, string, int64, error) {
+			return p.src, fx.blobID, int64(len(fx.blob)), nil
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	gl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vport := vl.Addr().(*net.TCPAddr).Port
-	up := upload.NewServer(upload.Config{HostID: name, IP: "127.0.0.1", TCPPort: vport}, p.m)
-	g := grpc.NewServer()
-	up.Register(g)
-	go func() { _ = g.Serve(gl) }()
-	vs := vortex.NewServer(func(ctx context.Context, id string, n uint32) (vortex.Piece, []byte, error) {
-		pc, data, err := p.m.ServePiece(ctx, id, n)
-		if mode := p.corrupt.Load(); err == nil && mode != 0 {
-			data = bytes.Clone(data)
-			data[len(data)/2] ^= 0x5a
+	var stops []func()
+	if !o.noServers {
+		gl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vport := vl.Addr().(*net.TCPAddr).Port
+		up := upload.NewServer(upload.Config{HostID: name, IP: "127.0.0.1", TCPPort: vport}, p.m)
+		g := grpc.NewServer()
+		up.Register(g)
+		go func() { _ = g.Serve(gl) }()
+		vs := vortex.NewServer(legacy(func(ctx context.Context, id string, n uint32) (vortex.Piece, io.ReadCloser, error) {
+			pc, rc, err := p.m.ServePiece(ctx, id, n)
+			mode := p.corrupt.Load()
+			if err != nil || mode == 0 {
+				return pc, rc, err
+			}
+			data, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil {
+				return pc, nil, err
+			}
+			at := int64(len(data) / 2)
+			if o := p.corruptAt.Load(); o >= 0 {
+				if o < int64(pc.Offset) || o >= int64(pc.Offset+pc.Length) {
+					return pc, io.NopCloser(bytes.NewReader(data)), nil
+				}
+				at = o - int64(pc.Offset)
+			}
+			data[at] ^= 0x5a
 			if mode == 2 {
 				pc.Digest = vortex.CRC32Digest(data)
 			}
-		}
-		return pc, data, err
-	}, nil)
-	go func() { _ = vs.Serve(vl) }()
-	p.parent = schedclient.Parent{PeerID: name, HostID: name, IP: "127.0.0.1", Port: gl.Addr().(*net.TCPAddr).Port, DownloadPort: vport}
+			return pc, io.NopCloser(bytes.NewReader(data)), nil
+		}), nil)
+		go func() { _ = vs.Serve(vl) }()
+		p.parent = schedclient.Parent{PeerID: name, HostID: name, IP: "127.0.0.1", Port: gl.Addr().(*net.TCPAddr).Port, DownloadPort: vport}
+		stops = append(stops, func() { up.Shutdown(); g.Stop(); vs.Close() })
+	}
 	p.attach, err = p.m.Attach(context.Background(), daemon.AttachedImage{Name: "test", RAFS: fx.img, Source: p.src,
-		Blobs: []daemon.BlobRef{{ID: fx.blobID, URL: "http://registry.test/v2/app/blobs/sha256:" + fx.blobID, Size: int64(len(fx.blob))}}})
+		Blobs: []daemon.BlobRef{{ID: fx.blobID, URL: testURL + fx.blobID, Size: int64(len(fx.blob))}}})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if p.im, err = p.f.NewImage("test", fx.img, p.attach); err != nil {
 		t.Fatal(err)
 	}
 	var once bool
@@ -174,9 +224,10 @@ func startPeer(t *testing.T, fx *fixture, name string) *testPeer {
 			return
 		}
 		once = true
-		up.Shutdown()
-		g.Stop()
-		vs.Close()
+		for _, s := range stops {
+			s()
+		}
+		p.im.Close()
 		p.attach.Close()
 		p.m.Close()
 		st.Close()
@@ -187,6 +238,8 @@ func startPeer(t *testing.T, fx *fixture, name string) *testPeer {
 
 // useParents makes the peer's task download from the given parents, as a NormalTaskResponse would.
 func (p *testPeer) useParents(parents ...*testPeer) {
+	p.m.mu.Lock()
+	defer p.m.mu.Unlock()
 	for _, t := range p.m.tasks {
 		t.mu.Lock()
 		t.parents = nil
@@ -197,10 +250,24 @@ func (p *testPeer) useParents(parents ...*testPeer) {
 	}
 }
 
-// readAll reads every chunk's range through the attached source and checks it against the blob.
+func (p *testPeer) task(t *testing.T) *task {
+	t.Helper()
+	p.m.mu.Lock()
+	defer p.m.mu.Unlock()
+	for _, tk := range p.m.tasks {
+		return tk
+	}
+	t.Fatal("no task")
+	return nil
+}
+
+// readAll reads every file of the image through the mount's chunk reader and checks the bytes.
 func (p *testPeer) readAll(t *testing.T, fx *fixture) error {
 	t.Helper()
 	for _, c := range blobChunks(fx.img, 0) {
+		if _, err := p.im.ReadChunk(context.Background(), fx.img.Blobs[0], &c, nil); err != nil {
+			return err
+		}
 		rc, err := p.attach.ReadRange(context.Background(), fx.blobID, int64(c.CompressedOffset), int64(c.CompressedSize))
 		if err != nil {
 			return err
@@ -218,39 +285,112 @@ func (p *testPeer) readAll(t *testing.T, fx *fixture) error {
 	return nil
 }
 
+// holdAll asks the peer for every piece, as children do: the peer brings in whatever it lacks.
+func (p *testPeer) holdAll(t *testing.T) {
+	t.Helper()
+	tk := p.task(t)
+	for n := uint32(0); n < tk.lay.count; n++ {
+		if _, err := p.m.WaitPiece(context.Background(), tk.id, n); err != nil {
+			t.Fatalf("piece %d: %v", n, err)
+		}
+	}
+}
+
+// storedMatches checks every verified byte in the store against the blob.
+func (p *testPeer) storedMatches(t *testing.T, fx *fixture) {
+	t.Helper()
+	b, ok := p.st.Lookup(fx.blobID)
+	if !ok {
+		return
+	}
+	for _, r := range b.Ranges() {
+		got := make([]byte, r.Len)
+		if err := b.ReadAt(got, r.Off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, fx.blob[r.Off:r.Off+r.Len]) {
+			t.Fatalf("the store holds wrong bytes in [%d, +%d) as verified", r.Off, r.Len)
+		}
+	}
+}
+
 func counter(t *testing.T, c prometheus.Collector) float64 {
 	t.Helper()
 	return testutil.ToFloat64(c)
 }
 
+// blobChunks lists the distinct chunks of blob bi by compressed offset.
+func blobChunks(img *rafs.Image, bi uint32) []rafs.Chunk {
+	byOff := map[uint64]rafs.Chunk{}
+	_ = img.Walk(func(_ string, n *rafs.Node) error {
+		if !n.Inode.IsReg() {
+			return nil
+		}
+		for _, c := range n.Inode.Chunks {
+			if c.BlobIndex == bi {
+				byOff[c.CompressedOffset] = c
+			}
+		}
+		return nil
+	})
+	out := make([]rafs.Chunk, 0, len(byOff))
+	for _, c := range byOff {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].CompressedOffset < out[b].CompressedOffset })
+	return out
+}
+
+// Every piece length Dragonfly peers cut, the forced long ones of model-sized blobs included.
 func TestPeersShareVerifiedPieces(t *testing.T) {
+	for _, pl := range []uint64{0, 32 << 20, 64 << 20} {
+		t.Run(fmt.Sprintf("piece length %d MiB", pl>>20), func(t *testing.T) {
+			fx := newFixture(t)
+			a := startPeerWith(t, fx, "a", peerOpts{pieceLength: pl})
+			b := startPeerWith(t, fx, "b", peerOpts{pieceLength: pl})
+			if err := a.readAll(t, fx); err != nil {
+				t.Fatal(err)
+			}
+			b.useParents(a)
+			if err := b.readAll(t, fx); err != nil {
+				t.Fatal(err)
+			}
+			b.holdAll(t)
+			if got := b.src.bytes.Load(); got != 0 {
+				t.Errorf("peer b read %d bytes from the source, want 0 (all from its parent)", got)
+			}
+			if got := a.src.bytes.Load(); got != int64(len(fx.blob)) {
+				t.Errorf("peer a read %d bytes from the source, want every byte of the blob once (%d)", got, len(fx.blob))
+			}
+			tk := b.task(t)
+			if got := counter(t, b.m.met.pieces.WithLabelValues(trafficParent)); got != float64(tk.lay.count) {
+				t.Errorf("peer b got %v pieces from its parent, want %d", got, tk.lay.count)
+			}
+			for _, p := range []*testPeer{a, b} {
+				info, err := p.m.Task(context.Background(), tk.id)
+				if err != nil || !info.Done {
+					t.Errorf("task %+v, %v: want every piece held", info, err)
+				}
+				p.storedMatches(t, fx)
+			}
+		})
+	}
+}
+
+// One verified copy: a blob read through a mount is stored once, compressed, as it is in the blob.
+func TestOneCopyInTheStore(t *testing.T) {
 	fx := newFixture(t)
-	a, b := startPeer(t, fx, "a"), startPeer(t, fx, "b")
+	a := startPeer(t, fx, "a")
 	if err := a.readAll(t, fx); err != nil {
 		t.Fatal(err)
 	}
-	if got := a.src.bytes.Load(); got != int64(len(fx.blob)) {
-		t.Errorf("peer a read %d bytes from the source, want the whole blob once (%d)", got, len(fx.blob))
-	}
-	info, err := a.m.Task(context.Background(), TaskID("http://registry.test/v2/app/blobs/sha256:"+fx.blobID, 0))
-	if err != nil {
+	a.holdAll(t)
+	if err := a.st.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if !info.Done || len(info.Held) != 3 {
-		t.Fatalf("peer a holds %d verified pieces (done %v), want all 3", len(info.Held), info.Done)
-	}
-	b.useParents(a)
-	if err := b.readAll(t, fx); err != nil {
-		t.Fatal(err)
-	}
-	if got := b.src.bytes.Load(); got != 0 {
-		t.Errorf("peer b read %d bytes from the source, want 0 (all from its parent)", got)
-	}
-	if got := counter(t, b.m.met.pieces.WithLabelValues(trafficParent)); got != 3 {
-		t.Errorf("peer b got %v pieces from its parent, want 3", got)
-	}
-	if got := counter(t, a.m.met.served); got != 3 {
-		t.Errorf("peer a served %v pieces, want 3", got)
+	s := a.st.Stats()
+	if s.VerifiedBytes != int64(len(fx.blob)) || s.PendingBytes != 0 {
+		t.Errorf("store: %+v, want exactly the blob's %d bytes verified", s, len(fx.blob))
 	}
 }
 
@@ -263,6 +403,7 @@ func TestDemandTravelsToTheParent(t *testing.T) {
 	if err := b.readAll(t, fx); err != nil {
 		t.Fatal(err)
 	}
+	b.holdAll(t)
 	if got := b.src.bytes.Load(); got != 0 {
 		t.Errorf("peer b read %d bytes from the source, want 0", got)
 	}
@@ -286,6 +427,7 @@ func testLyingParent(t *testing.T, mode int32) {
 	if err := a.readAll(t, fx); err != nil {
 		t.Fatal(err)
 	}
+	a.holdAll(t)
 	a.corrupt.Store(mode)
 	b.useParents(a)
 	if err := b.readAll(t, fx); err != nil {
@@ -294,14 +436,54 @@ func testLyingParent(t *testing.T, mode int32) {
 	if got := counter(t, b.m.met.badPieces); got < 1 {
 		t.Errorf("bad pieces counted: %v, want >= 1", got)
 	}
-	if got := b.src.bytes.Load(); got != int64(len(fx.blob)) {
-		t.Errorf("peer b read %d bytes from the source, want the whole blob (%d) once its parent was caught", got, len(fx.blob))
+	if got := b.src.bytes.Load(); got == 0 || got > int64(len(fx.blob)) {
+		t.Errorf("peer b read %d bytes from the source, want some and at most the blob (%d) once its parent was caught", got, len(fx.blob))
 	}
-	for _, tk := range b.m.tasks {
-		if !tk.blocked["a"] {
-			t.Error("the lying parent is not avoided")
-		}
+	tk := b.task(t)
+	tk.mu.Lock()
+	blocked := tk.blocked["a"]
+	tk.mu.Unlock()
+	if !blocked {
+		t.Error("the lying parent is not avoided")
 	}
+	b.storedMatches(t, fx)
+}
+
+// Bytes no chunk covers (the blob's tail: blob.meta, ToC, tar headers) are checked against the
+// blob digest: a parent that lies there is caught, its bytes dropped, and the piece comes again.
+func TestLyingParentInBytesNoChunkCovers(t *testing.T) {
+	fx := newFixture(t)
+	a, b := startPeer(t, fx, "a"), startPeer(t, fx, "b")
+	a.holdAll(t)
+	cs := blobChunks(fx.img, 0)
+	last := cs[len(cs)-1]
+	tail := int64(last.CompressedOffset) + int64(last.CompressedSize)
+	if tail >= int64(len(fx.blob)) {
+		t.Fatal("the fixture blob has no bytes after its chunks")
+	}
+	a.corruptAt.Store(tail + 3)
+	a.corrupt.Store(2)
+	b.useParents(a)
+	tk := b.task(t)
+	lastPiece := tk.lay.count - 1
+	// The first attempt gets the lie; it is dropped, a is avoided, and the source gives the truth.
+	if _, err := b.m.WaitPiece(context.Background(), tk.id, lastPiece); err == nil {
+		// Already healed within the call: fine.
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !tk.held(lastPiece) && time.Now().Before(deadline) {
+		_, _ = b.m.WaitPiece(context.Background(), tk.id, lastPiece)
+	}
+	if !tk.held(lastPiece) {
+		t.Fatal("the last piece never became held")
+	}
+	tk.mu.Lock()
+	blocked := tk.blocked["a"]
+	tk.mu.Unlock()
+	if !blocked {
+		t.Error("the parent that lied in uncovered bytes is not avoided")
+	}
+	b.storedMatches(t, fx)
 }
 
 func TestDeadParentFallsBackToSource(t *testing.T) {
@@ -320,46 +502,77 @@ func TestDeadParentFallsBackToSource(t *testing.T) {
 	}
 }
 
+// lyingOnce serves wrong bytes for the first request that covers off (every one with always),
+// then the truth.
+type lyingOnce struct {
+	*countingSource
+	off    int64
+	always bool
+	lied   atomic.Bool
+}
+
+func (s *lyingOnce) ReadRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
+	rc, err := s.countingSource.ReadRange(ctx, id, off, n)
+	if err != nil || s.off < off || s.off >= off+n || (s.lied.Swap(true) && !s.always) {
+		return rc, err
+	}
+	data, _ := io.ReadAll(rc)
+	rc.Close()
+	data[s.off-off] ^= 0xff
+	return io.NopCloser(bytes.NewReader(data)), nil
+}
+
+// One wrong answer from the source for a chunk across two pieces costs one refetch.
+func TestSourceLieCostsOneRefetch(t *testing.T) {
+	fx := newFixture(t)
+	a := startPeerWith(t, fx, "a", peerOpts{noServers: true})
+	tk := a.task(t)
+	var straddler rafs.Chunk
+	for _, c := range blobChunks(fx.img, 0) {
+		if f, l := tk.lay.span(c.CompressedOffset, uint64(c.CompressedSize)); f != l {
+			straddler = c
+			break
+		}
+	}
+	if straddler.CompressedSize == 0 {
+		t.Fatal("no chunk straddles two pieces")
+	}
+	liar := &lyingOnce{countingSource: a.src, off: int64(straddler.CompressedOffset) + int64(straddler.CompressedSize) - 5}
+	tk.setSource(liar)
+	// Fill the two pieces as peers would ask for them, then read the chunk through the mount.
+	f, l := tk.lay.span(straddler.CompressedOffset, uint64(straddler.CompressedSize))
+	for n := f; n <= l; n++ {
+		off, ln := tk.lay.bounds(n)
+		_ = tk.fill(context.Background(), int64(off), int64(ln), false)
+	}
+	data, err := a.im.ReadChunk(context.Background(), fx.img.Blobs[0], &straddler, nil)
+	if err != nil {
+		t.Fatalf("after one lie the chunk is still unreadable: %v", err)
+	}
+	if len(data) != int(straddler.UncompressedSize) {
+		t.Fatalf("%d bytes", len(data))
+	}
+	if !liar.lied.Load() {
+		t.Fatal("the source never lied: the test proves nothing")
+	}
+	a.storedMatches(t, fx)
+}
+
 func TestPiecesSurviveRestart(t *testing.T) {
 	fx := newFixture(t)
 	dir := t.TempDir()
-	st, err := store.Open(filepath.Join(dir, "store"), store.DefaultOptions())
-	if err != nil {
+	a := startPeerWith(t, fx, "a", peerOpts{dir: dir, noServers: true})
+	if err := a.readAll(t, fx); err != nil {
 		t.Fatal(err)
 	}
-	src := &countingSource{inner: source.NewLocal(fx.blobDir)}
-	img := daemon.AttachedImage{Name: "t", RAFS: fx.img, Source: src,
-		Blobs: []daemon.BlobRef{{ID: fx.blobID, URL: "http://r/v2/a/blobs/sha256:" + fx.blobID, Size: int64(len(fx.blob))}}}
-	open := func() (*Manager, source.Source) {
-		m, err := New(Config{HostID: "h", Store: st, IndexPath: filepath.Join(dir, "pieces.db")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := m.Attach(context.Background(), img)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m, s
-	}
-	m, s := open()
-	p := &testPeer{m: m, attach: s}
-	if err := p.readAll(t, fx); err != nil {
+	a.stop()
+	b := startPeerWith(t, fx, "a", peerOpts{dir: dir, noServers: true})
+	if err := b.readAll(t, fx); err != nil {
 		t.Fatal(err)
 	}
-	s.Close()
-	m.Close()
-	before := src.bytes.Load()
-	m, s = open()
-	defer m.Close()
-	defer s.Close()
-	p = &testPeer{m: m, attach: s}
-	if err := p.readAll(t, fx); err != nil {
-		t.Fatal(err)
-	}
-	if got := src.bytes.Load() - before; got != 0 {
+	if got := b.src.bytes.Load(); got != 0 {
 		t.Errorf("after a restart the peer read %d bytes from the source, want 0", got)
 	}
-	st.Close()
 }
 
 func TestUnknownTask(t *testing.T) {
@@ -400,24 +613,36 @@ func TestSmallReadBackToSourceComesFirstAndThePieceOnce(t *testing.T) {
 	if reqs := a.src.requests(); len(reqs) == 0 || reqs[0] != [2]int64{int64(c.CompressedOffset), int64(c.CompressedSize)} {
 		t.Fatalf("first source request %v, want just the read's range [%d +%d]", reqs, c.CompressedOffset, c.CompressedSize)
 	}
+	tk := a.task(t)
 	deadline := time.Now().Add(10 * time.Second)
-	for a.src.bytes.Load() < 4<<20 && time.Now().Before(deadline) {
+	for !tk.held(1) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond)
-	if got := a.src.bytes.Load(); got != 4<<20 {
-		t.Errorf("source sent %d bytes, want the piece (%d) exactly once", got, 4<<20)
+	if !tk.held(1) {
+		t.Fatal("the piece was not completed in the background")
+	}
+	// No byte twice: the requests are disjoint, and they cover the piece (and the parts of the
+	// chunks across its edges).
+	reqs := a.src.requests()
+	sort.Slice(reqs, func(i, j int) bool { return reqs[i][0] < reqs[j][0] })
+	var total int64
+	for i, r := range reqs {
+		total += r[1]
+		if i > 0 && reqs[i-1][0]+reqs[i-1][1] > r[0] {
+			t.Errorf("requests %v and %v overlap", reqs[i-1], r)
+		}
+	}
+	if total < 4<<20 || total > 4<<20+2*int64(256<<10) {
+		t.Errorf("source sent %d bytes, want the piece (%d) and at most the two chunks across its edges", total, 4<<20)
 	}
 }
 
+// One blob pushed to two repositories is two tasks (two URLs) over one copy in the store: a peer
+// holding the pieces of one serves the other without going back to source.
 func TestSameBlobInAnotherRepositoryIsServedFromTheFirstTasksPieces(t *testing.T) {
-	// One blob pushed to two repositories is two tasks (two URLs); a peer holding the pieces of one
-	// serves the other without going back to source.
 	fx := newFixture(t)
 	a := startPeer(t, fx, "a")
-	if err := a.readAll(t, fx); err != nil {
-		t.Fatal(err)
-	}
+	a.holdAll(t)
 	before := a.src.bytes.Load()
 	other, err := a.m.Attach(context.Background(), daemon.AttachedImage{Name: "other", RAFS: fx.img, Source: a.src,
 		Blobs: []daemon.BlobRef{{ID: fx.blobID, URL: "http://registry.test/v2/other/blobs/sha256:" + fx.blobID, Size: int64(len(fx.blob))}}})
@@ -426,16 +651,89 @@ func TestSameBlobInAnotherRepositoryIsServedFromTheFirstTasksPieces(t *testing.T
 	}
 	defer other.Close()
 	otherID := TaskID("http://registry.test/v2/other/blobs/sha256:"+fx.blobID, 0)
-	for n := uint32(0); n < 3; n++ {
-		if _, err := a.m.WaitPiece(context.Background(), otherID, n); err != nil {
-			t.Fatal(err)
-		}
+	info, err := a.m.Task(context.Background(), otherID)
+	if err != nil || !info.Done {
+		t.Errorf("second task: %+v, %v; want all pieces held", info, err)
 	}
 	if got := a.src.bytes.Load() - before; got != 0 {
 		t.Errorf("the second repository's task read %d bytes from the source, want 0", got)
 	}
-	info, err := a.m.Task(context.Background(), otherID)
-	if err != nil || !info.Done {
-		t.Errorf("second task: %+v, %v; want all pieces held", info, err)
+}
+
+// A manifest that lies about a blob's size is refused before anything is allocated for it.
+func TestLyingManifestSizeIsRefused(t *testing.T) {
+	fx := newFixture(t)
+	a := startPeer(t, fx, "a")
+	for _, size := range []int64{int64(len(fx.blob)) + 1, 1 << 50} {
+		_, err := a.m.Attach(context.Background(), daemon.AttachedImage{Name: "liar", RAFS: fx.img, Source: a.src,
+			Blobs: []daemon.BlobRef{{ID: fx.blobID, URL: "http://registry.test/v2/liar/blobs/sha256:" + fx.blobID, Size: size}}})
+		if err == nil {
+			t.Errorf("a manifest size of %d for a %d-byte blob was accepted", size, len(fx.blob))
+		}
+	}
+}
+
+// The last detach of an image ends its tasks: nothing of them is left in the manager.
+func TestDetachReleasesTasks(t *testing.T) {
+	fx := newFixture(t)
+	a := startPeer(t, fx, "a")
+	if err := a.readAll(t, fx); err != nil {
+		t.Fatal(err)
+	}
+	tk := a.task(t)
+	a.im.Close()
+	a.attach.Close()
+	a.m.mu.Lock()
+	n := len(a.m.tasks)
+	a.m.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d tasks left after the last detach", n)
+	}
+	if tk.ctx.Err() == nil {
+		t.Error("the task's context is still live")
+	}
+	if _, err := a.m.Task(context.Background(), tk.id); !errors.Is(err, upload.ErrTaskNotFound) {
+		t.Errorf("Task after detach: %v, want ErrTaskNotFound", err)
+	}
+}
+
+// A seed download of a blob no mounted image describes holds nothing until the whole blob
+// matches its digest; a source that lies once costs a refetch, one that keeps lying leaves
+// nothing behind.
+func TestSeedDownloadIsHeldOnlyOnceTheBlobMatches(t *testing.T) {
+	fx := newFixture(t)
+	for _, lie := range []bool{false, true} {
+		t.Run(fmt.Sprintf("source keeps lying %v", lie), func(t *testing.T) {
+			s := startPeerWith(t, fx, "seed", peerOpts{noServers: true})
+			s.im.Close()
+			s.attach.Close()
+			var src source.Source = s.src
+			if lie {
+				src = &lyingOnce{countingSource: s.src, off: int64(len(fx.blob)) - 10, always: true}
+			}
+			s.m.cfg.OpenURL = func(ctx context.Context, url string) (source.Source, string, int64, error) {
+				return src, fx.blobID, int64(len(fx.blob)), nil
+			}
+			url := "http://registry.test/v2/seeded/blobs/sha256:" + fx.blobID
+			id := TaskID(url, 0)
+			_, err := s.m.DownloadTask(context.Background(), id, &commonv2.Download{Url: url}, nil)
+			b, _ := s.st.Lookup(fx.blobID)
+			if lie {
+				if !errors.Is(err, peer.ErrWholeBlob) {
+					t.Fatalf("download from a lying source: %v, want ErrWholeBlob", err)
+				}
+				if b != nil && (b.VerifiedBytes() != 0 || len(b.Pending()) != 0) {
+					t.Fatalf("a failed seed download left %d verified and %d pending ranges", b.VerifiedBytes(), len(b.Pending()))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b == nil || b.VerifiedBytes() != int64(len(fx.blob)) {
+				t.Fatal("the seed does not hold the blob")
+			}
+			s.storedMatches(t, fx)
+		})
 	}
 }

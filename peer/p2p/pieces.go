@@ -1,10 +1,6 @@
 package p2p
 
-import (
-	"math/bits"
-
-	"github.com/dfnydus/dfnydus/rafs"
-)
+import "math/bits"
 
 // Piece lengths, as the Rust dfdaemon chooses them (dragonfly-client-util/src/... piece length
 // calculation: next_power_of_two(content_length / 500) clamped to [4 MiB, 64 MiB]); the scheduler
@@ -34,10 +30,16 @@ type layout struct {
 	count       uint32
 }
 
+// newLayout cuts size bytes in pieces. The caller bounds size and pieceLength (a blob is at most
+// 1 TiB and a piece at least 4 MiB), so the count fits 32 bits with room to spare.
 func newLayout(size, pieceLength uint64) layout {
 	n := (size + pieceLength - 1) / pieceLength
 	return layout{size: size, pieceLength: pieceLength, count: uint32(n)}
 }
+
+// ValidPieceLength reports whether a forced piece length is one Dragonfly peers use: 4 MiB to
+// 64 MiB (the scheduler refuses shorter pieces; the Rust client never cuts longer ones).
+func ValidPieceLength(n uint64) bool { return n >= MinPieceLength && n <= MaxPieceLength }
 
 // bounds returns piece n's byte range [off, off+length).
 func (l layout) bounds(n uint32) (off, length uint64) {
@@ -49,26 +51,4 @@ func (l layout) bounds(n uint32) (off, length uint64) {
 // span returns the pieces covering [off, off+n).
 func (l layout) span(off, n uint64) (first, last uint32) {
 	return uint32(off / l.pieceLength), uint32((off + n - 1) / l.pieceLength)
-}
-
-// chunkTable is what verification needs to know of a blob: its distinct chunks by compressed
-// offset, and for every piece the chunks that touch it.
-type chunkTable struct {
-	blob    *rafs.Blob
-	chunks  []rafs.Chunk
-	byPiece [][]int32 // piece number -> indices into chunks overlapping it
-}
-
-func newChunkTable(b *rafs.Blob, chunks []rafs.Chunk, l layout) *chunkTable {
-	t := &chunkTable{blob: b, chunks: chunks, byPiece: make([][]int32, l.count)}
-	for i, c := range chunks {
-		if c.CompressedSize == 0 || c.CompressedOffset+uint64(c.CompressedSize) > l.size {
-			continue // a chunk outside the blob fails its own read; it cannot vouch for a piece
-		}
-		first, last := l.span(c.CompressedOffset, uint64(c.CompressedSize))
-		for p := first; p <= last; p++ {
-			t.byPiece[p] = append(t.byPiece[p], int32(i))
-		}
-	}
-	return t
 }

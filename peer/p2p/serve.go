@@ -2,10 +2,9 @@ package p2p
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"time"
@@ -17,70 +16,102 @@ import (
 	"github.com/dfnydus/dfnydus/peer/vortex"
 )
 
-// Task implements upload.Tasks.
+// Task implements upload.Tasks: what another peer (SyncPieces) or the scheduler (StatTask) sees
+// of a task. Held pieces are those the store has verified, nothing else.
 func (m *Manager) Task(ctx context.Context, id string) (upload.TaskInfo, error) {
 	t, err := m.lookup(id)
 	if err != nil {
 		return upload.TaskInfo{}, err
 	}
 	info := upload.TaskInfo{ID: t.id, URL: t.url, PieceLength: t.lay.pieceLength, ContentLength: t.lay.size, PieceCount: t.lay.count}
-	t.mu.Lock()
-	for n, r := range t.held {
-		if r.Verified {
-			off, l := t.lay.bounds(n)
-			info.Held = append(info.Held, upload.PieceInfo{Number: n, Offset: off, Length: l, Digest: crcDigest(r.CRC32)})
+	for n := uint32(0); n < t.lay.count; n++ {
+		if !t.held(n) {
+			continue
 		}
+		crc, err := t.pieceCRC(n)
+		if err != nil {
+			continue
+		}
+		off, l := t.lay.bounds(n)
+		info.Held = append(info.Held, upload.PieceInfo{Number: n, Offset: off, Length: l, Digest: crcDigest(crc)})
 	}
-	t.mu.Unlock()
 	info.Done = uint32(len(info.Held)) == t.lay.count
 	return info, nil
 }
 
 // WaitPiece implements upload.Tasks: another peer asked for a piece; it is fetched now if this peer
 // does not hold it yet (demand travels up the tree of parents to whoever goes back to source).
+// A piece holding bytes no chunk covers is held only once the whole blob is here and matches its
+// digest, so asking for it brings in the whole blob.
 func (m *Manager) WaitPiece(ctx context.Context, id string, n uint32) (upload.PieceInfo, error) {
 	t, err := m.lookup(id)
 	if err != nil {
 		return upload.PieceInfo{}, err
 	}
-	r, err := t.verifiedPiece(ctx, n)
+	if n >= t.lay.count {
+		return upload.PieceInfo{}, fmt.Errorf("task %s: piece %d of %d: %w", id, n, t.lay.count, upload.ErrTaskNotFound)
+	}
+	off, l := t.lay.bounds(n)
+	if err := t.fill(ctx, int64(off), int64(l), false); err != nil && !t.bl.Store().Covered(int64(off), int64(l)) {
+		return upload.PieceInfo{}, err
+	}
+	if !t.held(n) {
+		if err := t.whole(ctx); err != nil {
+			return upload.PieceInfo{}, err
+		}
+	}
+	crc, err := t.pieceCRC(n)
 	if err != nil {
 		return upload.PieceInfo{}, err
 	}
-	off, l := t.lay.bounds(n)
-	return upload.PieceInfo{Number: n, Offset: off, Length: l, Digest: crcDigest(r.CRC32)}, nil
+	return upload.PieceInfo{Number: n, Offset: off, Length: l, Digest: crcDigest(crc)}, nil
 }
 
-// ServePiece is the Vortex handler: the bytes of a verified piece.
-func (m *Manager) ServePiece(ctx context.Context, id string, n uint32) (vortex.Piece, []byte, error) {
+// whole brings every byte of the blob in and checks the bytes no chunk covers against the blob's
+// digest.
+func (t *task) whole(ctx context.Context) error {
+	if err := t.fill(ctx, 0, int64(t.lay.size), false); err != nil && !t.bl.Store().Covered(0, int64(t.lay.size)) {
+		return err
+	}
+	return t.bl.CheckWhole(ctx)
+}
+
+// ServePiece is the Vortex handler: a held piece, streamed from the store (pinned against
+// eviction while it is sent), never held whole in memory.
+func (m *Manager) ServePiece(ctx context.Context, id string, n uint32) (vortex.Piece, io.ReadCloser, error) {
 	t, err := m.lookup(id)
 	if err != nil {
 		return vortex.Piece{}, nil, fmt.Errorf("%w: %w", vortex.ErrPieceNotFound, err)
 	}
-	t.mu.Lock()
-	r, ok := t.held[n]
-	t.mu.Unlock()
-	if !ok || !r.Verified {
+	if n >= t.lay.count || !t.held(n) {
 		return vortex.Piece{}, nil, fmt.Errorf("task %s piece %d not held: %w", id, n, vortex.ErrPieceNotFound)
 	}
-	data, ok, err := t.readHeld(ctx, n, r)
+	t.touch()
+	crc, err := t.pieceCRC(n)
 	if err != nil {
-		return vortex.Piece{}, nil, err
-	}
-	if !ok {
-		return vortex.Piece{}, nil, fmt.Errorf("task %s piece %d lost from the store: %w", id, n, vortex.ErrPieceNotFound)
+		return vortex.Piece{}, nil, fmt.Errorf("task %s piece %d: %w: %w", id, n, vortex.ErrPieceNotFound, err)
 	}
 	off, l := t.lay.bounds(n)
+	rc, err := t.bl.Store().OpenRange(int64(off), int64(l))
+	if err != nil {
+		return vortex.Piece{}, nil, fmt.Errorf("task %s piece %d: %w: %w", id, n, vortex.ErrPieceNotFound, err)
+	}
 	m.met.served.Inc()
 	m.met.servedBytes.Add(float64(l))
-	return vortex.Piece{Number: n, Offset: off, Length: l, Digest: crcDigest(r.CRC32), ParentID: t.peerID,
-		TrafficType: vortex.TrafficTypeRemotePeer, CreatedAt: time.Now()}, data, nil
+	return vortex.Piece{Number: n, Offset: off, Length: l, Digest: crcDigest(crc), ParentID: t.peerID,
+		TrafficType: vortex.TrafficTypeRemotePeer, CreatedAt: time.Now()}, rc, nil
 }
 
 // DownloadTask implements upload.Tasks: the scheduler asks this (seed) peer to hold a whole task.
+// Every byte of a blob no mounted image describes stays pending until the whole blob matches the
+// digest in its URL; only then are its pieces held, listed and served. A failed check drops them.
 func (m *Manager) DownloadTask(ctx context.Context, id string, d *commonv2.Download, progress func(upload.PieceInfo)) (upload.TaskInfo, error) {
 	t, err := m.lookup(id)
-	if err != nil {
+	if err == nil {
+		m.mu.Lock()
+		t.refs++
+		m.mu.Unlock()
+	} else {
 		if m.cfg.OpenURL == nil {
 			return upload.TaskInfo{}, fmt.Errorf("task %s: this peer cannot download by URL", id)
 		}
@@ -91,18 +122,26 @@ func (m *Manager) DownloadTask(ctx context.Context, id string, d *commonv2.Downl
 		if size <= 0 {
 			return upload.TaskInfo{}, fmt.Errorf("task %s: %s has no size", id, d.GetUrl())
 		}
-		if t, err = m.task(id, d.GetUrl(), blobID, uint64(size), src, d.GetNeedBackToSource()); err != nil {
+		t, err = m.acquire(taskSpec{id: id, url: d.GetUrl(), blobID: blobID, size: size, src: src, seed: true,
+			backToSource: d.GetNeedBackToSource()})
+		if err != nil {
 			return upload.TaskInfo{}, err
 		}
+		m.mu.Lock()
+		t.refs++ // this call's, besides the one the idle timer drops
+		m.mu.Unlock()
 	}
+	// A seed task's own reference is dropped by its idle timer; this call's reference now.
+	defer m.release(t)
+	t.touch()
 	if err := t.downloadAll(ctx, progress); err != nil {
 		return upload.TaskInfo{}, err
 	}
 	return m.Task(ctx, id)
 }
 
-// downloadAll fetches every piece (a few at a time), reporting each as it is held, and checks the
-// whole blob against its digest when no chunk table vouched for the pieces.
+// downloadAll fetches the whole blob a few pieces at a time, then checks it, reporting each piece
+// as it is held.
 func (t *task) downloadAll(ctx context.Context, progress func(upload.PieceInfo)) error {
 	var (
 		wg       sync.WaitGroup
@@ -116,18 +155,17 @@ func (t *task) downloadAll(ctx context.Context, progress func(upload.PieceInfo))
 		go func(n uint32) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			r, err := t.verifiedPiece(ctx, n)
-			mu.Lock()
-			defer mu.Unlock()
+			off, l := t.lay.bounds(n)
+			err := t.fill(ctx, int64(off), int64(l), false)
+			if err != nil && t.bl.Store().Covered(int64(off), int64(l)) {
+				err = nil // pending until the whole-blob check
+			}
 			if err != nil {
+				mu.Lock()
 				if firstErr == nil {
 					firstErr = err
 				}
-				return
-			}
-			if progress != nil {
-				off, l := t.lay.bounds(n)
-				progress(upload.PieceInfo{Number: n, Offset: off, Length: l, Digest: crcDigest(r.CRC32)})
+				mu.Unlock()
 			}
 		}(n)
 	}
@@ -135,62 +173,50 @@ func (t *task) downloadAll(ctx context.Context, progress func(upload.PieceInfo))
 	if firstErr != nil {
 		return firstErr
 	}
-	t.mu.Lock()
-	table := t.table
-	t.mu.Unlock()
-	if table == nil {
-		if err := t.checkBlobDigest(ctx); err != nil {
-			t.log.Error("downloaded blob does not match its digest: dropping it", zap.Error(err))
-			for n := uint32(0); n < t.lay.count; n++ {
-				t.forget(n)
+	if err := t.bl.CheckWhole(ctx); err != nil {
+		t.log.Error("downloaded blob does not match its digest: dropped", zap.Error(err))
+		return err
+	}
+	if progress != nil {
+		for n := uint32(0); n < t.lay.count; n++ {
+			if !t.held(n) {
+				return fmt.Errorf("task %s: piece %d not held after the download", t.id, n)
 			}
-			return err
+			crc, err := t.pieceCRC(n)
+			if err != nil {
+				return err
+			}
+			off, l := t.lay.bounds(n)
+			progress(upload.PieceInfo{Number: n, Offset: off, Length: l, Digest: crcDigest(crc)})
 		}
 	}
 	return nil
 }
 
-// checkBlobDigest hashes the held pieces in order and compares with the blob id.
-func (t *task) checkBlobDigest(ctx context.Context) error {
-	h := sha256.New()
-	for n := uint32(0); n < t.lay.count; n++ {
-		t.mu.Lock()
-		r, ok := t.held[n]
-		t.mu.Unlock()
-		if !ok {
-			return fmt.Errorf("task %s: piece %d missing", t.id, n)
-		}
-		data, ok, err := t.readHeld(ctx, n, r)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("task %s: piece %d lost from the store", t.id, n)
-		}
-		h.Write(data)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != t.blobID {
-		return fmt.Errorf("task %s: blob sha256 %s, want %s: %w", t.id, got, t.blobID, ErrBadPiece)
-	}
-	return nil
-}
-
-// DeleteTask implements upload.Tasks.
+// DeleteTask implements upload.Tasks: a task no mount uses is ended and its blob's bytes dropped
+// from the store unless a mounted image still uses the blob.
 func (m *Manager) DeleteTask(ctx context.Context, id string) error {
 	m.mu.Lock()
 	t, ok := m.tasks[id]
-	if ok && t.refs > 0 {
+	if ok && (!t.seed || t.refs > 1) {
 		m.mu.Unlock()
-		return fmt.Errorf("task %s is in use by a mount", id)
+		return fmt.Errorf("task %s is in use", id)
 	}
-	delete(m.tasks, id)
-	m.met.tasks.Set(float64(len(m.tasks)))
+	if ok {
+		delete(m.tasks, id)
+		m.met.tasks.Set(float64(len(m.tasks)))
+	}
 	m.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("task %s: %w", id, upload.ErrTaskNotFound)
 	}
 	t.close()
-	return m.index.removeTask(id)
+	if !m.f.BlobInUse(t.blobID) {
+		if err := m.f.Store().Remove(t.blobID); err != nil {
+			return fmt.Errorf("task %s: drop blob %s: %w", id, t.blobID, err)
+		}
+	}
+	return nil
 }
 
 // BlobIDFromURL returns the hex digest of a registry blob URL (.../blobs/sha256:HEX).

@@ -283,7 +283,11 @@ log:
 	if err := os.MkdirAll(p.mp, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = nd.Command(context.Background(), testenv.Binary(t), "daemon", "--config", cfg)
+	bin := testenv.Binary(t)
+	if len(o.env) > 0 {
+		bin = testenv.FaultBinary(t) // the faults are environment variables only that build reads
+	}
+	p.cmd = nd.Command(context.Background(), bin, "daemon", "--config", cfg)
 	p.cmd.Env = append(os.Environ(), o.env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

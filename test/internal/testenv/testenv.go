@@ -52,6 +52,34 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
+var (
+	faultOnce sync.Once
+	faultPath string
+	faultErr  error
+	faultOut  []byte
+)
+
+// FaultBinary builds cmd/dfnydus with the faultinject tag (fault injection through environment
+// variables, which release builds do not have) once per test process and returns its path.
+func FaultBinary(t testing.TB) string {
+	t.Helper()
+	faultOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "dfnydus-faultbin-")
+		if err != nil {
+			faultErr = err
+			return
+		}
+		faultPath = filepath.Join(dir, "dfnydus")
+		cmd := exec.Command("go", "build", "-tags", "faultinject", "-o", faultPath, "./cmd/dfnydus")
+		cmd.Dir = RepoRoot()
+		faultOut, faultErr = cmd.CombinedOutput()
+	})
+	if faultErr != nil {
+		t.Fatalf("build dfnydus with faultinject: %v\n%s", faultErr, faultOut)
+	}
+	return faultPath
+}
+
 // Result is a finished command.
 type Result struct {
 	Stdout, Stderr string

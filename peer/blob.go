@@ -1,0 +1,287 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/blobstore"
+	"github.com/dfnydus/dfnydus/rafs"
+	"github.com/dfnydus/dfnydus/rafs/blob"
+)
+
+// Blob is one blob as this node holds it: its bytes in the store (one sparse file of the blob's
+// stored, compressed bytes), the chunk records the mounted images gave for it, and the reads in
+// flight. Accept is the one place where bytes of the blob enter the node, whoever fetched them (a
+// back-to-source read, a piece from another peer, a seed download): chunk bytes are checked
+// against their bootstrap digest there, once, and everything downstream (reads, the store, peers
+// asking for pieces) trusts what the store marks verified.
+type Blob struct {
+	f    *Fetcher
+	id   string
+	size int64
+	sb   *blobstore.Blob
+	log  *zap.Logger
+
+	mu           sync.Mutex
+	comp         rafs.Compressor
+	dig          rafs.Digester
+	described    bool         // an image gave the blob's compressor and digester
+	chunks       []rafs.Chunk // distinct chunks of every image using the blob, by CompressedOffset
+	checked      []bool       // chunks[i] was verified in this process (accepted, or hashed on its first read)
+	flights      map[uint64]*flight
+	refs         int
+	blame        map[int]func(origin string, off, n int64)
+	nextListener int
+	whole        wholeState
+}
+
+// wholeState is the check of bytes no chunk covers (tar headers, blob.meta, the ToC; everything of
+// a blob no mounted image describes) against the blob's own digest, its id.
+type wholeState struct {
+	running chan struct{} // closed when the running check ends; nil when none runs
+	err     error         // the last check's result
+	fails   int
+}
+
+// maxWholeFailures bounds how often the whole-blob check may fail before the node stops fetching
+// the uncovered bytes again by itself (a source that keeps serving wrong bytes).
+const maxWholeFailures = 3
+
+// flight is one chunk being fetched; readers of the chunk wait on done.
+type flight struct {
+	done chan struct{}
+	once sync.Once
+	data []byte // the uncompressed chunk, when the fetch decoded it for waiting readers
+	err  error
+}
+
+func (fl *flight) finish(data []byte, err error) {
+	fl.once.Do(func() {
+		fl.data, fl.err = data, err
+		close(fl.done)
+	})
+}
+
+// ErrSizeMismatch is wrapped when two descriptions of one blob disagree on its size.
+var ErrSizeMismatch = errors.New("blob size disagrees with what the node knows")
+
+// OpenBlob returns the node's handle of blob id (size bytes; meta, when not nil, gives its
+// compressor and digester), creating it on first use; every OpenBlob must be paired with a
+// Release. A size other than the one the node already knows is refused (a lying manifest).
+func (f *Fetcher) OpenBlob(id string, size int64, meta *rafs.Blob) (*Blob, error) {
+	if size <= 0 || size > maxBlobSize {
+		return nil, fmt.Errorf("blob %s: size %d out of range (1 to %d)", id, size, int64(maxBlobSize))
+	}
+	f.blobsMu.Lock()
+	defer f.blobsMu.Unlock()
+	b := f.blobs[id]
+	if b == nil {
+		sb, err := f.store.Blob(id, size)
+		if err != nil {
+			return nil, fmt.Errorf("blob %s: %w", id, err)
+		}
+		b = &Blob{f: f, id: id, size: size, sb: sb, flights: map[uint64]*flight{}, blame: map[int]func(string, int64, int64){},
+			log: f.log.With(zap.String("blob", id))}
+		f.blobs[id] = b
+	} else if b.size != size {
+		return nil, fmt.Errorf("blob %s: %w: %d bytes here, %d already", id, ErrSizeMismatch, size, b.size)
+	}
+	if meta != nil {
+		b.mu.Lock()
+		if b.described && (b.comp != meta.Compressor || b.dig != meta.Digester) {
+			b.mu.Unlock()
+			return nil, fmt.Errorf("blob %s: described with compressor %v and digester %v, already with %v and %v",
+				id, meta.Compressor, meta.Digester, b.comp, b.dig)
+		}
+		b.comp, b.dig, b.described = meta.Compressor, meta.Digester, true
+		b.mu.Unlock()
+	}
+	b.refs++
+	return b, nil
+}
+
+// maxBlobSize bounds a blob's size (1 TiB): a size from a manifest is not trusted to size memory.
+const maxBlobSize = 1 << 40
+
+// Release drops one reference; the last one forgets the chunk table (the stored bytes stay).
+func (b *Blob) Release() {
+	b.f.blobsMu.Lock()
+	defer b.f.blobsMu.Unlock()
+	b.refs--
+	if b.refs == 0 && b.f.blobs[b.id] == b {
+		delete(b.f.blobs, b.id)
+	}
+}
+
+// ID returns the blob id; Size its size in bytes.
+func (b *Blob) ID() string  { return b.id }
+func (b *Blob) Size() int64 { return b.size }
+
+// Store returns the blob's bytes in the store: what is verified there may be served to peers.
+func (b *Blob) Store() *blobstore.Blob { return b.sb }
+
+// addChunks merges an image's chunks of this blob into the table.
+func (b *Blob) addChunks(cs []rafs.Chunk) error {
+	for i := range cs {
+		c := &cs[i]
+		if c.CompressedSize == 0 || int64(c.CompressedOffset)+int64(c.CompressedSize) > b.size {
+			return fmt.Errorf("blob %s chunk %d: [%d, +%d) is outside the blob's %d bytes", b.id, c.Index, c.CompressedOffset, c.CompressedSize, b.size)
+		}
+		if c.CompressedSize > maxStoredChunk {
+			return fmt.Errorf("blob %s chunk %d: %d stored bytes, over the %d a chunk may take", b.id, c.Index, c.CompressedSize, maxStoredChunk)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	byOff := make(map[uint64]int, len(b.chunks)+len(cs))
+	merged := append([]rafs.Chunk(nil), b.chunks...)
+	checked := append([]bool(nil), b.checked...)
+	for i, c := range merged {
+		byOff[c.CompressedOffset] = i
+	}
+	for _, c := range cs {
+		if i, ok := byOff[c.CompressedOffset]; ok {
+			if merged[i].Digest != c.Digest || merged[i].CompressedSize != c.CompressedSize {
+				return fmt.Errorf("blob %s: two images describe the chunk at %d differently", b.id, c.CompressedOffset)
+			}
+			continue
+		}
+		byOff[c.CompressedOffset] = len(merged)
+		merged = append(merged, c)
+		checked = append(checked, false)
+	}
+	idx := make([]int, len(merged))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(x, y int) bool { return merged[idx[x]].CompressedOffset < merged[idx[y]].CompressedOffset })
+	b.chunks = make([]rafs.Chunk, len(merged))
+	b.checked = make([]bool, len(merged))
+	for i, j := range idx {
+		b.chunks[i], b.checked[i] = merged[j], checked[j]
+	}
+	return nil
+}
+
+// maxStoredChunk bounds the stored bytes of one chunk: the largest chunk plus the worst
+// compression overhead of any compressor (zstd's bound is about n + n/256 + a little; lz4's and
+// deflate's are a bit more), so no record makes a read allocate more.
+const maxStoredChunk = rafs.MaxChunkSize + rafs.MaxChunkSize/128 + 64<<10
+
+// find returns the index of the chunk at compressed offset off, or -1. b.mu must be held.
+func (b *Blob) findLocked(off uint64) int {
+	i := sort.Search(len(b.chunks), func(i int) bool { return b.chunks[i].CompressedOffset >= off })
+	if i < len(b.chunks) && b.chunks[i].CompressedOffset == off {
+		return i
+	}
+	return -1
+}
+
+// overlappingLocked returns the index range [lo, hi) of chunks overlapping [off, end). b.mu held.
+func (b *Blob) overlappingLocked(off, end int64) (lo, hi int) {
+	lo = sort.Search(len(b.chunks), func(i int) bool {
+		c := &b.chunks[i]
+		return int64(c.CompressedOffset)+int64(c.CompressedSize) > off
+	})
+	hi = lo
+	for hi < len(b.chunks) && int64(b.chunks[hi].CompressedOffset) < end {
+		hi++
+	}
+	return lo, hi
+}
+
+// OnBlame registers fn to hear about bytes that failed verification after they were kept pending
+// (a chunk across two pieces, the whole-blob check): origin is who sent them ("source" or a peer
+// id). The returned func unregisters it.
+func (b *Blob) OnBlame(fn func(origin string, off, n int64)) (cancel func()) {
+	b.mu.Lock()
+	id := b.nextListener
+	b.nextListener++
+	b.blame[id] = fn
+	b.mu.Unlock()
+	return func() {
+		b.mu.Lock()
+		delete(b.blame, id)
+		b.mu.Unlock()
+	}
+}
+
+func (b *Blob) blamed(origins []string, off, n int64) {
+	b.mu.Lock()
+	fns := make([]func(string, int64, int64), 0, len(b.blame))
+	for _, fn := range b.blame {
+		fns = append(fns, fn)
+	}
+	b.mu.Unlock()
+	for _, o := range origins {
+		for _, fn := range fns {
+			fn(o, off, n)
+		}
+	}
+}
+
+// decode turns a chunk's stored bytes into its data, verifying them unless this process already did.
+func (b *Blob) decode(src []byte, c *rafs.Chunk, buf []byte, verify bool) ([]byte, error) {
+	b.mu.Lock()
+	comp, dig := b.comp, b.dig
+	b.mu.Unlock()
+	return blob.DecodeChunk(src, b.id, c, comp, dig, verify, buf)
+}
+
+// key names chunk c in the memory cache.
+func (b *Blob) key(c *rafs.Chunk) memKey {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return memKey{b.dig, c.Digest}
+}
+
+// ChunksVerified reports whether every chunk the mounted images describe is verified in the store
+// (false while no image describes the blob).
+func (b *Blob) ChunksVerified() bool {
+	b.mu.Lock()
+	if len(b.chunks) == 0 {
+		b.mu.Unlock()
+		return false
+	}
+	var total int64
+	for i := range b.chunks {
+		total += int64(b.chunks[i].CompressedSize)
+	}
+	chunks := b.chunks
+	b.mu.Unlock()
+	// Cheap test first: the check below walks every chunk.
+	if b.sb.VerifiedBytes() < total {
+		return false
+	}
+	for i := range chunks {
+		if !b.sb.Verified(int64(chunks[i].CompressedOffset), int64(chunks[i].CompressedSize)) {
+			return false
+		}
+	}
+	return true
+}
+
+// WaitQuiet returns once no on-demand fetch is in flight and none ended lately: background work
+// (prefetch, completing pieces for other peers) waits on it so that a starting container's reads
+// have the link.
+func (f *Fetcher) WaitQuiet(ctx context.Context) error { return f.fg.waitQuiet(ctx, prefetchQuiet) }
+
+// ChunkSpan widens [off, off+n) to whole chunks: a piece is verified only with all of every chunk
+// that crosses its edges.
+func (b *Blob) ChunkSpan(off, n int64) (int64, int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lo, hi := b.overlappingLocked(off, off+n)
+	end := off + n
+	if lo < hi {
+		off = min(off, int64(b.chunks[lo].CompressedOffset))
+		last := &b.chunks[hi-1]
+		end = max(end, int64(last.CompressedOffset)+int64(last.CompressedSize))
+	}
+	return off, end - off
+}

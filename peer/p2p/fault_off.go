@@ -1,0 +1,9 @@
+//go:build !faultinject
+
+package p2p
+
+import "go.uber.org/zap"
+
+// faults is the identity in release builds: fault injection exists only in binaries built with
+// the faultinject tag, for the end-to-end suites.
+func faults(h pieceHandler, _ *zap.Logger) pieceHandler { return h }
