@@ -85,7 +85,7 @@ foreground until it is unmounted (dfnydus umount MOUNTPOINT) or signalled.`,
 }
 
 // request is the mount request the flags and arguments make; paths are made absolute.
-func (f *mountFlags) request(changed func(string) bool, sourceArg, mountpoint string) (daemon.MountRequest, error) {
+func (f *mountFlags) request(changed func(string) bool, log *zap.Logger, sourceArg, mountpoint string) (daemon.MountRequest, error) {
 	req := daemon.MountRequest{Ref: sourceArg, Platform: f.platform, AllowOther: f.allowOther, FuseDebug: f.fuseDbg}
 	for _, p := range []struct {
 		dst *string
@@ -118,7 +118,7 @@ func (f *mountFlags) request(changed func(string) bool, sourceArg, mountpoint st
 			req.PrefetchRate = -1 // asked for unlimited, not for the daemon's default
 		}
 	}
-	reg, err := f.reg.requestOptions(changed)
+	reg, err := f.reg.requestOptions(changed, log)
 	if err != nil {
 		return req, err
 	}
@@ -132,7 +132,7 @@ func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) erro
 	if len(args) == 2 {
 		sourceArg = args[0]
 	}
-	req, err := f.request(cmd.Flags().Changed, sourceArg, mountpoint)
+	req, err := f.request(cmd.Flags().Changed, g.log, sourceArg, mountpoint)
 	if err != nil {
 		return err
 	}
