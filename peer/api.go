@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dfnydus/dfnydus/internal/sockutil"
 )
 
 // SocketPath is where the mount serving mountpoint answers its API, under the cache dir: a short
@@ -47,10 +48,8 @@ func ServeAPI(path, mountpoint string, images func() []*Image, reg *prometheus.R
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("api socket dir: %w", err)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale api socket: %w", err)
-	}
-	ln, err := net.Listen("unix", path)
+	// 0600 from the moment it exists, whatever the umask; a stale socket is replaced atomically.
+	ln, err := sockutil.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}

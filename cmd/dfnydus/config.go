@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -101,28 +100,12 @@ func (f *mountFlags) daemonConfig() (daemon.Config, error) {
 	return cfg, nil
 }
 
-// registryCreds are --creds, else $DFNYDUS_CREDS, as registryFlags.client reads them.
-func registryCreds(f *registryFlags) (user, pass string, err error) {
-	creds := f.creds
-	if creds == "" {
-		creds = os.Getenv("DFNYDUS_CREDS")
-	}
-	if creds == "" {
-		return "", "", nil
-	}
-	user, pass, ok := strings.Cut(creds, ":")
-	if !ok {
-		return "", "", fmt.Errorf("--creds: want USER:PASSWORD")
-	}
-	return user, pass, nil
-}
-
 // requestOptions are the registry flags as a request's options (credentials included); nil when
 // none was given.
-func (f *registryFlags) requestOptions(changed func(string) bool) (*daemon.RegistryOptions, error) {
+func (f *registryFlags) requestOptions(changed func(string) bool, log *zap.Logger) (*daemon.RegistryOptions, error) {
 	o := &daemon.RegistryOptions{PlainHTTP: f.plainHTTP, Insecure: f.insecure, CAFile: f.caFile, DockerConfig: f.dockerCfg}
 	var err error
-	if o.Username, o.Password, err = registryCreds(f); err != nil {
+	if o.Username, o.Password, err = f.creds.get(log); err != nil {
 		return nil, err
 	}
 	for _, p := range []*string{&o.CAFile, &o.DockerConfig} {

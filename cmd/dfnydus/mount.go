@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	mountpointpkg "github.com/dfnydus/dfnydus/internal/mountpoint"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/daemon"
 )
@@ -39,6 +40,7 @@ type mountFlags struct {
 	platform            string
 	daemonSocket        string
 	foreground          bool
+	force               bool
 }
 
 // daemonOnlyFlags configure the process that owns the store: a mount through a running daemon
@@ -80,13 +82,14 @@ foreground until it is unmounted (dfnydus umount MOUNTPOINT) or signalled.`,
 	fl.StringVar(&f.readyFile, "ready-file", "", "write this file once the mount serves (for scripts)")
 	fl.StringVar(&f.platform, "platform", "", "platform to pick from an image index, os/arch[/variant] (default: this host's)")
 	fl.BoolVar(&f.foreground, "foreground", false, "serve in this process even when a daemon answers on --daemon-socket")
+	fl.BoolVar(&f.force, "force", false, "mount over a directory that already is a mount point (with --foreground; /proc, /sys and /dev are always refused)")
 	addDaemonSocketFlag(fl, &f.daemonSocket)
 	return cmd
 }
 
 // request is the mount request the flags and arguments make; paths are made absolute.
-func (f *mountFlags) request(changed func(string) bool, sourceArg, mountpoint string) (daemon.MountRequest, error) {
-	req := daemon.MountRequest{Ref: sourceArg, Platform: f.platform, AllowOther: f.allowOther, FuseDebug: f.fuseDbg}
+func (f *mountFlags) request(changed func(string) bool, log *zap.Logger, sourceArg, mountpoint string) (daemon.MountRequest, error) {
+	req := daemon.MountRequest{Ref: sourceArg, Platform: f.platform, AllowOther: f.allowOther, FuseDebug: f.fuseDbg, Force: f.force}
 	for _, p := range []struct {
 		dst *string
 		src string
@@ -118,7 +121,7 @@ func (f *mountFlags) request(changed func(string) bool, sourceArg, mountpoint st
 			req.PrefetchRate = -1 // asked for unlimited, not for the daemon's default
 		}
 	}
-	reg, err := f.reg.requestOptions(changed)
+	reg, err := f.reg.requestOptions(changed, log)
 	if err != nil {
 		return req, err
 	}
@@ -132,12 +135,21 @@ func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) erro
 	if len(args) == 2 {
 		sourceArg = args[0]
 	}
-	req, err := f.request(cmd.Flags().Changed, sourceArg, mountpoint)
+	req, err := f.request(cmd.Flags().Changed, g.log, sourceArg, mountpoint)
 	if err != nil {
+		return err
+	}
+	// Refuse a dangerous mountpoint before anything is fetched; the daemon checks again.
+	if _, err := mountpointpkg.Check(req.Mountpoint, f.force); err != nil {
 		return err
 	}
 	if !f.foreground {
 		c, err := connectDaemon(ctx, f.daemonSocket)
+		if c != nil && f.force {
+			c.Close()
+			// The control API has no force field: a daemon would refuse the mount after all.
+			return errors.New("--force needs --foreground: a daemon answers on --daemon-socket and does not mount over mount points")
+		}
 		if err != nil {
 			return err
 		}

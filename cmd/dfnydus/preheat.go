@@ -27,7 +27,7 @@ scheduler configured (scheduler.addrs).`,
 			if _, err := daemon.ParsePlatform(platform); err != nil {
 				return fmt.Errorf("--platform: %w", err)
 			}
-			ro, err := reg.requestOptions(cmd.Flags().Changed)
+			ro, err := reg.requestOptions(cmd.Flags().Changed, g.log)
 			if err != nil {
 				return err
 			}

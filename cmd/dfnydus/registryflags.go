@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
@@ -19,7 +18,7 @@ import (
 type registryFlags struct {
 	plainHTTP, insecure bool
 	caFile, dockerCfg   string
-	creds               string
+	creds               credsFlags
 	retries             int
 }
 
@@ -28,7 +27,7 @@ func (f *registryFlags) add(fl *pflag.FlagSet) {
 	fl.BoolVar(&f.insecure, "insecure", false, "skip TLS certificate verification")
 	fl.StringVar(&f.caFile, "ca-file", "", "extra CA certificates (PEM) to trust")
 	fl.StringVar(&f.dockerCfg, "docker-config", "", "docker config.json with credentials (default $DOCKER_CONFIG or ~/.docker/config.json)")
-	fl.StringVar(&f.creds, "creds", "", "USER:PASSWORD for the registry (default: from the docker config; env DFNYDUS_CREDS)")
+	f.creds.add(fl)
 	fl.IntVar(&f.retries, "retries", 5, "retries with backoff for failed registry requests")
 }
 
@@ -39,16 +38,9 @@ func (f *registryFlags) client(log *zap.Logger) (*registry.Client, error) {
 	}
 	o := registry.Options{PlainHTTP: f.plainHTTP, Insecure: f.insecure, CAFile: f.caFile, DockerConfig: f.dockerCfg,
 		Retries: retries, Logger: log, UserAgent: "dfnydus/" + version}
-	creds := f.creds
-	if creds == "" {
-		creds = os.Getenv("DFNYDUS_CREDS")
-	}
-	if creds != "" {
-		user, pass, ok := strings.Cut(creds, ":")
-		if !ok {
-			return nil, fmt.Errorf("--creds: want USER:PASSWORD")
-		}
-		o.Username, o.Password = user, pass
+	var err error
+	if o.Username, o.Password, err = f.creds.get(log); err != nil {
+		return nil, err
 	}
 	return registry.New(o)
 }

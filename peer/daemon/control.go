@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/dfnydus/dfnydus/internal/sockutil"
 	"github.com/dfnydus/dfnydus/peer"
 	controlv1 "github.com/dfnydus/dfnydus/proto/dfnydus/v1"
 )
@@ -60,16 +61,10 @@ func listenControl(path string) (net.Listener, error) {
 			c.Close()
 			return nil, fmt.Errorf("%w at %s", ErrRunning, path)
 		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale control socket: %w", err)
-		}
 	}
-	ln, err := net.Listen("unix", path)
+	// sockutil.Listen replaces a stale socket atomically and never lets a wider one exist.
+	ln, err := sockutil.Listen(path)
 	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	return ln, nil

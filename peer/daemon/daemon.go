@@ -76,6 +76,9 @@ type MountRequest struct {
 	Registry *RegistryOptions
 	// AllowOther lets other users see the mount (FUSE allow_other); FuseDebug logs every request.
 	AllowOther, FuseDebug bool
+	// Force mounts over a directory that already is a mount point (never over /proc, /sys, /dev).
+	// The control API does not carry it: only in-process callers (a foreground mount) set it.
+	Force bool
 }
 
 // MountInfo describes one mount of the daemon.

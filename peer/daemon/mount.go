@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dfnydus/dfnydus/fuse"
+	"github.com/dfnydus/dfnydus/internal/mountpoint"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
 )
@@ -183,7 +184,7 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 			m.undo()
 		}
 	}()
-	if err := prepareMountpoint(mp, m.log); err != nil {
+	if err := prepareMountpoint(mp, req.Force, m.log); err != nil {
 		return nil, err
 	}
 	oi, err := d.open(ctx, req)
@@ -378,8 +379,9 @@ func forceDetach(mp string, log *zap.Logger) {
 }
 
 // prepareMountpoint checks the mountpoint and clears a mount left by a dfnydus that was killed
-// (reads there fail with ENOTCONN).
-func prepareMountpoint(mp string, log *zap.Logger) error {
+// (reads there fail with ENOTCONN). It refuses /proc, /sys and /dev, and, unless force, a directory
+// that still is a mount point once a stale one is cleared (mounting there would hide it).
+func prepareMountpoint(mp string, force bool, log *zap.Logger) error {
 	fi, err := os.Stat(mp)
 	if errors.Is(err, unix.ENOTCONN) {
 		log.Warn("clearing a stale mount left by a killed process", zap.String("mountpoint", mp))
@@ -393,6 +395,9 @@ func prepareMountpoint(mp string, log *zap.Logger) error {
 	}
 	if !fi.IsDir() {
 		return fmt.Errorf("%w: mountpoint %s is not a directory", ErrInvalidRequest, mp)
+	}
+	if _, err := mountpoint.Check(mp, force); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	return nil
 }

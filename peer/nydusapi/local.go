@@ -21,6 +21,7 @@ import (
 
 	"github.com/dfnydus/dfnydus/blobstore"
 	"github.com/dfnydus/dfnydus/fuse"
+	"github.com/dfnydus/dfnydus/internal/mountpoint"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/rafs"
@@ -413,6 +414,11 @@ func prepareMountpoint(mp string, log *zap.Logger) error {
 	}
 	if err != nil {
 		return fmt.Errorf("mountpoint %s: %w", mp, err)
+	}
+	// nydus-snapshotter gives a fresh directory per snapshot (or the one a killed nydusd left,
+	// cleared above), so a live mount there is never its own and is not forced over.
+	if _, err := mountpoint.Check(mp, false); err != nil {
+		return err
 	}
 	return nil
 }

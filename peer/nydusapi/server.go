@@ -16,6 +16,8 @@ import (
 	"sync"
 
 	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/internal/sockutil"
 )
 
 // Endpoints of the nydusd API v1 (nydus-snapshotter v0.16.1 pkg/daemon/client.go).
@@ -111,10 +113,9 @@ func (s *Server) Listen(sock string) error {
 	if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
 		return fmt.Errorf("api socket directory: %w", err)
 	}
-	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale api socket %s: %w", sock, err)
-	}
-	ln, err := net.Listen("unix", sock)
+	// 0600 from the moment it exists: the API mounts and unmounts filesystems. A stale socket is
+	// replaced atomically.
+	ln, err := sockutil.Listen(sock)
 	if err != nil {
 		return fmt.Errorf("listen on api socket %s: %w", sock, err)
 	}

@@ -137,9 +137,14 @@ func fromTar(r io.Reader) ([]byte, error) {
 		if hdr.Size > MaxSize || hdr.Size < 0 {
 			return nil, fmt.Errorf("%s of %d bytes exceeds the %d limit", LayerPath, hdr.Size, MaxSize)
 		}
-		data := make([]byte, hdr.Size)
-		if _, err := io.ReadFull(tr, data); err != nil {
+		// Grow with what the tar really holds: a header claiming 1 GiB in a tiny (or truncated)
+		// layer must not cost 1 GiB up front.
+		data, err := io.ReadAll(tr)
+		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", LayerPath, err)
+		}
+		if int64(len(data)) != hdr.Size {
+			return nil, fmt.Errorf("read %s: %d of its %d bytes: %w", LayerPath, len(data), hdr.Size, io.ErrUnexpectedEOF)
 		}
 		return data, nil
 	}

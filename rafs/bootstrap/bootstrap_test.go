@@ -18,7 +18,7 @@ import (
 
 var fixtures = filepath.Join("..", "..", "testdata", "fixtures", "nydus")
 
-func layerTar(t *testing.T, name string, boot []byte) []byte {
+func layerTar(t testing.TB, name string, boot []byte) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -48,7 +48,7 @@ func zst(b []byte) []byte {
 }
 
 // blobWithBootstrap makes a nydus blob whose ToC carries the bootstrap inline.
-func blobWithBootstrap(t *testing.T, boot []byte) []byte {
+func blobWithBootstrap(t testing.TB, boot []byte) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	w := blob.NewWriter(&buf, blob.WriterOptions{Compressor: rafs.CompressZstd, Digester: rafs.DigestBlake3})
@@ -130,7 +130,7 @@ func TestLoadRejects(t *testing.T) {
 	}
 }
 
-func mustRead(t *testing.T, p string) []byte {
+func mustRead(t testing.TB, p string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(p)
 	if err != nil {

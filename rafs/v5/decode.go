@@ -40,7 +40,7 @@ func Decode(data []byte) (*rafs.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &decoder{data: data, sb: &sb, blobs: blobs}
+	d := &decoder{data: data, sb: &sb, comp: comp, blobs: blobs}
 	if err := d.locateRecords(regions); err != nil {
 		return nil, err
 	}
@@ -81,6 +81,7 @@ type record struct {
 type decoder struct {
 	data  []byte
 	sb    *superblock
+	comp  rafs.Compressor
 	blobs []*rafs.Blob
 	recs  []record // recs[ino-1]
 }
@@ -305,7 +306,7 @@ func (d *decoder) readInode(ino uint32, r *record) (*rafs.Inode, error) {
 		for j := range in.Chunks {
 			in.Chunks[j] = rafs.UnmarshalChunkRecord(d.data[p+uint64(j)*chunkRecordSize:])
 		}
-		if err := checkChunks(in.Chunks, in.Size, d.sb.blockSize, len(d.blobs)); err != nil {
+		if err := checkChunks(in.Chunks, in.Size, d.sb.blockSize, d.comp, d.blobs); err != nil {
 			return nil, d.corrupt(ino, "%v", err)
 		}
 	}

@@ -226,7 +226,7 @@ func (e *encoder) checkInode(slot uint32) error {
 		if uint64(len(in.Chunks)) > math.MaxUint32 {
 			return e.errorf(slot, "%d chunks", len(in.Chunks))
 		}
-		if err := checkChunks(in.Chunks, in.Size, e.img.ChunkSize, len(e.img.Blobs)); err != nil {
+		if err := checkChunks(in.Chunks, in.Size, e.img.ChunkSize, e.img.Compressor, e.img.Blobs); err != nil {
 			return e.errorf(slot, "%v", err)
 		}
 	}

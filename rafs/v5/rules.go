@@ -99,27 +99,34 @@ func xattrTableSize(xs []rafs.Xattr) uint64 {
 }
 
 // checkChunks checks a regular file's chunk list: each chunk names a blob of the image, holds 1 to
-// chunkSize bytes, lies inside the file, and the chunks are in file-offset order without overlap.
-func checkChunks(chunks []rafs.Chunk, fileSize uint64, chunkSize uint32, blobs int) error {
+// chunkSize bytes, claims no more compressed bytes than its compressor can produce for that (so a
+// hostile record cannot make one read allocate gigabytes) inside the blob, lies inside the file, and
+// the chunks are in file-offset order without overlap.
+// v5 has one compressor for the whole image (the superblock's), passed as comp.
+func checkChunks(chunks []rafs.Chunk, fileSize uint64, chunkSize uint32, comp rafs.Compressor, blobs []*rafs.Blob) error {
 	var end uint64
 	for i := range chunks {
 		c := &chunks[i]
 		switch {
-		case int64(c.BlobIndex) >= int64(blobs):
-			return fmt.Errorf("chunk %d names blob %d of %d", i, c.BlobIndex, blobs)
+		case int64(c.BlobIndex) >= int64(len(blobs)):
+			return fmt.Errorf("chunk %d names blob %d of %d", i, c.BlobIndex, len(blobs))
 		case c.Flags&^knownChunkFlags != 0:
 			return fmt.Errorf("chunk %d has unknown flags %#x", i, c.Flags)
 		case c.UncompressedSize == 0 || c.UncompressedSize > chunkSize:
 			return fmt.Errorf("chunk %d holds %d bytes, want 1..%d", i, c.UncompressedSize, chunkSize)
 		case c.CompressedSize == 0:
 			return fmt.Errorf("chunk %d has compressed size 0", i)
-		case c.CompressedOffset > ^uint64(0)-uint64(c.CompressedSize) ||
-			c.UncompressedOffset > ^uint64(0)-uint64(c.UncompressedSize):
+		case c.UncompressedOffset > ^uint64(0)-uint64(c.UncompressedSize):
 			return fmt.Errorf("chunk %d blob offsets overflow", i)
 		case i > 0 && c.FileOffset < end:
 			return fmt.Errorf("chunk %d at file offset %d overlaps or precedes the chunk before it (ends at %d)", i, c.FileOffset, end)
 		case c.FileOffset > fileSize || uint64(c.UncompressedSize) > fileSize-c.FileOffset:
 			return fmt.Errorf("chunk %d covers [%d, %d), beyond the file size %d", i, c.FileOffset, c.FileOffset+uint64(c.UncompressedSize), fileSize)
+		}
+		b := *blobs[c.BlobIndex]
+		b.Compressor = comp
+		if err := rafs.CheckChunkBounds(c, &b, chunkSize); err != nil {
+			return fmt.Errorf("chunk %d (blob %d, chunk index %d): %w", i, c.BlobIndex, c.Index, err)
 		}
 		end = c.FileOffset + uint64(c.UncompressedSize)
 	}

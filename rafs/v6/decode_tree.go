@@ -331,6 +331,10 @@ func (d *decoder) fileChunks(nid uint64, di *inodeAt, in *rafs.Inode) error {
 		if !ok {
 			return rafs.Corruptf("regular file nid %d chunk %d (blob %d, chunk index %d, block %d) has no record in the chunk table", nid, i, dev-1, ca.ciIndex(), ca.blkAddr)
 		}
+		// Bounded here rather than in readChunkTable so the error names the file that uses it.
+		if err := rafs.CheckChunkBounds(&c, d.blobs[dev-1], d.blobs[dev-1].ChunkSize); err != nil {
+			return rafs.Corruptf("regular file nid %d chunk %d (blob %d, chunk index %d): %v", nid, i, dev-1, c.Index, err)
+		}
 		c.FileOffset = i * cs
 		in.Chunks = append(in.Chunks, c)
 	}

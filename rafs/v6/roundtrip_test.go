@@ -26,7 +26,7 @@ func testBlob(i int) *rafs.Blob {
 		ID: fmt.Sprintf("%064x", 0xabc0+i), ChunkSize: 0x100000, ChunkCount: 16,
 		Compressor: rafs.CompressZstd, Digester: rafs.DigestBlake3,
 		Features:       rafs.BlobFeatureAligned | rafs.BlobFeatureInlinedChunkDigest | rafs.BlobFeatureHasTOC,
-		CompressedSize: 0x123456, UncompressedSize: 0x2000000 + uint64(i)*0x1000,
+		CompressedSize: 0x1234567, UncompressedSize: 0x2000000 + uint64(i)*0x1000,
 		MetaCompressor: rafs.CompressZstd, MetaOffset: 0x123456, MetaCompressedSize: 0x80, MetaUncompressedSize: 0x100,
 		TOCSize: 0x400, MetaSize: 0x2000,
 	}
