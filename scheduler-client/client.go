@@ -79,6 +79,8 @@ type scheduler struct {
 	okAt     time.Time     // start of the last announce it accepted
 	failAt   time.Time     // the last failure seen on it (announce, stream, call)
 	inflight *announceCall // an announce in progress
+
+	kick chan struct{} // wakes the announce loop waiting out the interval: sc failed
 }
 
 type announceCall struct {
@@ -178,7 +180,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			c.closeConns()
 			return nil, fmt.Errorf("schedclient: scheduler %s: %w", addr, err)
 		}
-		c.scheds = append(c.scheds, &scheduler{addr: addr, conn: conn, client: schedulerv2.NewSchedulerClient(conn)})
+		c.scheds = append(c.scheds, &scheduler{addr: addr, conn: conn, client: schedulerv2.NewSchedulerClient(conn), kick: make(chan struct{}, 1)})
 		ringAddrs[i] = resolveForRing(ctx, addr, cfg.DialTimeout)
 	}
 	c.ring = newRing(ringAddrs)
@@ -325,11 +327,17 @@ func (c *Client) upSignal() <-chan struct{} {
 	return c.up
 }
 
-// markFailed records that sc failed: the next session to use it announces the host first.
+// markFailed records that sc failed: the next session to use it announces the host first, and
+// its announce loop retries now (then with backoff) instead of at the next interval, so that its
+// return is noticed and sessions waiting for it, or moved away from it, come back.
 func (c *Client) markFailed(sc *scheduler) {
 	sc.mu.Lock()
 	sc.failAt = time.Now()
 	sc.mu.Unlock()
+	select {
+	case sc.kick <- struct{}{}:
+	default:
+	}
 }
 
 // announce sends AnnounceHost with fresh statistics to sc and records the result.
@@ -420,12 +428,13 @@ func (c *Client) announceLoop(sc *scheduler, tried chan<- struct{}) {
 			first = false
 			tried <- struct{}{}
 		}
-		wait := c.cfg.AnnounceInterval
+		wait, kick := c.cfg.AnnounceInterval, sc.kick
 		if err != nil {
 			if c.ctx.Err() != nil {
 				return
 			}
-			wait = bo.next()
+			// A kick does not shorten a backoff pause.
+			wait, kick = bo.next(), nil
 			c.log.Debug("announce failed; retrying", zap.String("scheduler", sc.addr), zap.Duration("pause", wait), zap.Error(err))
 		} else {
 			bo.reset()
@@ -435,6 +444,8 @@ func (c *Client) announceLoop(sc *scheduler, tried chan<- struct{}) {
 		case <-c.ctx.Done():
 			t.Stop()
 			return
+		case <-kick:
+			t.Stop()
 		case <-t.C:
 		}
 	}

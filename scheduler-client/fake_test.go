@@ -340,3 +340,35 @@ func TestBackoffGrowsToTheCap(t *testing.T) {
 		t.Errorf("after reset: %s", d)
 	}
 }
+
+// TestSessionFollowsTheRingBack: a session whose scheduler died moves to the next one on the ring,
+// and back when its own scheduler accepts the host again (where the Rust peers send the task),
+// deleting the peer it leaves behind.
+func TestSessionFollowsTheRingBack(t *testing.T) {
+	f1, f2 := startFake(t, "127.0.0.1:0", false), startFake(t, "127.0.0.1:0", false)
+	c := fakeClient(t, []string{f1.addr, f2.addr}, 0)
+	var spec TaskSpec
+	for i := 0; ; i++ { // a task whose scheduler is f1
+		if spec = fakeSpec(fmt.Sprint("back", i)); c.SchedulerFor(spec.TaskID) == f1.addr {
+			break
+		}
+	}
+	s, err := c.Register(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(t, s, EventBackToSource)
+	_ = s.Started(true)
+	f1.srv.Stop()
+	expect(t, s, EventDisconnected, EventReconnected, EventBackToSource)
+	if got := s.Scheduler(); got != f2.addr {
+		t.Fatalf("after f1 stopped the session is on %q, want %s", got, f2.addr)
+	}
+	g1 := startFake(t, f1.addr, false)
+	expect(t, s, EventReconnected, EventBackToSource)
+	if got := s.Scheduler(); got != f1.addr {
+		t.Errorf("after f1 came back the session is on %q, want %s", got, f1.addr)
+	}
+	f2.waitFor(t, "DeletePeer on the scheduler left", func() bool { return slices.Contains(f2.deleted, s.PeerID()) })
+	g1.waitFor(t, "replay on the scheduler back", func() bool { return slices.Contains(g1.peers[s.PeerID()], "started") })
+}

@@ -22,6 +22,10 @@ const releaseTimeout = 2 * time.Second
 // errAcknowledged ends serve when the scheduler closed the stream after the outcome.
 var errAcknowledged = errors.New("outcome acknowledged")
 
+// errMoveBack ends serve when a scheduler before the current one in the task's ring order
+// accepted the host again: the Rust peers send the task there again, so this peer follows.
+var errMoveBack = errors.New("the task's scheduler is back")
+
 // backoff is exponential with jitter: each pause is drawn from [d/2, d] where d doubles from base
 // up to max. Many peers that lost the same scheduler then come back spread out, not in a burst.
 type backoff struct {
@@ -47,6 +51,11 @@ type stream struct {
 	cancel context.CancelFunc
 }
 
+// stableStream is how long a stream must have lived for its end to be retried at once; one that
+// ends sooner is retried after the backoff pause, so a scheduler that takes streams and drops them
+// at once is not hammered.
+const stableStream = 10 * time.Second
+
 // run owns the session's stream: it registers (on the task's schedulers in ring order), sends the
 // queued reports, turns answers into events, and re-registers with backoff whenever the stream
 // breaks, until Close. Then it releases the peer.
@@ -55,7 +64,8 @@ func (s *Session) run() {
 	defer s.c.removeSession(s)
 	defer s.events.end()
 	bo := backoff{base: s.c.cfg.ReconnectBackoff, max: s.c.cfg.MaxReconnectBackoff}
-	down := false // EventDisconnected was sent for the current outage
+	down := false  // EventDisconnected was sent for the current outage
+	moved := false // the last stream was left for the task's ring pick, which came back
 	for s.ctx.Err() == nil {
 		s.mu.Lock()
 		acked := s.acked
@@ -80,17 +90,26 @@ func (s *Session) run() {
 			s.sleep(pause)
 			continue
 		}
-		if again && down {
+		if again && (down || moved) {
 			s.events.push(Event{Kind: EventReconnected, Scheduler: st.sc.addr, Description: "registered again"})
 		}
-		down = false
-		bo.reset()
+		down, moved = false, false
+		opened := time.Now()
 		err = s.serve(st)
 		st.cancel()
 		s.mu.Lock()
 		s.addr = ""
 		s.mu.Unlock()
 		if s.ctx.Err() != nil || errors.Is(err, errAcknowledged) {
+			continue
+		}
+		if errors.Is(err, errMoveBack) {
+			// Leave no stale peer behind on the scheduler being left.
+			ctx, cancel := context.WithTimeout(s.ctx, min(releaseTimeout, s.c.cfg.DialTimeout))
+			_, _ = st.sc.client.DeletePeer(ctx, s.deletePeerRequest())
+			cancel()
+			s.log.Info("moving to the task's scheduler, which is back", zap.String("from", st.sc.addr))
+			moved = true
 			continue
 		}
 		if schedulerGone(err) || status.Code(err) == codes.NotFound || err == io.EOF {
@@ -102,6 +121,11 @@ func (s *Session) run() {
 		down = true
 		s.events.push(Event{Kind: disconnectKind(err), Scheduler: st.sc.addr, Err: err,
 			Description: fmt.Sprintf("stream on %s broke: %v", st.sc.addr, err)})
+		if time.Since(opened) >= stableStream {
+			bo.reset()
+		} else {
+			s.sleep(bo.next())
+		}
 	}
 	s.release()
 }
@@ -245,26 +269,30 @@ func (s *Session) serve(st *stream) error {
 	s.queue.reset()
 	s.sending = true
 	s.mu.Unlock()
-	outcomeSent := false
+	outcomeSent, broken := false, false
 	for {
 		for _, req := range batch {
 			if err := st.st.Send(req); err != nil {
-				// The stream is broken; Recv reports why.
-				batch = nil
+				// The stream is broken; Recv reports why. Nothing more is sent on it: the next
+				// register replays the state.
+				broken = true
 				break
 			}
 		}
-		if batch != nil && outcomeInBatch {
+		if !broken && outcomeInBatch {
 			outcomeSent = true
 		}
 		s.mu.Lock()
-		r, ok := s.queue.pop()
+		var r report
+		ok := false
+		if !broken {
+			r, ok = s.queue.pop()
+		}
 		batch, outcomeInBatch = nil, false
 		if ok {
 			batch = []*schedulerv2.AnnouncePeerRequest{s.requestLocked(r)}
 			outcomeInBatch = r.kind == reportState && isOutcome(r.req)
-		} else {
-			s.sending = false
+		} else if !broken {
 			if dropped := s.queue.dropped; dropped > 0 {
 				s.queue.dropped = 0
 				s.log.Debug("report queue was full; dropped reports are replayed at the next register", zap.Int("dropped", dropped))
@@ -278,6 +306,10 @@ func (s *Session) serve(st *stream) error {
 		}
 		select {
 		case <-s.wake:
+		case <-s.c.upSignal():
+			if s.betterScheduler(st.sc) {
+				return errMoveBack
+			}
 		case err := <-recvErr:
 			return s.streamEnded(err, outcomeSent)
 		case <-s.ctx.Done():
@@ -286,6 +318,23 @@ func (s *Session) serve(st *stream) error {
 			return s.ctx.Err()
 		}
 	}
+}
+
+// betterScheduler: a scheduler before cur in the task's ring order holds the host again.
+func (s *Session) betterScheduler(cur *scheduler) bool {
+	for _, i := range s.c.ring.order(s.spec.TaskID) {
+		sc := s.c.scheds[i]
+		if sc == cur {
+			return false
+		}
+		sc.mu.Lock()
+		ok := sc.announcedLocked()
+		sc.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 // streamEnded interprets the end of a stream.
