@@ -219,6 +219,7 @@ func (s *Session) connectTo(sc *scheduler) (*stream, bool, error) {
 	// queued, and the queue (which the replay covers) is emptied.
 	s.mu.Lock()
 	s.registered, s.lastSched, s.addr = true, sc, sc.addr
+	s.sending = true // the replay is due: Sync must not see an idle stream before it
 	s.mu.Unlock()
 	return &stream{sc: sc, st: st, cancel: scancel}, again, nil
 }
