@@ -47,15 +47,6 @@ func TestTasksSplitAsTheRingSays(t *testing.T) {
 	raw := map[string]schedulerv2.SchedulerClient{s1.Addr(): rawScheduler(t, s1.Addr()), s2.Addr(): rawScheduler(t, s2.Addr())}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	for addr, cl := range raw {
-		hosts, err := cl.ListHosts(ctx, &schedulerv2.ListHostsRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !slices.ContainsFunc(hosts.GetHosts(), func(h *commonv2.Host) bool { return h.GetId() == c.HostID() }) {
-			t.Errorf("host %s not announced to %s", c.HostID(), addr)
-		}
-	}
 	// Two tasks the ring sends to each scheduler, and a few more wherever they fall.
 	blobs := []blob{blobOn(t, c, "library/ring-a", 1, s1.Addr()), blobOn(t, c, "library/ring-b", 1, s2.Addr()),
 		blobOn(t, c, "library/ring-c", 1, s1.Addr()), blobOn(t, c, "library/ring-d", 1, s2.Addr())}
@@ -82,6 +73,16 @@ func TestTasksSplitAsTheRingSays(t *testing.T) {
 		}
 	}
 	t.Logf("tasks per scheduler: %v", count)
+	// New returns once one scheduler accepted the host; by now (tasks registered on both) both have.
+	for addr, cl := range raw {
+		hosts, err := cl.ListHosts(ctx, &schedulerv2.ListHostsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(hosts.GetHosts(), func(h *commonv2.Host) bool { return h.GetId() == c.HostID() }) {
+			t.Errorf("host %s not announced to %s", c.HostID(), addr)
+		}
+	}
 }
 
 // TestSessionMovesToTheNextSchedulerOnTheRing breaks the scheduler under a session that has
