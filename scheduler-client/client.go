@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -11,7 +13,7 @@ import (
 	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -27,9 +29,11 @@ const (
 	// DefaultDialTimeout bounds one attempt on one scheduler: an AnnounceHost, or opening an
 	// AnnouncePeer stream and sending the register.
 	DefaultDialTimeout = 5 * time.Second
-	// DefaultReconnectTimeout is how long a session whose stream broke keeps looking for a
-	// scheduler (long enough for a scheduler restart) before it ends with EventError.
-	DefaultReconnectTimeout = 30 * time.Second
+	// DefaultReconnectBackoff is the first pause after a round in which no scheduler took a
+	// session or an announce; the pause doubles up to MaxReconnectBackoff.
+	DefaultReconnectBackoff = 200 * time.Millisecond
+	// DefaultMaxReconnectBackoff caps that pause.
+	DefaultMaxReconnectBackoff = 30 * time.Second
 )
 
 // ErrNoScheduler is wrapped by errors returned when no configured scheduler answers.
@@ -37,8 +41,9 @@ var ErrNoScheduler = errors.New("schedclient: no scheduler reachable")
 
 // Config configures New.
 type Config struct {
-	// Addrs are the schedulers ("host:port") in order of preference: the client uses the first
-	// that answers and moves on to the next when it breaks.
+	// Addrs are the schedulers ("ip:port"). Each task goes to the scheduler the Rust dfdaemon's
+	// hash ring picks for it, and to the next ones on the ring while that one does not answer; the
+	// host is announced to all of them. The order does not matter.
 	Addrs []string
 	// Host describes this peer.
 	Host Host
@@ -48,38 +53,70 @@ type Config struct {
 	Log *zap.Logger
 	// DialTimeout defaults to DefaultDialTimeout.
 	DialTimeout time.Duration
-	// ReconnectTimeout defaults to DefaultReconnectTimeout.
+	// ReconnectTimeout is ignored: sessions now re-register until Close. Kept so that existing
+	// configurations compile.
 	ReconnectTimeout time.Duration
+	// ReconnectBackoff and MaxReconnectBackoff shape the pauses between rounds of attempts of a
+	// session that has no stream, and of the announces to a scheduler that does not answer
+	// (exponential, jittered); they default to DefaultReconnectBackoff and
+	// DefaultMaxReconnectBackoff.
+	ReconnectBackoff, MaxReconnectBackoff time.Duration
+	// ReportQueueLimit bounds each session's queue of unsent reports; default
+	// DefaultReportQueueLimit. See the package documentation for what a full queue drops.
+	ReportQueueLimit int
 	// DialOptions are added to every scheduler connection (e.g. grpc.WithContextDialer to reach
 	// schedulers in another network namespace). Connections are plaintext.
 	DialOptions []grpc.DialOption
 }
 
-// Client is this peer's link to the Dragonfly schedulers (scheduler.v2): it announces the host,
-// opens one AnnouncePeer session per task, answers the unary RPCs, and fails over across Addrs.
-// It is safe for concurrent use.
-type Client struct {
-	cfg     Config
-	log     *zap.Logger
-	host    *hostSampler
-	conns   []*grpc.ClientConn
-	clients []schedulerv2.SchedulerClient
-
-	switchMu sync.Mutex // serialises recover: one probe round at a time
+// scheduler is one configured scheduler and what the client knows of it.
+type scheduler struct {
+	addr   string
+	conn   *grpc.ClientConn
+	client schedulerv2.SchedulerClient
 
 	mu       sync.Mutex
-	active   int    // index into cfg.Addrs of the scheduler in use; -1 when none answered
-	gen      uint64 // bumped by every successful recover; tells stale failures from fresh ones
-	sessions map[*Session]struct{}
-	closed   bool
+	okAt     time.Time     // start of the last announce it accepted
+	failAt   time.Time     // the last failure seen on it (announce, stream, call)
+	inflight *announceCall // an announce in progress
 
-	stop     chan struct{}
-	loopDone chan struct{}
+	kick chan struct{} // wakes the announce loop waiting out the interval: sc failed
 }
 
-// New connects to the first scheduler in cfg.Addrs that accepts AnnounceHost (sent with the full
-// host statistics), and re-announces every AnnounceInterval until Close. It fails when no
-// scheduler answers.
+type announceCall struct {
+	done chan struct{}
+	err  error
+}
+
+// announced: it accepted the host since its last failure.
+func (sc *scheduler) announcedLocked() bool { return !sc.okAt.IsZero() && sc.okAt.After(sc.failAt) }
+
+// Client is this peer's link to the Dragonfly schedulers (scheduler.v2): it announces the host to
+// every scheduler, opens one AnnouncePeer session per task on the task's scheduler, and answers
+// the unary RPCs. It is safe for concurrent use.
+type Client struct {
+	cfg    Config
+	log    *zap.Logger
+	host   *hostSampler
+	scheds []*scheduler
+	ring   *ring
+
+	ctx    context.Context // until Close
+	cancel context.CancelFunc
+	loops  sync.WaitGroup
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{}
+	closed   bool
+	lastOK   int           // index of the scheduler that last accepted an announce; -1: none yet
+	up       chan struct{} // closed and replaced when a scheduler accepts the host after a failure
+}
+
+// New starts a client: one announce loop per scheduler in cfg.Addrs (AnnounceHost with the full
+// host statistics, then every AnnounceInterval; a scheduler that does not answer is retried with
+// backoff without holding up the others). It waits until one scheduler accepted the host, every
+// scheduler was tried once, or ctx ends, and fails only for an invalid configuration: sessions and
+// announces heal when schedulers come up later.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.Addrs) == 0 {
 		return nil, errors.New("schedclient: no scheduler address configured")
@@ -95,45 +132,111 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
-	if cfg.ReconnectTimeout <= 0 {
-		cfg.ReconnectTimeout = DefaultReconnectTimeout
+	if cfg.ReconnectBackoff <= 0 {
+		cfg.ReconnectBackoff = DefaultReconnectBackoff
+	}
+	if cfg.MaxReconnectBackoff <= 0 {
+		cfg.MaxReconnectBackoff = DefaultMaxReconnectBackoff
+	}
+	cfg.MaxReconnectBackoff = max(cfg.MaxReconnectBackoff, cfg.ReconnectBackoff)
+	if cfg.ReportQueueLimit <= 0 {
+		cfg.ReportQueueLimit = DefaultReportQueueLimit
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
+	var addrs []string
+	for _, a := range cfg.Addrs {
+		if !contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	cfg.Addrs = addrs
+	cctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
 		cfg:      cfg,
 		log:      cfg.Log.With(zap.String("host", host.ID)),
 		host:     newHostSampler(host),
-		active:   -1,
+		ctx:      cctx,
+		cancel:   cancel,
 		sessions: map[*Session]struct{}{},
-		stop:     make(chan struct{}),
-		loopDone: make(chan struct{}),
+		lastOK:   -1,
+		up:       make(chan struct{}),
 	}
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// gRPC's default reconnect backoff grows to minutes; a scheduler that restarts should be
 		// reached again within seconds.
 		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
 			MinConnectTimeout: cfg.DialTimeout,
 		}),
 	}, cfg.DialOptions...)
-	for _, addr := range cfg.Addrs {
+	ringAddrs := make([]string, len(addrs))
+	for i, addr := range addrs {
 		conn, err := grpc.NewClient(addr, opts...)
 		if err != nil {
+			cancel()
 			c.closeConns()
 			return nil, fmt.Errorf("schedclient: scheduler %s: %w", addr, err)
 		}
-		c.conns = append(c.conns, conn)
-		c.clients = append(c.clients, schedulerv2.NewSchedulerClient(conn))
+		c.scheds = append(c.scheds, &scheduler{addr: addr, conn: conn, client: schedulerv2.NewSchedulerClient(conn), kick: make(chan struct{}, 1)})
+		ringAddrs[i] = resolveForRing(ctx, addr, cfg.DialTimeout)
 	}
-	if _, _, err := c.recover(ctx, 0); err != nil {
-		c.closeConns()
-		return nil, err
+	c.ring = newRing(ringAddrs)
+
+	tried := make(chan struct{}, len(c.scheds))
+	for _, sc := range c.scheds {
+		c.loops.Add(1)
+		go c.announceLoop(sc, tried)
 	}
-	go c.announceLoop()
+	for range c.scheds {
+		select {
+		case <-tried:
+		case <-ctx.Done():
+			return c, nil
+		}
+		if c.Scheduler() != "" {
+			break
+		}
+	}
 	return c, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// resolveForRing is the "ip:port" a scheduler address is placed on the ring with. The Rust peer
+// only sees IPs (from its dynconfig); a host name is resolved once here, preferring IPv4 like the
+// Rust peer's DNS discovery, and kept as is when it does not resolve.
+func resolveForRing(ctx context.Context, addr string, timeout time.Duration) string {
+	if _, err := netip.ParseAddrPort(addr); err == nil {
+		return addr
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return addr
+	}
+	pick := ips[0]
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			pick = ip.Unmap()
+			break
+		}
+	}
+	return net.JoinHostPort(pick.String(), port)
 }
 
 // HostID is the id this peer announces.
@@ -142,18 +245,26 @@ func (c *Client) HostID() string { return c.cfg.Host.ID }
 // Host is the announced host description, defaults applied.
 func (c *Client) Host() Host { return c.cfg.Host }
 
-// Scheduler is the address of the scheduler in use ("" when none answers).
+// Scheduler is the address of the scheduler that last accepted the host (used for the calls that
+// concern no task), "" while none has.
 func (c *Client) Scheduler() string {
-	idx, _ := c.current()
-	if idx < 0 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lastOK < 0 {
 		return ""
 	}
-	return c.cfg.Addrs[idx]
+	return c.scheds[c.lastOK].addr
 }
 
-// Close ends every open session, stops announcing and deletes the host from the scheduler in use
-// (which drops its peers there), then closes the connections. It returns the DeleteHost error, if
-// any.
+// SchedulerFor is the scheduler the ring picks for a task (the one the Rust dfdaemon picks too);
+// sessions and task calls use it while it answers, and the next ones on the ring otherwise.
+func (c *Client) SchedulerFor(taskID string) string {
+	return c.scheds[c.ring.order(taskID)[0]].addr
+}
+
+// Close closes every open session (each deletes its peer), stops announcing, deletes the host
+// from every scheduler that holds it (which drops its peers there), and closes the connections.
+// It returns the DeleteHost errors, if any.
 func (c *Client) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
@@ -165,167 +276,232 @@ func (c *Client) Close(ctx context.Context) error {
 	for s := range c.sessions {
 		sessions = append(sessions, s)
 	}
-	idx := c.active
 	c.mu.Unlock()
 
-	close(c.stop)
-	<-c.loopDone
+	var wg sync.WaitGroup
 	for _, s := range sessions {
-		_ = s.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.Close()
+		}()
 	}
-	var err error
-	if idx >= 0 {
-		dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-		_, derr := c.clients[idx].DeleteHost(dctx, &schedulerv2.DeleteHostRequest{HostId: c.cfg.Host.ID})
-		cancel()
-		if derr != nil {
-			err = fmt.Errorf("schedclient: delete host %s on %s: %w", c.cfg.Host.ID, c.cfg.Addrs[idx], derr)
+	wg.Wait()
+	c.cancel()
+	c.loops.Wait()
+
+	errs := make([]error, len(c.scheds))
+	for i, sc := range c.scheds {
+		sc.mu.Lock()
+		held := !sc.okAt.IsZero()
+		sc.mu.Unlock()
+		if !held {
+			continue
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+			defer cancel()
+			if _, err := sc.client.DeleteHost(dctx, &schedulerv2.DeleteHostRequest{HostId: c.cfg.Host.ID}); err != nil {
+				errs[i] = fmt.Errorf("schedclient: delete host %s on %s: %w", c.cfg.Host.ID, sc.addr, err)
+			}
+		}()
 	}
+	wg.Wait()
 	c.closeConns()
-	return err
+	return errors.Join(errs...)
 }
 
 func (c *Client) closeConns() {
-	for _, conn := range c.conns {
-		_ = conn.Close()
+	for _, sc := range c.scheds {
+		_ = sc.conn.Close()
 	}
 }
 
-// current is the scheduler in use and the generation it was chosen in.
-func (c *Client) current() (int, uint64) {
+// upSignal is closed when a scheduler next accepts the host after a failure: sessions waiting
+// for a scheduler retry at once.
+func (c *Client) upSignal() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.active, c.gen
+	return c.up
 }
 
-// recover finds a scheduler that accepts AnnounceHost after a failure seen under generation
-// failedGen. If another caller already recovered since then, its choice is returned without a new
-// probe. Otherwise the scheduler in use is probed first (it may only have dropped one stream), then
-// the others in configured order after it; the first that answers becomes the one in use.
-func (c *Client) recover(ctx context.Context, failedGen uint64) (int, uint64, error) {
-	c.switchMu.Lock()
-	defer c.switchMu.Unlock()
-	idx, gen := c.current()
-	if gen != failedGen && idx >= 0 {
-		return idx, gen, nil
+// markFailed records that sc failed: the next session to use it announces the host first, and
+// its announce loop retries now (then with backoff) instead of at the next interval, so that its
+// return is noticed and sessions waiting for it, or moved away from it, come back.
+func (c *Client) markFailed(sc *scheduler) {
+	sc.mu.Lock()
+	sc.failAt = time.Now()
+	sc.mu.Unlock()
+	select {
+	case sc.kick <- struct{}{}:
+	default:
 	}
-	start := max(idx, 0)
-	var errs []error
-	for i := range c.clients {
-		try := (start + i) % len(c.clients)
-		if err := c.announceTo(ctx, try); err != nil {
-			errs = append(errs, err)
-			if ctx.Err() != nil {
-				break
-			}
-			continue
-		}
-		c.mu.Lock()
-		from := c.active
-		c.active = try
-		c.gen++
-		gen = c.gen
-		c.mu.Unlock()
-		if from != try {
-			c.log.Info("scheduler in use", zap.String("scheduler", c.cfg.Addrs[try]), zap.Int("previous", from))
-		}
-		return try, gen, nil
-	}
-	c.mu.Lock()
-	c.active = -1
-	c.gen++
-	gen = c.gen
-	c.mu.Unlock()
-	return -1, gen, fmt.Errorf("%w: %w", ErrNoScheduler, errors.Join(errs...))
 }
 
-// announceTo sends AnnounceHost with fresh statistics to scheduler i.
-func (c *Client) announceTo(ctx context.Context, i int) error {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+// announce sends AnnounceHost with fresh statistics to sc and records the result.
+func (c *Client) announce(ctx context.Context, sc *scheduler) error {
+	start := time.Now()
+	actx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	_, err := c.clients[i].AnnounceHost(ctx, &schedulerv2.AnnounceHostRequest{
+	_, err := sc.client.AnnounceHost(actx, &schedulerv2.AnnounceHostRequest{
 		Host:     c.host.sample(),
 		Interval: durationpb.New(c.cfg.AnnounceInterval),
 	})
+	sc.mu.Lock()
+	was := sc.announcedLocked()
 	if err != nil {
-		return fmt.Errorf("announce host to %s: %w", c.cfg.Addrs[i], err)
+		if ctx.Err() == nil {
+			sc.failAt = time.Now()
+		}
+	} else if start.After(sc.okAt) {
+		sc.okAt = start
+	}
+	now := sc.announcedLocked()
+	sc.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("announce host to %s: %w", sc.addr, err)
+	}
+	c.mu.Lock()
+	c.lastOK = c.index(sc)
+	if !was && now {
+		close(c.up)
+		c.up = make(chan struct{})
+	}
+	c.mu.Unlock()
+	if !was {
+		c.log.Info("scheduler accepted the host", zap.String("scheduler", sc.addr))
 	}
 	return nil
 }
 
-func (c *Client) announceLoop() {
-	defer close(c.loopDone)
-	ticker := time.NewTicker(c.cfg.AnnounceInterval)
-	defer ticker.Stop()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-c.stop
-		cancel()
-	}()
+func (c *Client) index(sc *scheduler) int {
+	for i, x := range c.scheds {
+		if x == sc {
+			return i
+		}
+	}
+	return -1
+}
+
+// ensureAnnounced announces the host to sc unless sc accepted it since its last failure.
+// Concurrent callers share one announce.
+func (c *Client) ensureAnnounced(ctx context.Context, sc *scheduler) error {
+	sc.mu.Lock()
+	if sc.announcedLocked() {
+		sc.mu.Unlock()
+		return nil
+	}
+	call := sc.inflight
+	owner := call == nil
+	if owner {
+		call = &announceCall{done: make(chan struct{})}
+		sc.inflight = call
+	}
+	sc.mu.Unlock()
+	if owner {
+		call.err = c.announce(ctx, sc)
+		sc.mu.Lock()
+		sc.inflight = nil
+		sc.mu.Unlock()
+		close(call.done)
+		return call.err
+	}
+	select {
+	case <-call.done:
+		return call.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// announceLoop keeps the host announced to sc: every AnnounceInterval while it answers, with
+// backoff while it does not. tried gets one value after the first attempt.
+func (c *Client) announceLoop(sc *scheduler, tried chan<- struct{}) {
+	defer c.loops.Done()
+	bo := backoff{base: c.cfg.ReconnectBackoff, max: c.cfg.MaxReconnectBackoff}
+	first := true
 	for {
-		select {
-		case <-c.stop:
-			return
-		case <-ticker.C:
+		err := c.announce(c.ctx, sc)
+		if first {
+			first = false
+			tried <- struct{}{}
 		}
-		idx, gen := c.current()
-		if idx >= 0 {
-			err := c.announceTo(ctx, idx)
-			if err == nil {
-				continue
+		wait, kick := c.cfg.AnnounceInterval, sc.kick
+		if err != nil {
+			if c.ctx.Err() != nil {
+				return
 			}
-			c.log.Warn("re-announce failed; trying the other schedulers", zap.Error(err))
+			// A kick does not shorten a backoff pause.
+			wait, kick = bo.next(), nil
+			c.log.Debug("announce failed; retrying", zap.String("scheduler", sc.addr), zap.Duration("pause", wait), zap.Error(err))
+		} else {
+			bo.reset()
 		}
-		if _, _, err := c.recover(ctx, gen); err != nil && ctx.Err() == nil {
-			c.log.Error("no scheduler accepts the host", zap.Error(err))
+		t := time.NewTimer(wait)
+		select {
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		case <-kick:
+			t.Stop()
+		case <-t.C:
 		}
 	}
 }
 
 // schedulerGone tells errors that mean "this scheduler is not there" (the connection failed or
 // broke) from answers of a live scheduler.
-func schedulerGone(err error) bool { return status.Code(err) == codes.Unavailable }
-
-// call runs fn against the scheduler in use, failing over to the next one that answers while fn
-// fails with codes.Unavailable.
-func (c *Client) call(ctx context.Context, fn func(context.Context, schedulerv2.SchedulerClient) error) error {
-	return c.callN(ctx, len(c.clients)+1, fn)
+func schedulerGone(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
 }
 
-// callN is call with at most attempts calls of fn.
-func (c *Client) callN(ctx context.Context, attempts int, fn func(context.Context, schedulerv2.SchedulerClient) error) error {
-	idx, gen := c.current()
+// call runs fn on the schedulers of order in turn while fn fails with "scheduler gone", at most
+// attempts times.
+func (c *Client) call(ctx context.Context, order []int, attempts int, fn func(context.Context, schedulerv2.SchedulerClient) error) error {
 	var errs []error
-	for attempt := 0; attempt < attempts; attempt++ {
-		if idx < 0 {
-			var err error
-			if idx, gen, err = c.recover(ctx, gen); err != nil {
-				return errors.Join(append(errs, err)...)
-			}
+	for n, i := range order {
+		if n == attempts {
+			break
 		}
-		err := fn(ctx, c.clients[idx])
+		sc := c.scheds[i]
+		err := fn(ctx, sc.client)
 		if err == nil || !schedulerGone(err) || ctx.Err() != nil {
 			return err
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", c.cfg.Addrs[idx], err))
-		if attempt+1 == attempts {
-			break
-		}
-		var rerr error
-		if idx, gen, rerr = c.recover(ctx, gen); rerr != nil {
-			return errors.Join(append(errs, rerr)...)
-		}
+		c.markFailed(sc)
+		errs = append(errs, fmt.Errorf("%s: %w", sc.addr, err))
 	}
-	return errors.Join(errs...)
+	return fmt.Errorf("%w: %w", ErrNoScheduler, errors.Join(errs...))
 }
 
-// StatTask asks the scheduler about a task: state, content length, piece count and the pieces
-// some peer downloaded back-to-source.
+// anyOrder is every scheduler, the one that last accepted the host first.
+func (c *Client) anyOrder() []int {
+	c.mu.Lock()
+	first := c.lastOK
+	c.mu.Unlock()
+	order := make([]int, 0, len(c.scheds))
+	if first >= 0 {
+		order = append(order, first)
+	}
+	for i := range c.scheds {
+		if i != first {
+			order = append(order, i)
+		}
+	}
+	return order
+}
+
+// StatTask asks the task's scheduler about a task: state, content length, piece count and the
+// pieces some peer downloaded back-to-source.
 func (c *Client) StatTask(ctx context.Context, taskID string) (*commonv2.Task, error) {
 	var task *commonv2.Task
-	err := c.call(ctx, func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
+	err := c.call(ctx, c.ring.order(taskID), len(c.scheds), func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
 		var err error
 		task, err = cl.StatTask(ctx, &schedulerv2.StatTaskRequest{HostId: c.cfg.Host.ID, TaskId: taskID})
 		return err
@@ -336,11 +512,11 @@ func (c *Client) StatTask(ctx context.Context, taskID string) (*commonv2.Task, e
 	return task, nil
 }
 
-// StatPeer asks the scheduler about a peer: state, host, and its task (with the task's
+// StatPeer asks the task's scheduler about a peer: state, host, and its task (with the task's
 // back-to-source pieces; the v2.5.1 scheduler does not list a peer's own pieces).
 func (c *Client) StatPeer(ctx context.Context, taskID, peerID string) (*commonv2.Peer, error) {
 	var peer *commonv2.Peer
-	err := c.call(ctx, func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
+	err := c.call(ctx, c.ring.order(taskID), len(c.scheds), func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
 		var err error
 		peer, err = cl.StatPeer(ctx, &schedulerv2.StatPeerRequest{HostId: c.cfg.Host.ID, TaskId: taskID, PeerId: peerID})
 		return err
@@ -351,10 +527,11 @@ func (c *Client) StatPeer(ctx context.Context, taskID, peerID string) (*commonv2
 	return peer, nil
 }
 
-// ListHosts lists the hosts the scheduler in use knows.
+// ListHosts lists the hosts a reachable scheduler knows (each scheduler knows the hosts that
+// announced to it; every peer announces to all of them).
 func (c *Client) ListHosts(ctx context.Context) ([]*commonv2.Host, error) {
 	var hosts []*commonv2.Host
-	err := c.call(ctx, func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
+	err := c.call(ctx, c.anyOrder(), len(c.scheds), func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
 		resp, err := cl.ListHosts(ctx, &schedulerv2.ListHostsRequest{})
 		hosts = resp.GetHosts()
 		return err
@@ -365,7 +542,7 @@ func (c *Client) ListHosts(ctx context.Context) ([]*commonv2.Host, error) {
 	return hosts, nil
 }
 
-// PreheatImage asks the scheduler to preheat an image: it resolves the manifest URL
+// PreheatImage asks a scheduler to preheat an image: it resolves the manifest URL
 // (http(s)://REGISTRY/v2/REPO/manifests/REF) itself and, in the background, makes seed peers
 // download every blob the manifest references. The scheduler needs Redis and jobs enabled, a
 // registry address that is not loopback or link-local, and a healthy super-seed host; see the
@@ -375,7 +552,7 @@ func (c *Client) ListHosts(ctx context.Context) ([]*commonv2.Host, error) {
 // crashes on its nil job service (service_v2.go PreheatImage), and a retry would take the next
 // scheduler down too.
 func (c *Client) PreheatImage(ctx context.Context, req *schedulerv2.PreheatImageRequest) error {
-	err := c.callN(ctx, 1, func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
+	err := c.call(ctx, c.anyOrder(), 1, func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
 		_, err := cl.PreheatImage(ctx, req)
 		return err
 	})
@@ -385,11 +562,11 @@ func (c *Client) PreheatImage(ctx context.Context, req *schedulerv2.PreheatImage
 	return nil
 }
 
-// StatImage asks the scheduler which peers hold the layers of an image (it resolves the manifest
+// StatImage asks a scheduler which peers hold the layers of an image (it resolves the manifest
 // and queries peers through its job queue, so it needs Redis too).
 func (c *Client) StatImage(ctx context.Context, req *schedulerv2.StatImageRequest) (*schedulerv2.StatImageResponse, error) {
 	var resp *schedulerv2.StatImageResponse
-	err := c.call(ctx, func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
+	err := c.call(ctx, c.anyOrder(), len(c.scheds), func(ctx context.Context, cl schedulerv2.SchedulerClient) error {
 		var err error
 		resp, err = cl.StatImage(ctx, req)
 		return err

@@ -1,14 +1,51 @@
 // Package schedclient is dfnydus's client of the Dragonfly scheduler (scheduler.v2 of
 // d7y.io/api/v2 v2.2.32, served by d7y.io/dragonfly/v2 v2.5.1).
 //
-// A Client announces this peer's host (AnnounceHost with full statistics from /proc, then every
-// AnnounceInterval) to the first scheduler in Config.Addrs that answers, and moves to the next
-// when that one breaks. Each task a peer downloads is one Session: a long-lived AnnouncePeer
-// stream that registers the peer, reports started / pieces / outcome, and delivers the
-// scheduler's answers (parents, back-to-source, empty) as Events. A broken stream is re-opened,
-// with the same peer id, on the first scheduler that answers within Config.ReconnectTimeout, and
-// the session replays what it reported; callers see one continuous session until every scheduler
-// is gone (EventError: go back to source).
+// # Which scheduler
+//
+// Config.Addrs lists the cluster's schedulers. A Client announces this peer's host (AnnounceHost
+// with full statistics from /proc, then every AnnounceInterval) to every one of them, each in its
+// own loop: a scheduler that does not answer is retried with backoff and holds up no other. Each
+// task a peer downloads goes to one scheduler, picked like the Rust dfdaemon picks it
+// (dragonfly-client/src/grpc/scheduler.rs, crate hashring 0.3.6): a consistent-hash ring with one
+// node per scheduler address, SipHash-2-4 (keys 0) of the Rust SocketAddr, looked up with the
+// first 5 characters of the task id (ring.go has the details and test vectors from the real
+// crates). A dfnydus peer and a Rust peer therefore meet on the same scheduler for a task. While
+// that scheduler does not answer, the task goes to the next one clockwise on the ring, where the
+// Rust peers also go once their health checks drop it; when it accepts the host again, sessions
+// move back. StatTask and StatPeer ask the task's scheduler; ListHosts, StatImage and PreheatImage
+// ask any reachable one.
+//
+// # Sessions and outages
+//
+// Each task is one Session: a long-lived AnnouncePeer stream that registers the peer, reports
+// started / pieces / outcome, and delivers the scheduler's answers (parents, back-to-source,
+// empty) as Events. Register returns at once and connects in the background; it fails only for an
+// invalid spec or a closed client. Whenever the session has no stream (no scheduler answers, or
+// the stream broke) it sends EventDisconnected (EventError when a live scheduler refused it) and
+// keeps registering again, with the same peer id, forever until Close: exponential backoff from
+// Config.ReconnectBackoff (200 ms) to Config.MaxReconnectBackoff (30 s), jittered, cut short when
+// a scheduler accepts the host again. Before registering on a scheduler that failed it announces
+// the host there (a restarted scheduler forgot it and answers NotFound). After registering it
+// replays Started, every finished piece and the outcome, then sends EventReconnected (for a peer
+// registered before); the scheduler's answer follows as usual. Callers read from the source while
+// disconnected. Events is closed only by Close. Close stops the stream and deletes the peer from
+// its scheduler (DeletePeer, best effort, 2 s at most): the last unmount of an image releases its
+// tasks. Client.Close closes every session, deletes the host from every scheduler that accepted it
+// and closes the connections.
+//
+// # The report queue
+//
+// The report methods (Started, PieceFinished, PieceFailed, Reschedule, Finished, Failed) never
+// wait for the network or for a lock held across a send: they record the change in the session's
+// state and queue the report; the session's goroutine, which owns the stream, sends the queue in
+// order. A finished piece already queued is coalesced. The queue holds at most
+// Config.ReportQueueLimit reports (1024) besides Started and the outcome; when it is full the
+// oldest queued finished piece is dropped from it (the state keeps it and the next register
+// replays it), or else the oldest PieceFailed / Reschedule (advice about the current parents). A
+// re-register empties the queue: the replay carries the state, and the advice is not replayed
+// because the scheduler answers afresh. Finished and Failed only queue the outcome; Session.Sync
+// waits until the queue is sent and the scheduler acknowledged the outcome by closing the stream.
 //
 // Ids are Dragonfly's (pkg/idgen): HostID, PeerID, TaskID.
 //

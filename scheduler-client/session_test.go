@@ -107,7 +107,7 @@ func TestReplayOrder(t *testing.T) {
 	}
 	s.outcome = &outcome{finished: true, backToSource: true}
 	var got []string
-	for _, r := range s.replay() {
+	for _, r := range s.replayLocked() {
 		m := r.ProtoReflect()
 		name := string(m.WhichOneof(m.Descriptor().Oneofs().ByName("request")).Name())
 		if pf := r.GetDownloadPieceBackToSourceFinishedRequest(); pf != nil {
@@ -149,7 +149,7 @@ func TestEventQueueKeepsOrderAndCloses(t *testing.T) {
 
 func TestEventKindNames(t *testing.T) {
 	for k, want := range map[EventKind]string{EventParents: "parents", EventBackToSource: "back-to-source",
-		EventEmpty: "empty", EventMetadataOnly: "metadata-only", EventReconnected: "reconnected", EventError: "error", 99: "EventKind(99)"} {
+		EventEmpty: "empty", EventMetadataOnly: "metadata-only", EventReconnected: "reconnected", EventError: "error", EventDisconnected: "disconnected", 99: "EventKind(99)"} {
 		if k.String() != want {
 			t.Errorf("%d: %s, want %s", int(k), k, want)
 		}

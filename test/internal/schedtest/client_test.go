@@ -133,9 +133,7 @@ func TestPeersOfOneTask(t *testing.T) {
 		t.Fatal(err)
 	}
 	reportPieces(t, sa, b, 0, b.pieces(), "")
-	if err := sa.Finished(true); err != nil {
-		t.Fatal(err)
-	}
+	finish(t, sa, sa.Finished(true))
 
 	t.Run("task succeeded with the first peer's pieces", func(t *testing.T) {
 		task, err := a.StatTask(ctx, b.taskID())
@@ -182,9 +180,7 @@ func TestPeersOfOneTask(t *testing.T) {
 		t.Fatal(err)
 	}
 	reportPieces(t, sb, b, 0, b.pieces(), sa.PeerID())
-	if err := sb.Finished(false); err != nil {
-		t.Fatal(err)
-	}
+	finish(t, sb, sb.Finished(false))
 	t.Run("second peer succeeded from its parent", func(t *testing.T) {
 		peer, err := bc.StatPeer(ctx, b.taskID(), sb.PeerID())
 		if err != nil {
@@ -216,9 +212,7 @@ func TestPeersOfOneTask(t *testing.T) {
 			t.Fatal(err)
 		}
 		reportPieces(t, sc, b, 0, 1, "")
-		if err := sc.Failed(true, "test ends here"); err != nil {
-			t.Fatal(err)
-		}
+		finish(t, sc, sc.Failed(true, "test ends here"))
 	})
 }
 
@@ -244,7 +238,5 @@ func TestReschedulePeerNotNamedBefore(t *testing.T) {
 		t.Fatal(err)
 	}
 	reportPieces(t, s, b, 0, b.pieces(), "")
-	if err := s.Finished(true); err != nil {
-		t.Fatal(err)
-	}
+	finish(t, s, s.Finished(true))
 }

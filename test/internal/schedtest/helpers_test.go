@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
 )
@@ -58,6 +60,44 @@ func register(t *testing.T, c *schedclient.Client, spec schedclient.TaskSpec) *s
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
+}
+
+// finish checks the error of a Finished or Failed report and waits until the scheduler
+// acknowledged the outcome (the report itself only queues it).
+func finish(t *testing.T, s *schedclient.Session, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("peer %s: outcome: %v", s.PeerID(), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), eventWait)
+	defer cancel()
+	if err := s.Sync(ctx); err != nil {
+		t.Fatalf("peer %s: %v", s.PeerID(), err)
+	}
+}
+
+// rawScheduler is a plain scheduler.v2 client of one scheduler, to look at it directly.
+func rawScheduler(t *testing.T, addr string) schedulerv2.SchedulerClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return schedulerv2.NewSchedulerClient(conn)
+}
+
+// blobOn is a blob of n pieces whose task the client's ring sends to scheduler addr.
+func blobOn(t *testing.T, c *schedclient.Client, name string, n int, addr string) blob {
+	t.Helper()
+	for i := range 1000 {
+		b := newBlob(fmt.Sprintf("%s-%d", name, i), n)
+		if c.SchedulerFor(b.taskID()) == addr {
+			return b
+		}
+	}
+	t.Fatalf("no blob %s for %s", name, addr)
+	return blob{}
 }
 
 // nextEvent returns the session's next event and fails the test unless its kind is want.

@@ -118,6 +118,7 @@ func (p *process) stop(sig syscall.Signal) {
 		return
 	}
 	_ = p.cmd.Process.Signal(sig)
+	_ = p.cmd.Process.Signal(syscall.SIGCONT) // a paused process handles sig only once resumed
 	select {
 	case <-p.done:
 	case <-time.After(stopWait):
@@ -234,6 +235,22 @@ func (s *Scheduler) Running() bool {
 // GOAWAY; open streams keep working), then SIGKILL if it has not exited after 12 s. Redis keeps
 // running. Calling it on a stopped scheduler does nothing.
 func (s *Scheduler) Stop() { s.halt(syscall.SIGTERM) }
+
+// Pause freezes the scheduler (SIGSTOP): its connections stay open but nothing reads them, like a
+// scheduler that hangs. Resume (or Stop, Kill, Restart, the end of the test) lets it go on.
+func (s *Scheduler) Pause() { s.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused scheduler (SIGCONT).
+func (s *Scheduler) Resume() { s.signal(syscall.SIGCONT) }
+
+func (s *Scheduler) signal(sig syscall.Signal) {
+	s.mu.Lock()
+	p := s.proc
+	s.mu.Unlock()
+	if p != nil && !p.exited() {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
 
 // Kill ends the scheduler with SIGKILL, like a crash, and waits for it to exit.
 func (s *Scheduler) Kill() { s.halt(syscall.SIGKILL) }
