@@ -68,7 +68,13 @@ func (t *task) schedule() {
 				started = true
 				_ = sess.Started(true)
 			}
-		case schedclient.EventEmpty:
+		case schedclient.EventEmpty, schedclient.EventReconnected, schedclient.EventMetadataOnly:
+			// Answers follow a re-register as their own events.
+		case schedclient.EventDisconnected:
+			// The session registers again in the background. Parents named before may still
+			// serve (one that is gone fails over to the next, then the source); with none, reads
+			// go to the source.
+			t.log.Warn("scheduler unreachable: keeping the parents named before, else the source", zap.Error(ev.Err))
 		default:
 			// The session lost its scheduler: read from the source until it registers again.
 			t.mu.Lock()
