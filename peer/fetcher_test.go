@@ -22,6 +22,7 @@ import (
 // fakeSource serves a local blob dir, counting requests and bytes, and can lie or fail.
 type fakeSource struct {
 	inner    source.Source
+	dir      string // the blob directory inner reads
 	requests atomic.Int64
 	bytes    atomic.Int64
 	corrupt  atomic.Bool
@@ -90,7 +91,7 @@ func testImage(t *testing.T) (*rafs.Image, *fakeSource, map[string][]byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return res.Image, &fakeSource{inner: source.NewLocal(blobs)}, files
+	return res.Image, &fakeSource{inner: source.NewLocal(blobs), dir: blobs}, files
 }
 
 func newTestFetcher(t *testing.T, mem int64) (*Fetcher, *blobstore.Store) {
