@@ -205,9 +205,11 @@ func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, 
 	t0 := time.Now()
 	var err error
 	if fl, ok := src.(source.Filler); ok && fl.Fills(bl.id) {
+		// The P2P layer counts what it moved (pieces from peers, ranges from the source) in its
+		// own metrics; the image counts the range it asked for.
 		err = fl.Fill(ctx, bl.id, start, end-start, kind == kindPrefetch)
 		if err == nil {
-			st.fetched(kind, 0)
+			st.fetched(kind, end-start)
 		}
 	} else {
 		err = f.stream(ctx, src, st, bl, chunks, kind)
