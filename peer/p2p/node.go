@@ -1,9 +1,11 @@
 package p2p
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -104,7 +106,9 @@ func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logge
 	n.grpcSrv = grpc.NewServer()
 	n.upload.Register(n.grpcSrv)
 	go func() { _ = n.grpcSrv.Serve(upLn) }()
-	handler := mgr.ServePiece
+	// ServePiece still returns the piece in memory; BytesHandler adapts it until it streams from
+	// the store.
+	handler := vortex.BytesHandler(mgr.ServePiece)
 	if os.Getenv(FaultCorruptPieces) == "1" {
 		log.Warn("fault injection: this peer serves corrupted pieces", zap.String("env", FaultCorruptPieces))
 		handler = corrupting(handler)
@@ -316,14 +320,19 @@ func ptr[T any](v T) *T { return &v }
 const FaultCorruptPieces = "DFNYDUS_FAULT_CORRUPT_PIECES"
 
 func corrupting(h vortex.Handler) vortex.Handler {
-	return func(ctx context.Context, id string, n uint32) (vortex.Piece, []byte, error) {
-		p, data, err := h(ctx, id, n)
-		if err != nil || len(data) == 0 {
-			return p, data, err
+	return func(ctx context.Context, id string, n uint32) (vortex.Piece, io.ReadCloser, error) {
+		p, rc, err := h(ctx, id, n)
+		if err != nil {
+			return p, rc, err
 		}
-		bad := append([]byte(nil), data...)
-		bad[len(bad)/2] ^= 0xff
-		p.Digest = vortex.CRC32Digest(bad)
-		return p, bad, nil
+		// Test-only: reading the piece into memory is fine here.
+		data, err := io.ReadAll(io.LimitReader(rc, int64(p.Length)))
+		rc.Close()
+		if err != nil || len(data) == 0 {
+			return p, io.NopCloser(bytes.NewReader(data)), err
+		}
+		data[len(data)/2] ^= 0xff
+		p.Digest = vortex.CRC32Digest(data)
+		return p, io.NopCloser(bytes.NewReader(data)), nil
 	}
 }

@@ -150,7 +150,7 @@ func startPeer(t *testing.T, fx *fixture, name string) *testPeer {
 	g := grpc.NewServer()
 	up.Register(g)
 	go func() { _ = g.Serve(gl) }()
-	vs := vortex.NewServer(func(ctx context.Context, id string, n uint32) (vortex.Piece, []byte, error) {
+	vs := vortex.NewServer(vortex.BytesHandler(func(ctx context.Context, id string, n uint32) (vortex.Piece, []byte, error) {
 		pc, data, err := p.m.ServePiece(ctx, id, n)
 		if mode := p.corrupt.Load(); err == nil && mode != 0 {
 			data = bytes.Clone(data)
@@ -160,7 +160,7 @@ func startPeer(t *testing.T, fx *fixture, name string) *testPeer {
 			}
 		}
 		return pc, data, err
-	}, nil)
+	}), nil)
 	go func() { _ = vs.Serve(vl) }()
 	p.parent = schedclient.Parent{PeerID: name, HostID: name, IP: "127.0.0.1", Port: gl.Addr().(*net.TCPAddr).Port, DownloadPort: vport}
 	p.attach, err = p.m.Attach(context.Background(), daemon.AttachedImage{Name: "test", RAFS: fx.img, Source: p.src,
