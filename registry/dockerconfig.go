@@ -55,9 +55,9 @@ type credentials struct {
 	explicit *Credential
 	// explicitHost, when set, is the only registry host explicit goes to.
 	explicitHost string
-	path     string
-	cfg      *dockerConfig // nil: no config file
-	log      *zap.Logger
+	path         string
+	cfg          *dockerConfig // nil: no config file
+	log          *zap.Logger
 }
 
 // defaultDockerConfigPath is $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
