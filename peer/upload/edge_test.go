@@ -155,7 +155,9 @@ func TestAuthorizer(t *testing.T) {
 	if err := a.Authorize(at("127.0.0.1:1", nil)); err != nil {
 		t.Errorf("after a failed refresh the scheduler is refused: %v", err)
 	}
-	a.lookup = func(context.Context, string) ([]netip.Addr, error) { return []netip.Addr{netip.MustParseAddr("10.5.5.5")}, nil }
+	a.lookup = func(context.Context, string) ([]netip.Addr, error) {
+		return []netip.Addr{netip.MustParseAddr("10.5.5.5")}, nil
+	}
 	a.Refresh(context.Background())
 	if err := a.Authorize(at("10.5.5.5:1", nil)); err != nil {
 		t.Errorf("after a refresh the new address is refused: %v", err)

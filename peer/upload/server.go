@@ -174,7 +174,7 @@ func (s *Server) statusOf(err error, what string, fields ...zap.Field) error {
 	if code == codes.Internal {
 		lvl = zap.WarnLevel
 	}
-	s.log.Log(lvl, "upload: "+what+" failed", append(fields, zap.Stringer("code", code), zap.Error(err))...)
+	s.log.Log(lvl, "upload: "+what, append(fields, zap.Stringer("code", code), zap.Error(err))...)
 	return status.Error(code, msg)
 }
 
@@ -189,7 +189,7 @@ func (s *Server) SyncPieces(req *dfdaemonv2.SyncPiecesRequest, stream dfdaemonv2
 	log := s.log.With(zap.String("task", taskID), zap.String("remote_host", req.GetHostId()))
 	info, err := s.tasks.Task(ctx, taskID)
 	if err != nil {
-		return s.statusOf(err, "sync pieces", zap.String("task", taskID))
+		return s.statusOf(err, "sync pieces failed", zap.String("task", taskID))
 	}
 	held := make(map[uint32]PieceInfo, len(info.Held))
 	for _, p := range info.Held {
@@ -257,7 +257,7 @@ func (s *Server) waitPieces(ctx context.Context, log *zap.Logger, stream dfdaemo
 		select {
 		case r = <-results:
 		case <-ctx.Done():
-			return s.statusOf(context.Cause(ctx), "sync pieces", zap.String("task", taskID))
+			return s.statusOf(context.Cause(ctx), "sync pieces failed", zap.String("task", taskID))
 		}
 		if next < len(pending) {
 			start(pending[next])
@@ -271,7 +271,7 @@ func (s *Server) waitPieces(ctx context.Context, log *zap.Logger, stream dfdaemo
 				return err
 			}
 		case errors.Is(r.err, ErrTaskNotFound) || ctx.Err() != nil:
-			return s.statusOf(r.err, "sync pieces", zap.String("task", taskID))
+			return s.statusOf(r.err, "sync pieces failed", zap.String("task", taskID))
 		default:
 			// One piece the peer cannot get does not end the others.
 			log.Info("sync pieces: piece unobtainable", zap.Uint32("piece", r.number), zap.Error(r.err))
@@ -303,14 +303,16 @@ func (s *Server) DownloadTask(req *dfdaemonv2.DownloadTaskRequest, stream dfdaem
 	ctx := stream.Context()
 	d := req.GetDownload()
 	if err := s.authorizeDownload(ctx); err != nil {
-		return s.statusOf(err, "download task: caller refused", callerField(ctx))
+		return s.statusOf(err, "download task refused", callerField(ctx))
 	}
 	taskID, err := TaskID(d)
-	if err == nil {
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrInvalidDownload, err)
+	} else {
 		_, err = ValidateDownload(d, taskID, s.cfg.URLPolicy)
 	}
 	if err != nil {
-		return s.statusOf(fmt.Errorf("%w: %w", ErrInvalidDownload, err), "download task: request refused", callerField(ctx), zap.String("url", d.GetUrl()))
+		return s.statusOf(err, "download task refused", callerField(ctx), zap.String("url", d.GetUrl()))
 	}
 	log := s.log.With(zap.String("task", taskID), zap.String("url", d.GetUrl()))
 	log.Info("download task requested", zap.Stringer("priority", d.GetPriority()))
@@ -376,7 +378,7 @@ func (s *Server) DownloadTask(req *dfdaemonv2.DownloadTaskRequest, stream dfdaem
 				return err
 			}
 			if o.err != nil {
-				return s.statusOf(o.err, "download task", zap.String("task", taskID), zap.String("url", d.GetUrl()))
+				return s.statusOf(o.err, "download task failed", zap.String("task", taskID), zap.String("url", d.GetUrl()))
 			}
 			// Pieces the peer held without reporting them still get their message, in order.
 			held := slices.Clone(o.info.Held)
@@ -464,7 +466,7 @@ func commonPiece(p PieceInfo) *commonv2.Piece {
 func (s *Server) StatTask(ctx context.Context, req *dfdaemonv2.StatTaskRequest) (*commonv2.Task, error) {
 	info, err := s.tasks.Task(ctx, req.GetTaskId())
 	if err != nil {
-		return nil, s.statusOf(err, "stat task", zap.String("task", req.GetTaskId()))
+		return nil, s.statusOf(err, "stat task failed", zap.String("task", req.GetTaskId()))
 	}
 	return commonTask(info, time.Now()), nil
 }
@@ -473,7 +475,7 @@ func (s *Server) StatTask(ctx context.Context, req *dfdaemonv2.StatTaskRequest) 
 func (s *Server) StatLocalTask(ctx context.Context, req *dfdaemonv2.StatLocalTaskRequest) (*dfdaemonv2.StatLocalTaskResponse, error) {
 	info, err := s.tasks.Task(ctx, req.GetTaskId())
 	if err != nil {
-		return nil, s.statusOf(err, "stat local task", zap.String("task", req.GetTaskId()))
+		return nil, s.statusOf(err, "stat local task failed", zap.String("task", req.GetTaskId()))
 	}
 	now := timestamppb.Now()
 	resp := &dfdaemonv2.StatLocalTaskResponse{TaskId: info.ID, ContentLength: ptr(info.ContentLength), CreatedAt: now, UpdatedAt: now}
@@ -490,10 +492,10 @@ func (s *Server) StatLocalTask(ctx context.Context, req *dfdaemonv2.StatLocalTas
 // scheduler's (or an allowed caller's) only, on seeds and normal peers alike.
 func (s *Server) DeleteTask(ctx context.Context, req *dfdaemonv2.DeleteTaskRequest) (*emptypb.Empty, error) {
 	if err := s.authorizeCaller(ctx); err != nil {
-		return nil, s.statusOf(err, "delete task: caller refused", callerField(ctx), zap.String("task", req.GetTaskId()))
+		return nil, s.statusOf(err, "delete task refused", callerField(ctx), zap.String("task", req.GetTaskId()))
 	}
 	if err := s.tasks.DeleteTask(ctx, req.GetTaskId()); err != nil {
-		return nil, s.statusOf(err, "delete task", zap.String("task", req.GetTaskId()))
+		return nil, s.statusOf(err, "delete task failed", zap.String("task", req.GetTaskId()))
 	}
 	s.log.Info("task deleted", zap.String("task", req.GetTaskId()))
 	return &emptypb.Empty{}, nil
