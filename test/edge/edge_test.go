@@ -177,6 +177,9 @@ func TestEdge(t *testing.T) {
 	t.Run("a reader that never reads is cut after ioTimeout and frees its piece slot", func(t *testing.T) {
 		slowReader(t, seed, taskA, blobA[:pieceLength])
 	})
+	t.Run("the scheduler's DownloadTask is accepted", func(t *testing.T) {
+		schedulerTriggersSeed(t, sched, seed, reg.blobURL(blobB), len(blobB))
+	})
 	t.Run("the upload rate limit holds", func(t *testing.T) {
 		c := vortex.NewClient(vortex.ClientOptions{})
 		defer c.Close()
