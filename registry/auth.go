@@ -173,6 +173,13 @@ func (c *Client) fetchToken(ctx context.Context, hs *hostState, realm, service, 
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return bearerToken{}, fmt.Errorf("registry %s: bad token realm %q", hs.host, realm)
 	}
+	hs.mu.Lock()
+	regScheme := hs.scheme
+	hs.mu.Unlock()
+	if regScheme == "https" && u.Scheme != "https" {
+		// The credential would cross the network in clear text, to wherever the realm says.
+		return bearerToken{}, fmt.Errorf("registry %s: token realm %q is plain http for an https registry", hs.host, realm)
+	}
 	scopes := strings.Fields(key)
 	build := func() (*http.Request, error) {
 		if cred.IdentityToken != "" {

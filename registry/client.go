@@ -110,17 +110,31 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// maxRedirects bounds redirect chains (blob GETs are commonly redirected once, to storage).
-const maxRedirects = 10
+// maxRedirects bounds redirect chains: blob GETs are commonly redirected once, to storage on
+// another host; a registry needs no more than a few hops.
+const maxRedirects = 5
 
-// checkRedirect follows redirects, dropping credentials when the target is another host: storage
-// URLs carry their own signature, and our token must not leak to them.
+// ErrRedirect: a redirect the client refuses to follow (too many, or from https to http).
+var ErrRedirect = errors.New("registry: redirect refused")
+
+// checkRedirect follows redirects, dropping credentials when the target is another host than the
+// registry the request was for (storage URLs carry their own signature, and our credentials must
+// not leak to them), and refusing a downgrade from https to plain http anywhere in the chain (a
+// man in the middle, or a hostile registry, could otherwise read what we send and feed us bytes).
 func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxRedirects {
-		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+		return fmt.Errorf("%w: more than %d redirects", ErrRedirect, maxRedirects)
 	}
-	if req.URL.Host != via[0].URL.Host {
+	if req.URL.Scheme != "https" {
+		for _, v := range via {
+			if v.URL.Scheme == "https" {
+				return fmt.Errorf("%w: from https to %s://%s", ErrRedirect, req.URL.Scheme, req.URL.Host)
+			}
+		}
+	}
+	if !strings.EqualFold(req.URL.Host, via[0].URL.Host) {
 		req.Header.Del("Authorization")
+		req.Header.Del("Cookie")
 	}
 	c.log.Debug("redirect", zap.String("method", req.Method), zap.String("to", req.URL.Host+req.URL.Path))
 	return nil

@@ -53,9 +53,11 @@ type dockerAuth struct {
 // credentials finds the Credential for a registry host.
 type credentials struct {
 	explicit *Credential
-	path     string
-	cfg      *dockerConfig // nil: no config file
-	log      *zap.Logger
+	// explicitHost, when set, is the only registry host explicit goes to.
+	explicitHost string
+	path         string
+	cfg          *dockerConfig // nil: no config file
+	log          *zap.Logger
 }
 
 // defaultDockerConfigPath is $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
@@ -76,6 +78,7 @@ func loadCredentials(opts Options) (*credentials, error) {
 	c := &credentials{log: opts.Logger}
 	if opts.Username != "" {
 		c.explicit = &Credential{Username: opts.Username, Password: opts.Password}
+		c.explicitHost = opts.CredentialHost
 		return c, nil
 	}
 	if opts.Password != "" {
@@ -117,6 +120,10 @@ func loadCredentials(opts Options) (*credentials, error) {
 // lookup returns the credential for host (empty when there is none).
 func (c *credentials) lookup(ctx context.Context, host string) (Credential, error) {
 	if c.explicit != nil {
+		if c.explicitHost != "" && !strings.EqualFold(c.explicitHost, host) {
+			// Credentials given for one registry never go to another one a URL happens to name.
+			return Credential{}, nil
+		}
 		return *c.explicit, nil
 	}
 	if c.cfg == nil {

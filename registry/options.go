@@ -30,9 +30,12 @@ type Options struct {
 	// DockerConfig is the path of a docker config.json (or the directory holding it). Default:
 	// $DOCKER_CONFIG/config.json, else ~/.docker/config.json; a missing default file means anonymous.
 	DockerConfig string
-	// Username and Password, when Username is set, are used for every registry instead of the
-	// docker config.
+	// Username and Password, when Username is set, are used instead of the docker config: for
+	// CredentialHost only when that is set, else for every registry.
 	Username, Password string
+	// CredentialHost is the registry host (host[:port]) Username and Password belong to; other
+	// hosts are then reached anonymously.
+	CredentialHost string
 	// Retries is how many times a failed request is retried (transient network errors, 5xx, 429).
 	// 0 means DefaultRetries; a negative value disables retries.
 	Retries int

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -35,6 +36,7 @@ type Config struct {
 	Registry      RegistryOptions `yaml:"registry"`
 	Log           LogConfig       `yaml:"log"`
 	Scheduler     SchedulerConfig `yaml:"scheduler"`
+	Upload        UploadConfig    `yaml:"upload"`
 }
 
 // StoreConfig configures the chunk store.
@@ -132,6 +134,52 @@ type SchedulerConfig struct {
 	PieceLength ByteSize `yaml:"pieceLength"`
 	// AnnounceInterval is how often the host is announced again.
 	AnnounceInterval time.Duration `yaml:"announceInterval"`
+	// TLS, when CAFile is set, makes the scheduler connection TLS, verified against CAFile, and
+	// presents CertFile/KeyFile as the client certificate when set (the Rust dfdaemon's
+	// scheduler.caCert/cert/key). Without it the connection is plaintext.
+	TLS TLSConfig `yaml:"tls"`
+}
+
+// TLSConfig names PEM files.
+type TLSConfig struct {
+	CAFile   string `yaml:"caFile"`
+	CertFile string `yaml:"certFile"`
+	KeyFile  string `yaml:"keyFile"`
+}
+
+// Set reports whether any file is named.
+func (t TLSConfig) Set() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
+
+// UploadConfig bounds what other hosts can make this peer do on its upload port (DfdaemonUpload
+// gRPC) and piece port (Vortex). docs/p2p.md "Security" says what each limit defends.
+type UploadConfig struct {
+	// MaxConnections caps the connections open at once on each of the two ports; connections over
+	// it are closed as soon as they are accepted.
+	MaxConnections int `yaml:"maxConnections"`
+	// MaxConcurrentPieces caps the pieces being sent at once, across connections; further
+	// requests wait (at most IOTimeout).
+	MaxConcurrentPieces int `yaml:"maxConcurrentPieces"`
+	// RateLimit caps the piece bytes sent per second, all connections together (0: unlimited).
+	RateLimit ByteSize `yaml:"rateLimit"`
+	// IdleTimeout closes a connection that sends no request for this long.
+	IdleTimeout time.Duration `yaml:"idleTimeout"`
+	// IOTimeout bounds each read of a request and each write of a response chunk: a peer that
+	// stops reading is cut off and its piece slot freed.
+	IOTimeout time.Duration `yaml:"ioTimeout"`
+	// AllowedCallers are CIDRs (or IPs) allowed to call DownloadTask and DeleteTask besides the
+	// resolved addresses of scheduler.addrs.
+	AllowedCallers []string `yaml:"allowedCallers"`
+	// TLS serves the upload port over TLS with CertFile/KeyFile; with CAFile, client
+	// certificates are required and verified against it (mutual TLS), and a caller with a
+	// verified certificate may call DownloadTask.
+	TLS TLSConfig `yaml:"tls"`
+	// MaxSeedTasks caps the tasks a seed holds because a scheduler asked (DownloadTask); new ones
+	// over it are refused (Unavailable).
+	MaxSeedTasks int `yaml:"maxSeedTasks"`
+	// MaxSeedBytes caps the content bytes of those tasks together (0: unlimited).
+	MaxSeedBytes ByteSize `yaml:"maxSeedBytes"`
+	// SeedTaskIdle releases such a task once nobody has read or fetched it for this long.
+	SeedTaskIdle time.Duration `yaml:"seedTaskIdle"`
 }
 
 // Defaults.
@@ -143,6 +191,15 @@ const (
 	DefaultPiecePort        = 4005 // dragonfly-client's Vortex TCP default
 	DefaultPieceLength      = 0    // per blob, as the Rust dfdaemon picks it
 	DefaultAnnounceInterval = 5 * time.Minute
+	// Upload limits (docs/p2p.md "Security" compares them with the Rust dfdaemon's).
+	DefaultUploadMaxConnections      = 1024
+	DefaultUploadMaxConcurrentPieces = 64
+	DefaultUploadRateLimit           = 0 // unlimited; the Rust dfdaemon's 50 GB/s is in effect unlimited too
+	DefaultUploadIdleTimeout         = 60 * time.Second
+	DefaultUploadIOTimeout           = 30 * time.Second
+	DefaultMaxSeedTasks              = 1024
+	DefaultMaxSeedBytes              = 100 << 30
+	DefaultSeedTaskIdle              = 24 * time.Hour
 	// MinPieceLength is the scheduler's smallest piece length (notes/dragonfly.md).
 	MinPieceLength = 4 << 20
 	// maxSocketPath is what fits in sockaddr_un.sun_path with its terminating NUL.
@@ -163,6 +220,16 @@ func DefaultConfig() Config {
 			PiecePort:        DefaultPiecePort,
 			PieceLength:      DefaultPieceLength,
 			AnnounceInterval: DefaultAnnounceInterval,
+		},
+		Upload: UploadConfig{
+			MaxConnections:      DefaultUploadMaxConnections,
+			MaxConcurrentPieces: DefaultUploadMaxConcurrentPieces,
+			RateLimit:           DefaultUploadRateLimit,
+			IdleTimeout:         DefaultUploadIdleTimeout,
+			IOTimeout:           DefaultUploadIOTimeout,
+			MaxSeedTasks:        DefaultMaxSeedTasks,
+			MaxSeedBytes:        DefaultMaxSeedBytes,
+			SeedTaskIdle:        DefaultSeedTaskIdle,
 		},
 	}
 }
@@ -201,6 +268,9 @@ func ParseConfig(data []byte) (Config, error) {
 	}
 	if len(cfg.Scheduler.Addrs) == 0 {
 		cfg.Scheduler.Addrs = nil // "addrs: []" is the default
+	}
+	if len(cfg.Upload.AllowedCallers) == 0 {
+		cfg.Upload.AllowedCallers = nil
 	}
 	return cfg, cfg.Validate()
 }
@@ -319,7 +389,50 @@ func (c Config) Validate() error {
 	if s.AnnounceInterval <= 0 {
 		bad("scheduler.announceInterval", "want a positive duration, have %s", s.AnnounceInterval)
 	}
+	if s.TLS.Set() && s.TLS.CAFile == "" {
+		bad("scheduler.tls.caFile", "required when scheduler.tls is set")
+	}
+	if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
+		bad("scheduler.tls", "certFile and keyFile go together")
+	}
+	c.Upload.validate(bad)
 	return errors.Join(errs...)
+}
+
+// validate checks the upload limits.
+func (u UploadConfig) validate(bad func(key, format string, args ...any)) {
+	for _, v := range []struct {
+		key string
+		n   int
+	}{{"upload.maxConnections", u.MaxConnections}, {"upload.maxConcurrentPieces", u.MaxConcurrentPieces}, {"upload.maxSeedTasks", u.MaxSeedTasks}} {
+		if v.n < 1 {
+			bad(v.key, "want at least 1, have %d", v.n)
+		}
+	}
+	for _, v := range []struct {
+		key string
+		d   time.Duration
+	}{{"upload.idleTimeout", u.IdleTimeout}, {"upload.ioTimeout", u.IOTimeout}, {"upload.seedTaskIdle", u.SeedTaskIdle}} {
+		if v.d <= 0 {
+			bad(v.key, "want a positive duration, have %s", v.d)
+		}
+	}
+	if u.RateLimit < 0 {
+		bad("upload.rateLimit", "negative (%d)", u.RateLimit)
+	}
+	if u.MaxSeedBytes < 0 {
+		bad("upload.maxSeedBytes", "negative (%d)", u.MaxSeedBytes)
+	}
+	for i, c := range u.AllowedCallers {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			if _, err := netip.ParseAddr(c); err != nil {
+				bad(fmt.Sprintf("upload.allowedCallers[%d]", i), "want a CIDR or an IP address, have %q", c)
+			}
+		}
+	}
+	if u.TLS.Set() && (u.TLS.CertFile == "" || u.TLS.KeyFile == "") {
+		bad("upload.tls", "certFile and keyFile are required when upload.tls is set")
+	}
 }
 
 // P2P reports whether schedulers are configured.

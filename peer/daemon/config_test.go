@@ -38,6 +38,17 @@ func TestDefaultConfig(t *testing.T) {
 		{"scheduler.piecePort", c.Scheduler.PiecePort, 4005},
 		{"scheduler.pieceLength", c.Scheduler.PieceLength, ByteSize(0)},
 		{"scheduler.announceInterval", c.Scheduler.AnnounceInterval, 5 * time.Minute},
+		{"scheduler.tls", c.Scheduler.TLS, TLSConfig{}},
+		{"upload.maxConnections", c.Upload.MaxConnections, 1024},
+		{"upload.maxConcurrentPieces", c.Upload.MaxConcurrentPieces, 64},
+		{"upload.rateLimit", c.Upload.RateLimit, ByteSize(0)},
+		{"upload.idleTimeout", c.Upload.IdleTimeout, time.Minute},
+		{"upload.ioTimeout", c.Upload.IOTimeout, 30 * time.Second},
+		{"upload.allowedCallers", len(c.Upload.AllowedCallers), 0},
+		{"upload.tls", c.Upload.TLS, TLSConfig{}},
+		{"upload.maxSeedTasks", c.Upload.MaxSeedTasks, 1024},
+		{"upload.maxSeedBytes", c.Upload.MaxSeedBytes, ByteSize(100 << 30)},
+		{"upload.seedTaskIdle", c.Upload.SeedTaskIdle, 24 * time.Hour},
 	}
 	for _, w := range want {
 		if !reflect.DeepEqual(w.got, w.want) {
@@ -96,6 +107,18 @@ scheduler:
   piecePort: 14005
   pieceLength: 16MiB
   announceInterval: 30s
+  tls: {caFile: /etc/sched-ca.pem, certFile: /etc/peer.pem, keyFile: /etc/peer.key}
+upload:
+  maxConnections: 100
+  maxConcurrentPieces: 8
+  rateLimit: 100MiB
+  idleTimeout: 10s
+  ioTimeout: 5s
+  allowedCallers: ["10.1.0.0/16", "10.2.0.1"]
+  tls: {caFile: /etc/ca.pem, certFile: /etc/up.pem, keyFile: /etc/up.key}
+  maxSeedTasks: 10
+  maxSeedBytes: 1GiB
+  seedTaskIdle: 1h
 `, func(t *testing.T, c Config) {
 			want := Config{CacheDir: "/srv/dfnydus", ControlSocket: "/run/x.sock",
 				Store: StoreConfig{Budget: 10 << 30, VerifyReads: true}, MemoryCache: 64 << 20,
@@ -104,7 +127,12 @@ scheduler:
 				Registry: RegistryOptions{PlainHTTP: true, Insecure: true, CAFile: "/etc/ca.pem", DockerConfig: "/root/.docker/config.json"},
 				Log:      LogConfig{Level: "debug"},
 				Scheduler: SchedulerConfig{Addrs: []string{"10.0.0.1:8002", "sched.example:8002"}, Seed: true, AdvertiseIP: "10.0.0.9",
-					Hostname: "node-9", UploadPort: 14000, PiecePort: 14005, PieceLength: 16 << 20, AnnounceInterval: 30 * time.Second}}
+					Hostname: "node-9", UploadPort: 14000, PiecePort: 14005, PieceLength: 16 << 20, AnnounceInterval: 30 * time.Second,
+					TLS: TLSConfig{CAFile: "/etc/sched-ca.pem", CertFile: "/etc/peer.pem", KeyFile: "/etc/peer.key"}},
+				Upload: UploadConfig{MaxConnections: 100, MaxConcurrentPieces: 8, RateLimit: 100 << 20, IdleTimeout: 10 * time.Second,
+					IOTimeout: 5 * time.Second, AllowedCallers: []string{"10.1.0.0/16", "10.2.0.1"},
+					TLS:          TLSConfig{CAFile: "/etc/ca.pem", CertFile: "/etc/up.pem", KeyFile: "/etc/up.key"},
+					MaxSeedTasks: 10, MaxSeedBytes: 1 << 30, SeedTaskIdle: time.Hour}}
 			if !reflect.DeepEqual(c, want) {
 				t.Errorf("got  %+v\nwant %+v", c, want)
 			}
@@ -145,6 +173,19 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"negative retries", "source: {retries: -2}\n", []string{"source.retries"}},
 		{"bad log level", "log: {level: loud}\n", []string{"log.level", "loud"}},
 		{"scheduler address without a port", "scheduler: {addrs: [sched]}\n", []string{"scheduler.addrs[0]", "host:port"}},
+		{"scheduler tls without a CA", "scheduler: {tls: {certFile: /a, keyFile: /b}}\n", []string{"scheduler.tls.caFile"}},
+		{"scheduler tls cert without key", "scheduler: {tls: {caFile: /c, certFile: /a}}\n", []string{"scheduler.tls", "go together"}},
+		{"no connections", "upload: {maxConnections: 0}\n", []string{"upload.maxConnections"}},
+		{"no piece slots", "upload: {maxConcurrentPieces: -1}\n", []string{"upload.maxConcurrentPieces"}},
+		{"negative rate limit", "upload: {rateLimit: -1}\n", []string{"upload.rateLimit", "negative"}},
+		{"zero io timeout", "upload: {ioTimeout: 0s}\n", []string{"upload.ioTimeout"}},
+		{"zero idle timeout", "upload: {idleTimeout: 0s}\n", []string{"upload.idleTimeout"}},
+		{"bad allowed caller", "upload: {allowedCallers: [10.0.0.0/33]}\n", []string{"upload.allowedCallers[0]"}},
+		{"upload tls without a key", "upload: {tls: {caFile: /c, certFile: /a}}\n", []string{"upload.tls"}},
+		{"no seed tasks", "upload: {maxSeedTasks: 0}\n", []string{"upload.maxSeedTasks"}},
+		{"negative seed bytes", "upload: {maxSeedBytes: -1}\n", []string{"upload.maxSeedBytes"}},
+		{"zero seed idle", "upload: {seedTaskIdle: 0s}\n", []string{"upload.seedTaskIdle"}},
+		{"unknown upload key", "upload: {maxConn: 1}\n", []string{`unknown key "upload.maxConn"`}},
 		{"bad advertise IP", "scheduler: {advertiseIP: 10.0.0}\n", []string{"scheduler.advertiseIP"}},
 		{"privileged upload port", "scheduler: {uploadPort: 80}\n", []string{"scheduler.uploadPort", "1024..65534"}},
 		{"piece port out of range", "scheduler: {piecePort: 65535}\n", []string{"scheduler.piecePort", "1024..65534"}},

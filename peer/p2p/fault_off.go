@@ -2,8 +2,12 @@
 
 package p2p
 
-import "go.uber.org/zap"
+import (
+	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/peer/vortex"
+)
 
 // faults is the identity in release builds: fault injection exists only in binaries built with
 // the faultinject tag, for the end-to-end suites.
-func faults(h pieceHandler, _ *zap.Logger) pieceHandler { return h }
+func faults(h vortex.Handler, _ *zap.Logger) vortex.Handler { return h }

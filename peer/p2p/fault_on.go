@@ -18,7 +18,7 @@ import (
 // would. The end-to-end suite uses it to check that other peers catch and avoid such a parent.
 const FaultCorruptPieces = "DFNYDUS_FAULT_CORRUPT_PIECES"
 
-func faults(h pieceHandler, log *zap.Logger) pieceHandler {
+func faults(h vortex.Handler, log *zap.Logger) vortex.Handler {
 	if os.Getenv(FaultCorruptPieces) != "1" {
 		return h
 	}

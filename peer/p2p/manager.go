@@ -228,8 +228,9 @@ func (m *Manager) acquire(spec taskSpec) (*task, error) {
 	return t, nil
 }
 
-// errLimit is wrapped when a configured limit refuses a new task.
-var errLimit = errors.New("limit reached")
+// errLimit is wrapped when a configured limit refuses a new task: the caller is told the peer is
+// unavailable for now.
+var errLimit = upload.ErrUnavailable
 
 // release gives back a reference taken by acquire; the last one ends the task.
 func (m *Manager) release(t *task) {

@@ -16,7 +16,9 @@ import (
 	schedulerv2 "d7y.io/api/v2/pkg/apis/scheduler/v2"
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/dfnydus/dfnydus/oci"
 	"github.com/dfnydus/dfnydus/peer/daemon"
@@ -38,6 +40,8 @@ type Node struct {
 	upload  *upload.Server
 	vortex  *vortex.Server
 	regOpts daemon.RegistryOptions
+	// stopRefresh ends the periodic resolution of the scheduler addresses.
+	stopRefresh context.CancelFunc
 }
 
 // NewDistributor builds the P2P side of daemon d from its config (scheduler.*); with no scheduler
@@ -94,23 +98,26 @@ func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logge
 	host.ID = schedclient.HostID(ip, host.Hostname, sc.Seed)
 	// The piece index of older versions: the store's verified ranges are the one truth now.
 	_ = os.Remove(filepath.Join(cfg.CacheDir, "pieces.db"))
+	uc := cfg.Upload
 	mgr, err := New(Config{HostID: host.ID, Fetcher: d.Fetcher(),
-		PieceLength: uint64(sc.PieceLength), Seed: sc.Seed, OpenURL: n.openURL, Log: log, Metrics: d.Metrics()})
+		PieceLength: uint64(sc.PieceLength), Seed: sc.Seed, OpenURL: n.openURL,
+		MaxSeedTasks: uc.MaxSeedTasks, MaxSeedBytes: int64(uc.MaxSeedBytes), SeedTaskIdle: uc.SeedTaskIdle,
+		Log: log, Metrics: d.Metrics()})
 	if err != nil {
 		upLn.Close()
 		pieceLn.Close()
 		return nil, err
 	}
 	n.Manager = mgr
-	n.upload = upload.NewServer(upload.Config{HostID: host.ID, IP: ip, TCPPort: sc.PiecePort, Log: log.Named("upload")}, mgr)
-	n.grpcSrv = grpc.NewServer()
-	n.upload.Register(n.grpcSrv)
-	go func() { _ = n.grpcSrv.Serve(upLn) }()
-	handler := faults(mgr.ServePiece, log)
-	n.vortex = vortex.NewServer(legacy(handler), log.Named("vortex"))
-	go func() { _ = n.vortex.Serve(pieceLn) }()
-
-	n.sched, err = schedclient.New(ctx, schedclient.Config{Addrs: sc.Addrs, Host: host, AnnounceInterval: sc.AnnounceInterval, Log: log.Named("scheduler")})
+	if err := n.startServers(ctx, mgr, host, upLn, pieceLn); err != nil {
+		return nil, err
+	}
+	dialOpts, err := schedulerDialOptions(sc.TLS)
+	if err != nil {
+		return nil, err
+	}
+	n.sched, err = schedclient.New(ctx, schedclient.Config{Addrs: sc.Addrs, Host: host, AnnounceInterval: sc.AnnounceInterval,
+		Log: log.Named("scheduler"), DialOptions: dialOpts})
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
@@ -120,6 +127,64 @@ func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logge
 	log.Info("P2P peer up", zap.String("host_id", host.ID), zap.String("ip", ip), zap.Int("upload_port", sc.UploadPort),
 		zap.Int("piece_port", sc.PiecePort), zap.Bool("seed", sc.Seed), zap.Strings("schedulers", sc.Addrs))
 	return n, nil
+}
+
+// startServers serves DfdaemonUpload on upLn and Vortex on pieceLn with the upload.* limits:
+// DownloadTask only on seeds and only from the schedulers (or allowed callers, or verified client
+// certificates), capped connections, keepalive enforcement, IO deadlines and the rate limit.
+func (n *Node) startServers(ctx context.Context, mgr *Manager, host schedclient.Host, upLn, pieceLn net.Listener) error {
+	cfg, log := n.cfg, n.log
+	uc := cfg.Upload
+	authz, err := upload.NewAuthorizer(ctx, cfg.Scheduler.Addrs, uc.AllowedCallers, log.Named("upload"))
+	if err != nil {
+		upLn.Close()
+		pieceLn.Close()
+		return err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	n.stopRefresh = cancel
+	go authz.Run(rctx, upload.DefaultResolveInterval)
+	tlsCfg, err := upload.ServerTLS(upload.TLSFiles{CAFile: uc.TLS.CAFile, CertFile: uc.TLS.CertFile, KeyFile: uc.TLS.KeyFile})
+	if err != nil {
+		upLn.Close()
+		pieceLn.Close()
+		return err
+	}
+	n.upload = upload.NewServer(upload.Config{HostID: host.ID, IP: host.IP, TCPPort: cfg.Scheduler.PiecePort, Seed: cfg.Scheduler.Seed,
+		Authorizer: authz, URLPolicy: upload.URLPolicy{PlainHTTP: cfg.Registry.PlainHTTP}, Log: log.Named("upload")}, mgr)
+	n.grpcSrv = grpc.NewServer(upload.GRPCServerOptions(upload.GRPCLimits{IdleTimeout: uc.IdleTimeout, IOTimeout: uc.IOTimeout, TLS: tlsCfg})...)
+	n.upload.Register(n.grpcSrv)
+	go func() { _ = n.grpcSrv.Serve(upload.LimitListener(upLn, uc.MaxConnections, log.Named("upload"))) }()
+
+	// Pieces stream from the store; fault injection exists only in faultinject builds.
+	handler := faults(mgr.ServePiece, log)
+	var lim *rate.Limiter
+	if uc.RateLimit > 0 {
+		// A burst of at most one copy chunk keeps the rate even over short windows.
+		lim = rate.NewLimiter(rate.Limit(uc.RateLimit), int(min(uc.RateLimit, 64<<10)))
+	}
+	n.vortex = vortex.NewServerWithOptions(handler, log.Named("vortex"), vortex.ServerOptions{IdleTimeout: uc.IdleTimeout,
+		IOTimeout: uc.IOTimeout, MaxConnections: uc.MaxConnections, MaxConcurrentPieces: uc.MaxConcurrentPieces, Limiter: lim})
+	go func() { _ = n.vortex.Serve(pieceLn) }()
+	return nil
+}
+
+// schedulerDialOptions are TLS credentials for the scheduler connection when scheduler.tls is set
+// (a later WithTransportCredentials overrides the client's default plaintext one).
+func schedulerDialOptions(t daemon.TLSConfig) ([]grpc.DialOption, error) {
+	cfg, err := upload.ClientTLS(upload.TLSFiles{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile})
+	if err != nil || cfg == nil {
+		return nil, err
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}, nil
+}
+
+// schemeOf is the scheme registries are reached over.
+func schemeOf(o daemon.RegistryOptions) string {
+	if o.PlainHTTP {
+		return "http"
+	}
+	return "https"
 }
 
 // listenIP listens on every address for a loopback or unspecified advertise address, else on the
@@ -142,6 +207,9 @@ func netParse(s string) (net.IP, error) {
 // Close stops serving, ends the scheduler sessions and leaves the scheduler.
 func (n *Node) Close() error {
 	var errs []error
+	if n.stopRefresh != nil {
+		n.stopRefresh()
+	}
 	if n.grpcSrv != nil {
 		n.upload.Shutdown()
 		n.grpcSrv.Stop()
@@ -175,11 +243,14 @@ func (n *Node) openURL(ctx context.Context, raw string) (source.Source, string, 
 		return nil, "", 0, fmt.Errorf("not a registry blob URL: %s", raw)
 	}
 	o := n.regOpts
-	if u.Scheme == "http" {
-		o.PlainHTTP = true
+	// The URL comes from a remote caller: it never picks plain HTTP (registry.plainHTTP does),
+	// and it gets no credentials but the docker config's for that exact host (the config names no
+	// registry host that explicit credentials would belong to).
+	if want := schemeOf(o); u.Scheme != want {
+		return nil, "", 0, fmt.Errorf("blob URL %s: scheme %q, registries are reached over %s", raw, u.Scheme, want)
 	}
 	c, err := registry.New(registry.Options{PlainHTTP: o.PlainHTTP, Insecure: o.Insecure, CAFile: o.CAFile, DockerConfig: o.DockerConfig,
-		Username: o.Username, Password: o.Password, Retries: -1, Logger: n.log.Named("registry")})
+		Retries: -1, Logger: n.log.Named("registry")})
 	if err != nil {
 		return nil, "", 0, err
 	}
@@ -206,7 +277,7 @@ func (n *Node) Preheat(ctx context.Context, req daemon.PreheatRequest) error {
 	}
 	o := req.Registry
 	c, err := registry.New(registry.Options{PlainHTTP: o.PlainHTTP, Insecure: o.Insecure, CAFile: o.CAFile, DockerConfig: o.DockerConfig,
-		Username: o.Username, Password: o.Password, Logger: n.log.Named("registry")})
+		Username: o.Username, Password: o.Password, CredentialHost: ref.Registry, Logger: n.log.Named("registry")})
 	if err != nil {
 		return err
 	}

@@ -182,7 +182,7 @@ func startPeerWith(t *testing.T, fx *fixture, name string, o peerOpts) *testPeer
 		g := grpc.NewServer()
 		up.Register(g)
 		go func() { _ = g.Serve(gl) }()
-		vs := vortex.NewServer(legacy(func(ctx context.Context, id string, n uint32) (vortex.Piece, io.ReadCloser, error) {
+		vs := vortex.NewServer(func(ctx context.Context, id string, n uint32) (vortex.Piece, io.ReadCloser, error) {
 			pc, rc, err := p.m.ServePiece(ctx, id, n)
 			mode := p.corrupt.Load()
 			if err != nil || mode == 0 {
@@ -205,7 +205,7 @@ func startPeerWith(t *testing.T, fx *fixture, name string, o peerOpts) *testPeer
 				pc.Digest = vortex.CRC32Digest(data)
 			}
 			return pc, io.NopCloser(bytes.NewReader(data)), nil
-		}), nil)
+		}, nil)
 		go func() { _ = vs.Serve(vl) }()
 		p.parent = schedclient.Parent{PeerID: name, HostID: name, IP: "127.0.0.1", Port: gl.Addr().(*net.TCPAddr).Port, DownloadPort: vport}
 		stops = append(stops, func() { up.Shutdown(); g.Stop(); vs.Close() })

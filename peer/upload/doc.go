@@ -11,11 +11,19 @@
 //     interested piece was sent, or at once after the held ones when the task is done (a number
 //     the finished task does not have never comes). Unknown task: NotFound.
 //   - DownloadTask: the scheduler's way to make a seed peer download a task (seed mode, preheat).
+//     Only seeds serve it (Config.Seed), only to callers the Authorizer accepts (the schedulers'
+//     resolved addresses, allowed CIDRs, verified client certificates), and only for requests
+//     ValidateDownload accepts (an OCI blob URL in the registries' scheme whose URL-based task id
+//     is the request's); others get PermissionDenied or InvalidArgument before any network I/O.
 //     The task id is computed from the Download as the Rust peer does (TaskID). The stream carries
 //     one DownloadTaskStartedResponse, then one DownloadPieceFinishedResponse per piece, and ends
 //     when the task is complete.
 //   - StatTask and StatLocalTask: the peer's view of a task as common.v2.Task.
-//   - DeleteTask.
+//   - DeleteTask: from callers the Authorizer accepts only.
+//
+// Errors reach callers as a gRPC code and a fixed message (MsgNotFound, ...); the detail is
+// logged locally. LimitListener, GRPCServerOptions, ServerTLS and ClientTLS bound and secure the
+// server the daemon runs this service on.
 //
 // The rest of DfdaemonUpload (cache, persistent and persistent-cache tasks, SyncHost, ...) answers
 // Unimplemented.

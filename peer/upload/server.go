@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -69,11 +70,24 @@ type Config struct {
 	// MaxPieceWaiters bounds the pieces one SyncPieces call waits for at a time
 	// (DefaultMaxPieceWaiters); the rest are waited for, in the order asked, as those arrive.
 	MaxPieceWaiters int
-	Log             *zap.Logger
+	// Seed: this peer is a seed peer and serves DownloadTask (to callers Authorizer accepts).
+	// Other peers refuse it: only seeds download on a scheduler's behalf.
+	Seed bool
+	// Authorizer decides who may call DownloadTask; nil refuses everyone.
+	Authorizer interface {
+		Authorize(ctx context.Context) error
+	}
+	// URLPolicy is what a DownloadTask URL must look like (ValidateDownload).
+	URLPolicy URLPolicy
+	Log       *zap.Logger
 }
 
 // DefaultMaxPieceWaiters is the default Config.MaxPieceWaiters.
 const DefaultMaxPieceWaiters = 256
+
+// maxInterestedPieces bounds the piece numbers of one SyncPieces request: a 64 GiB blob in 4 MiB
+// pieces has 16384.
+const maxInterestedPieces = 1 << 16
 
 // The service name health reports SERVING for, besides "" (the whole server).
 const serviceName = "dfdaemon.v2.DfdaemonUpload"
@@ -116,34 +130,66 @@ func (s *Server) Shutdown() {
 	s.health.Shutdown()
 }
 
-// statusOf turns an error of Tasks into a gRPC status error.
-func statusOf(err error, format string, args ...any) error {
-	msg := fmt.Sprintf(format, args...) + ": " + err.Error()
+// The fixed messages of errors sent to remote callers: the detail (dial errors, HTTP statuses,
+// paths) goes to the local log only.
+const (
+	MsgNotFound         = "task not found"
+	MsgPermissionDenied = "permission denied"
+	MsgInvalid          = "invalid request"
+	MsgInternal         = "internal error"
+	MsgUnavailable      = "unavailable"
+)
+
+// ErrUnavailable: the peer cannot take the request now (a limit is reached); callers get
+// Unavailable and may try another peer. Tasks implementations wrap it.
+var ErrUnavailable = errors.New("upload: unavailable")
+
+// statusOf turns an error into a gRPC status with a fixed message, logging what failed.
+func (s *Server) statusOf(err error, what string, fields ...zap.Field) error {
+	code, msg := codes.Internal, MsgInternal
+	st, isStatus := status.FromError(err)
 	switch {
 	case errors.Is(err, ErrTaskNotFound):
-		return status.Error(codes.NotFound, msg)
+		code, msg = codes.NotFound, MsgNotFound
+	case errors.Is(err, ErrInvalidDownload):
+		code, msg = codes.InvalidArgument, MsgInvalid
+	case errors.Is(err, ErrNotScheduler):
+		code, msg = codes.PermissionDenied, MsgPermissionDenied
+	case errors.Is(err, ErrUnavailable):
+		code, msg = codes.Unavailable, MsgUnavailable
 	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, msg)
+		code, msg = codes.Canceled, MsgUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, msg)
+		code, msg = codes.DeadlineExceeded, MsgUnavailable
+	case isStatus && st.Code() == codes.NotFound:
+		code, msg = codes.NotFound, MsgNotFound
+	case isStatus && (st.Code() == codes.InvalidArgument || st.Code() == codes.OutOfRange):
+		code, msg = codes.InvalidArgument, MsgInvalid
+	case isStatus && (st.Code() == codes.PermissionDenied || st.Code() == codes.Unauthenticated):
+		code, msg = codes.PermissionDenied, MsgPermissionDenied
+	case isStatus && (st.Code() == codes.Unavailable || st.Code() == codes.ResourceExhausted):
+		code, msg = st.Code(), MsgUnavailable
 	}
-	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-		return status.Error(st.Code(), msg)
+	lvl := zap.InfoLevel
+	if code == codes.Internal {
+		lvl = zap.WarnLevel
 	}
-	return status.Error(codes.Internal, msg)
+	s.log.Log(lvl, "upload: "+what, append(fields, zap.Stringer("code", code), zap.Error(err))...)
+	return status.Error(code, msg)
 }
 
 // SyncPieces streams where to fetch each interested piece once the peer holds it.
 func (s *Server) SyncPieces(req *dfdaemonv2.SyncPiecesRequest, stream dfdaemonv2.DfdaemonUpload_SyncPiecesServer) error {
 	ctx := stream.Context()
 	taskID := req.GetTaskId()
-	if taskID == "" || len(req.GetInterestedPieceNumbers()) == 0 {
-		return status.Error(codes.InvalidArgument, "sync pieces: task id and interested piece numbers are required")
+	if taskID == "" || len(req.GetInterestedPieceNumbers()) == 0 || len(req.GetInterestedPieceNumbers()) > maxInterestedPieces {
+		s.log.Info("upload: sync pieces: bad request", zap.String("task", taskID), zap.Int("pieces", len(req.GetInterestedPieceNumbers())))
+		return status.Error(codes.InvalidArgument, MsgInvalid)
 	}
 	log := s.log.With(zap.String("task", taskID), zap.String("remote_host", req.GetHostId()))
 	info, err := s.tasks.Task(ctx, taskID)
 	if err != nil {
-		return statusOf(err, "sync pieces of task %s", taskID)
+		return s.statusOf(err, "sync pieces failed", zap.String("task", taskID))
 	}
 	held := make(map[uint32]PieceInfo, len(info.Held))
 	for _, p := range info.Held {
@@ -211,7 +257,7 @@ func (s *Server) waitPieces(ctx context.Context, log *zap.Logger, stream dfdaemo
 		select {
 		case r = <-results:
 		case <-ctx.Done():
-			return statusOf(context.Cause(ctx), "sync pieces of task %s", taskID)
+			return s.statusOf(context.Cause(ctx), "sync pieces failed", zap.String("task", taskID))
 		}
 		if next < len(pending) {
 			start(pending[next])
@@ -225,7 +271,7 @@ func (s *Server) waitPieces(ctx context.Context, log *zap.Logger, stream dfdaemo
 				return err
 			}
 		case errors.Is(r.err, ErrTaskNotFound) || ctx.Err() != nil:
-			return statusOf(r.err, "sync pieces of task %s", taskID)
+			return s.statusOf(r.err, "sync pieces failed", zap.String("task", taskID))
 		default:
 			// One piece the peer cannot get does not end the others.
 			log.Info("sync pieces: piece unobtainable", zap.Uint32("piece", r.number), zap.Error(r.err))
@@ -256,9 +302,17 @@ func byNumber(a, b PieceInfo) int { return cmp.Compare(a.Number, b.Number) }
 func (s *Server) DownloadTask(req *dfdaemonv2.DownloadTaskRequest, stream dfdaemonv2.DfdaemonUpload_DownloadTaskServer) error {
 	ctx := stream.Context()
 	d := req.GetDownload()
+	if err := s.authorizeDownload(ctx); err != nil {
+		return s.statusOf(err, "download task refused", callerField(ctx))
+	}
 	taskID, err := TaskID(d)
 	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
+		err = fmt.Errorf("%w: %w", ErrInvalidDownload, err)
+	} else {
+		_, err = ValidateDownload(d, taskID, s.cfg.URLPolicy)
+	}
+	if err != nil {
+		return s.statusOf(err, "download task refused", callerField(ctx), zap.String("url", d.GetUrl()))
 	}
 	log := s.log.With(zap.String("task", taskID), zap.String("url", d.GetUrl()))
 	log.Info("download task requested", zap.Stringer("priority", d.GetPriority()))
@@ -324,8 +378,7 @@ func (s *Server) DownloadTask(req *dfdaemonv2.DownloadTaskRequest, stream dfdaem
 				return err
 			}
 			if o.err != nil {
-				log.Warn("download task failed", zap.Error(o.err))
-				return statusOf(o.err, "download task %s", taskID)
+				return s.statusOf(o.err, "download task failed", zap.String("task", taskID), zap.String("url", d.GetUrl()))
 			}
 			// Pieces the peer held without reporting them still get their message, in order.
 			held := slices.Clone(o.info.Held)
@@ -413,7 +466,7 @@ func commonPiece(p PieceInfo) *commonv2.Piece {
 func (s *Server) StatTask(ctx context.Context, req *dfdaemonv2.StatTaskRequest) (*commonv2.Task, error) {
 	info, err := s.tasks.Task(ctx, req.GetTaskId())
 	if err != nil {
-		return nil, statusOf(err, "stat task %s", req.GetTaskId())
+		return nil, s.statusOf(err, "stat task failed", zap.String("task", req.GetTaskId()))
 	}
 	return commonTask(info, time.Now()), nil
 }
@@ -422,7 +475,7 @@ func (s *Server) StatTask(ctx context.Context, req *dfdaemonv2.StatTaskRequest) 
 func (s *Server) StatLocalTask(ctx context.Context, req *dfdaemonv2.StatLocalTaskRequest) (*dfdaemonv2.StatLocalTaskResponse, error) {
 	info, err := s.tasks.Task(ctx, req.GetTaskId())
 	if err != nil {
-		return nil, statusOf(err, "stat local task %s", req.GetTaskId())
+		return nil, s.statusOf(err, "stat local task failed", zap.String("task", req.GetTaskId()))
 	}
 	now := timestamppb.Now()
 	resp := &dfdaemonv2.StatLocalTaskResponse{TaskId: info.ID, ContentLength: ptr(info.ContentLength), CreatedAt: now, UpdatedAt: now}
@@ -435,10 +488,14 @@ func (s *Server) StatLocalTask(ctx context.Context, req *dfdaemonv2.StatLocalTas
 	return resp, nil
 }
 
-// DeleteTask removes a task from this peer.
+// DeleteTask removes a task from this peer. It changes what the peer holds, so it is the
+// scheduler's (or an allowed caller's) only, on seeds and normal peers alike.
 func (s *Server) DeleteTask(ctx context.Context, req *dfdaemonv2.DeleteTaskRequest) (*emptypb.Empty, error) {
+	if err := s.authorizeCaller(ctx); err != nil {
+		return nil, s.statusOf(err, "delete task refused", callerField(ctx), zap.String("task", req.GetTaskId()))
+	}
 	if err := s.tasks.DeleteTask(ctx, req.GetTaskId()); err != nil {
-		return nil, statusOf(err, "delete task %s", req.GetTaskId())
+		return nil, s.statusOf(err, "delete task failed", zap.String("task", req.GetTaskId()))
 	}
 	s.log.Info("task deleted", zap.String("task", req.GetTaskId()))
 	return &emptypb.Empty{}, nil
@@ -499,4 +556,29 @@ func sizeScope(info TaskInfo) commonv2.SizeScope {
 		return commonv2.SizeScope_SMALL
 	}
 	return commonv2.SizeScope_NORMAL
+}
+
+// authorizeDownload refuses DownloadTask on a peer that is not a seed, and from callers the
+// Authorizer does not accept.
+func (s *Server) authorizeDownload(ctx context.Context) error {
+	if !s.cfg.Seed {
+		return fmt.Errorf("%w: this peer is not a seed", ErrNotScheduler)
+	}
+	return s.authorizeCaller(ctx)
+}
+
+// authorizeCaller accepts only callers the Authorizer accepts (the schedulers).
+func (s *Server) authorizeCaller(ctx context.Context) error {
+	if s.cfg.Authorizer == nil {
+		return fmt.Errorf("%w: no authorizer configured", ErrNotScheduler)
+	}
+	return s.cfg.Authorizer.Authorize(ctx)
+}
+
+// callerField names the RPC's caller for the log.
+func callerField(ctx context.Context) zap.Field {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return zap.Stringer("caller", p.Addr)
+	}
+	return zap.Skip()
 }

@@ -134,7 +134,16 @@ func (f *fakeTasks) DeleteTask(_ context.Context, taskID string) error {
 	return nil
 }
 
-var testConfig = Config{HostID: "127.0.0.1-seed", PeerID: "peer-1", IP: "127.0.0.1", TCPPort: 4005, QUICPort: 4006}
+var testConfig = Config{HostID: "127.0.0.1-seed", PeerID: "peer-1", IP: "127.0.0.1", TCPPort: 4005, QUICPort: 4006,
+	Seed: true, Authorizer: allowAll{}}
+
+// allowAll accepts every caller.
+type allowAll struct{}
+
+func (allowAll) Authorize(context.Context) error { return nil }
+
+// testBlobURL is a valid registry blob URL.
+const testBlobURL = "https://registry.example.com/v2/library/app/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 // serve runs a Server over f on a loopback gRPC server and returns a client connection to it.
 func serve(t *testing.T, cfg Config, f Tasks) (*Server, *grpc.ClientConn) {
@@ -423,8 +432,11 @@ func recvDownload(t *testing.T, stream dfdaemonv2.DfdaemonUpload_DownloadTaskCli
 
 func TestDownloadTask(t *testing.T) {
 	pieceLength := uint64(4 << 20)
-	download := &commonv2.Download{Url: "https://example.com/blobs/file.bin", Tag: ptr("nydus"), Application: ptr("dfnydus"), PieceLength: &pieceLength}
-	const wantTaskID = "e5f66925721562c7cd12bf840d4b10b86e9368ad4d620c02ef726f01d650d05a"
+	download := &commonv2.Download{Url: testBlobURL, Tag: ptr("nydus"), Application: ptr("dfnydus"), PieceLength: &pieceLength}
+	wantTaskID, err := TaskID(download)
+	if err != nil {
+		t.Fatal(err)
+	}
 	info := func(held ...uint32) TaskInfo {
 		return TaskInfo{ID: wantTaskID, URL: download.Url, PieceLength: pieceLength, ContentLength: 3 * pieceLength, PieceCount: 3, Held: pieces(held...), Done: len(held) == 3}
 	}
@@ -511,7 +523,7 @@ func TestDownloadTaskCancel(t *testing.T) {
 	}
 	_, cc := serve(t, testConfig, f)
 	ctx, cancel := context.WithCancel(context.Background())
-	stream, err := dfdaemonv2.NewDfdaemonUploadClient(cc).DownloadTask(ctx, &dfdaemonv2.DownloadTaskRequest{Download: &commonv2.Download{Url: "https://example.com/x"}})
+	stream, err := dfdaemonv2.NewDfdaemonUploadClient(cc).DownloadTask(ctx, &dfdaemonv2.DownloadTaskRequest{Download: &commonv2.Download{Url: testBlobURL}})
 	if err != nil {
 		t.Fatal(err)
 	}

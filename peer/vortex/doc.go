@@ -28,6 +28,11 @@
 // connections, retrying once on a fresh connection when a reused one turns out to be closed (and
 // then stops pooling for that address, which is what a Rust server looks like).
 //
+// The Server streams each piece from the Handler's reader through a 64 KiB buffer under a write
+// deadline per chunk, caps its connections (extra ones are closed on accept) and the pieces it
+// sends at once, paces bytes with an optional shared rate limiter, and answers failures with fixed
+// messages (MsgNotFound, MsgInvalid, MsgInternal, MsgUnavailable); details are logged locally.
+//
 // Neither side trusts the other: lengths are capped before anything is allocated (MaxMetadataSize,
 // MaxErrorSize, ClientOptions.MaxPieceLength, 64 MiB by default), every read and write has a
 // progress deadline, and the Client checks the piece number, length and "crc32:<decimal>" digest of

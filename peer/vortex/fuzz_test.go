@@ -165,12 +165,12 @@ func FuzzClientResponse(f *testing.F) {
 func FuzzServerRequest(f *testing.F) {
 	addSeeds(f, "FuzzServerRequest")
 	content := []byte("hello vortex")
-	s := NewServer(func(_ context.Context, taskID string, number uint32) (Piece, []byte, error) {
+	s := NewServer(BytesHandler(func(_ context.Context, taskID string, number uint32) (Piece, []byte, error) {
 		if number != 3 {
 			return Piece{}, nil, fmt.Errorf("piece %d of %s: %w", number, taskID, ErrPieceNotFound)
 		}
 		return Piece{Number: 3, Length: uint64(len(content))}, content, nil
-	}, nil)
+	}), nil)
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		nc := newStreamConn(stream)
 		s.serveConn(nc)

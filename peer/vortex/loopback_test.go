@@ -53,8 +53,17 @@ func listen(t *testing.T) net.Listener {
 	return ln
 }
 
+// bytesFn is a handler that returns pieces in memory (BytesHandler adapts it).
+type bytesFn = func(ctx context.Context, taskID string, number uint32) (Piece, []byte, error)
+
 // startServer runs a Server with h on loopback until the test ends.
-func startServer(t *testing.T, h Handler, opts ServerOptions, wrap func(net.Conn) net.Conn) (*Server, *countingListener) {
+func startServer(t *testing.T, h bytesFn, opts ServerOptions, wrap func(net.Conn) net.Conn) (*Server, *countingListener) {
+	t.Helper()
+	return startHandlerServer(t, BytesHandler(h), opts, wrap)
+}
+
+// startHandlerServer runs a Server with h on loopback until the test ends.
+func startHandlerServer(t *testing.T, h Handler, opts ServerOptions, wrap func(net.Conn) net.Conn) (*Server, *countingListener) {
 	t.Helper()
 	ln := &countingListener{Listener: listen(t), wrap: wrap}
 	s := NewServerWithOptions(h, zaptest.NewLogger(t), opts)
@@ -123,7 +132,7 @@ func newTestClient(t *testing.T, opts ClientOptions) *Client {
 }
 
 // piecesHandler serves the given pieces of goldenTaskID.
-func piecesHandler(pieces map[uint32][]byte, meta func(*Piece)) Handler {
+func piecesHandler(pieces map[uint32][]byte, meta func(*Piece)) bytesFn {
 	return func(_ context.Context, taskID string, number uint32) (Piece, []byte, error) {
 		data, ok := pieces[number]
 		if taskID != goldenTaskID || !ok {
@@ -214,7 +223,7 @@ func TestDownloadRemoteErrors(t *testing.T) {
 	data := testContent(1, 1000)
 	for _, tc := range []struct {
 		name      string
-		h         Handler
+		h         bytesFn
 		download  func(c *Client, addr string) error
 		wantIs    error
 		notIs     error
@@ -229,7 +238,7 @@ func TestDownloadRemoteErrors(t *testing.T) {
 				_, _, err := c.DownloadPiece(context.Background(), addr, goldenTaskID, 9)
 				return err
 			},
-			wantIs: ErrPieceNotFound, wantCode: CodeNotFound, wantMsg: "piece 9 of task", wantConns: 1,
+			wantIs: ErrPieceNotFound, wantCode: CodeNotFound, wantMsg: MsgNotFound, wantConns: 1,
 		},
 		{
 			name: "handler failure",
@@ -240,7 +249,7 @@ func TestDownloadRemoteErrors(t *testing.T) {
 				_, _, err := c.DownloadPiece(context.Background(), addr, goldenTaskID, 1)
 				return err
 			},
-			wantIs: ErrRemote, notIs: ErrPieceNotFound, wantCode: CodeInternal, wantMsg: "disk on fire", wantConns: 1,
+			wantIs: ErrRemote, notIs: ErrPieceNotFound, wantCode: CodeInternal, wantMsg: MsgInternal, wantConns: 1,
 		},
 		{
 			name: "handler returns short content",
@@ -251,7 +260,7 @@ func TestDownloadRemoteErrors(t *testing.T) {
 				_, _, err := c.DownloadPiece(context.Background(), addr, goldenTaskID, 1)
 				return err
 			},
-			wantIs: ErrRemote, wantCode: CodeInternal, wantMsg: "handler returned 1000 bytes for piece 1 of length 1001", wantConns: 1,
+			wantIs: ErrRemote, wantCode: CodeInternal, wantMsg: MsgInternal, wantConns: 1,
 		},
 		{
 			name: "handler returns another piece",
@@ -262,7 +271,7 @@ func TestDownloadRemoteErrors(t *testing.T) {
 				_, _, err := c.DownloadPiece(context.Background(), addr, goldenTaskID, 1)
 				return err
 			},
-			wantIs: ErrRemote, wantCode: CodeInternal, wantMsg: "handler returned piece 2 for piece 1", wantConns: 1,
+			wantIs: ErrRemote, wantCode: CodeInternal, wantMsg: MsgInternal, wantConns: 1,
 		},
 		{
 			name: "piece at another offset than announced",
@@ -493,10 +502,10 @@ func (c *gatedConn) Close() error {
 }
 
 func TestServerClosedMidPiece(t *testing.T) {
-	content := testContent(6, 3*writeChunk)
+	content := testContent(6, 3*copyChunk)
 	at := make(chan struct{})
 	srv, ln := startServer(t, piecesHandler(map[uint32][]byte{1: content}, nil), ServerOptions{}, func(c net.Conn) net.Conn {
-		// Write 1 is the metadata, 2 the first MiB of content: gate the second MiB.
+		// Write 1 is the metadata, 2 the first chunk of content: gate the second chunk.
 		return &gatedConn{Conn: c, n: 3, at: at, closed: make(chan struct{})}
 	})
 	go func() {
@@ -671,7 +680,7 @@ func TestServerIdleTimeoutClosesConnection(t *testing.T) {
 }
 
 func TestServerCloseStopsServe(t *testing.T) {
-	s := NewServer(piecesHandler(nil, nil), zaptest.NewLogger(t))
+	s := NewServer(BytesHandler(piecesHandler(nil, nil)), zaptest.NewLogger(t))
 	lns := []net.Listener{listen(t), listen(t)}
 	done := make(chan error, len(lns))
 	for _, ln := range lns {
@@ -699,9 +708,9 @@ func BenchmarkDownloadPiece(b *testing.B) {
 		b.Run(fmt.Sprintf("%dMiB", size>>20), func(b *testing.B) {
 			content := testContent(9, size)
 			digest := CRC32Digest(content)
-			s := NewServer(func(_ context.Context, _ string, n uint32) (Piece, []byte, error) {
+			s := NewServer(BytesHandler(func(_ context.Context, _ string, n uint32) (Piece, []byte, error) {
 				return Piece{Number: n, Length: uint64(len(content)), Digest: digest, CreatedAt: time.Unix(1, 0)}, content, nil
-			}, nil)
+			}), nil)
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				b.Fatal(err)

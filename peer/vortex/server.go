@@ -2,11 +2,11 @@ package vortex
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -14,27 +14,71 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
-// Handler serves a piece: its metadata and exactly its bytes (len == Length). An error becomes an
-// Error packet, with CodeNotFound when errors.Is(err, ErrPieceNotFound). ctx ends when the Server
+// Handler serves a piece: its metadata (Digest, "crc32:<decimal>", set up front) and a reader of
+// exactly its Length bytes, which the Server streams to the connection and closes. A reader that
+// fails or ends early cuts the connection (the client's length and crc32 checks catch the rest).
+// An error becomes an Error packet with a fixed message, with CodeNotFound when
+// errors.Is(err, ErrPieceNotFound); its text goes to the local log only. ctx ends when the Server
 // closes.
-type Handler func(ctx context.Context, taskID string, number uint32) (Piece, []byte, error)
+type Handler func(ctx context.Context, taskID string, number uint32) (Piece, io.ReadCloser, error)
+
+// BytesHandler adapts a handler that returns the piece in memory, filling in the crc32 digest when
+// it is empty.
+func BytesHandler(f func(ctx context.Context, taskID string, number uint32) (Piece, []byte, error)) Handler {
+	return func(ctx context.Context, taskID string, number uint32) (Piece, io.ReadCloser, error) {
+		p, data, err := f(ctx, taskID, number)
+		if err != nil {
+			return Piece{}, nil, err
+		}
+		if p.Length != uint64(len(data)) {
+			return Piece{}, nil, fmt.Errorf("vortex: handler returned %d bytes for piece %d of length %d", len(data), number, p.Length)
+		}
+		if p.Digest == "" {
+			p.Digest = CRC32Digest(data)
+		}
+		return p, io.NopCloser(bytes.NewReader(data)), nil
+	}
+}
 
 // Server defaults. The idle timeout is the Rust server's DEFAULT_MAX_IDLE_TIMEOUT
-// (dragonfly-client-storage/src/server/mod.rs).
+// (dragonfly-client-storage/src/server/mod.rs). The Rust server has no connection or concurrency
+// cap; ours has both so that a peer cannot hold unbounded goroutines and file descriptors.
 const (
-	DefaultServerIdleTimeout = 60 * time.Second
-	DefaultServerIOTimeout   = 30 * time.Second
+	DefaultServerIdleTimeout   = 60 * time.Second
+	DefaultServerIOTimeout     = 30 * time.Second
+	DefaultMaxConnections      = 1024
+	DefaultMaxConcurrentPieces = 64
+)
+
+// The fixed messages of Error packets: what went wrong in detail is logged locally, never sent to a
+// remote peer.
+const (
+	MsgNotFound    = "task not found"
+	MsgInvalid     = "invalid request"
+	MsgInternal    = "internal error"
+	MsgUnavailable = "unavailable"
 )
 
 // ServerOptions configure a Server; zero values take the defaults.
 type ServerOptions struct {
 	// IdleTimeout closes a connection that sends no request for this long.
 	IdleTimeout time.Duration
-	// IOTimeout is the longest a request may take to arrive once started, and the longest any
-	// 1 MiB of a response may take to be written (a reader that stops reading is cut off).
+	// IOTimeout is the longest a request may take to arrive once started, the longest any chunk
+	// of a response may take to be written (a reader that stops reading is cut off), and the
+	// longest a request waits for a piece slot (MaxConcurrentPieces).
 	IOTimeout time.Duration
+	// MaxConnections caps the connections open at once across the Server's listeners; a
+	// connection over it is closed as soon as it is accepted.
+	MaxConnections int
+	// MaxConcurrentPieces caps the pieces being served at once across connections; further
+	// requests wait up to IOTimeout, then get an Error packet.
+	MaxConcurrentPieces int
+	// Limiter, when set, paces every byte of piece content sent (shared with whatever else
+	// uses it). Its burst must be at least 1; chunks are cut to fit it.
+	Limiter *rate.Limiter
 }
 
 // ServerStats counts what a Server did.
@@ -43,6 +87,8 @@ type ServerStats struct {
 	Pieces, Bytes uint64
 	// Errors counts Error packets sent (including piece not found).
 	Errors uint64
+	// Refused counts connections closed at once because MaxConnections were open.
+	Refused uint64
 }
 
 // Server serves pieces over Vortex/TCP. One connection carries any number of requests, one after
@@ -61,7 +107,10 @@ type Server struct {
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
 
-	pieces, bytes, errs atomic.Uint64
+	// slots holds one token per piece being served (MaxConcurrentPieces).
+	slots chan struct{}
+
+	pieces, bytes, errs, refused atomic.Uint64
 }
 
 // NewServer returns a Server that serves pieces with h and the default options.
@@ -80,16 +129,23 @@ func NewServerWithOptions(h Handler, log *zap.Logger, opts ServerOptions) *Serve
 	if opts.IOTimeout <= 0 {
 		opts.IOTimeout = DefaultServerIOTimeout
 	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
+	if opts.MaxConcurrentPieces <= 0 {
+		opts.MaxConcurrentPieces = DefaultMaxConcurrentPieces
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		h: h, log: log, opts: opts, ctx: ctx, cancel: cancel,
 		lns: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{},
+		slots: make(chan struct{}, opts.MaxConcurrentPieces),
 	}
 }
 
 // Stats returns what the server has done so far.
 func (s *Server) Stats() ServerStats {
-	return ServerStats{Pieces: s.pieces.Load(), Bytes: s.bytes.Load(), Errors: s.errs.Load()}
+	return ServerStats{Pieces: s.pieces.Load(), Bytes: s.bytes.Load(), Errors: s.errs.Load(), Refused: s.refused.Load()}
 }
 
 // Serve accepts connections on ln until ln fails or the Server is closed; it returns nil after
@@ -136,6 +192,16 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.mu.Unlock()
 			_ = nc.Close()
 			return nil
+		}
+		if len(s.conns) >= s.opts.MaxConnections {
+			s.mu.Unlock()
+			// Closed before a goroutine or buffer is spent on it: idle connections cannot pile up.
+			_ = nc.Close()
+			if s.refused.Add(1)%100 == 1 {
+				s.log.Warn("vortex: too many connections, closing new ones", zap.Int("max_connections", s.opts.MaxConnections),
+					zap.Stringer("remote", nc.RemoteAddr()), zap.Uint64("refused_so_far", s.refused.Load()))
+			}
+			continue
 		}
 		s.conns[nc] = struct{}{}
 		s.wg.Add(1)
@@ -219,12 +285,12 @@ func (s *Server) serveConn(nc net.Conn) {
 			return
 		default:
 			log.Warn("vortex: unsupported request", zap.Stringer("tag", h.tag), zap.Uint32("length", h.length))
-			s.sendError(nc, log, CodeInvalidArgument, fmt.Sprintf("unsupported request tag %d (%s)", uint8(h.tag), h.tag))
+			s.sendError(nc, log, CodeInvalidArgument, MsgInvalid)
 			return
 		}
 		if h.length != downloadPieceSize {
 			log.Warn("vortex: malformed DownloadPiece", zap.Uint32("length", h.length))
-			s.sendError(nc, log, CodeInvalidArgument, fmt.Sprintf("DownloadPiece value is %d bytes, want %d", h.length, downloadPieceSize))
+			s.sendError(nc, log, CodeInvalidArgument, MsgInvalid)
 			return
 		}
 		if _, err := io.ReadFull(br, value[:]); err != nil {
@@ -234,88 +300,11 @@ func (s *Server) serveConn(nc net.Conn) {
 		taskID, number, err := decodeDownloadPiece(value[:])
 		if err != nil {
 			log.Warn("vortex: malformed DownloadPiece", zap.Error(err))
-			s.sendError(nc, log, CodeInvalidArgument, err.Error())
+			s.sendError(nc, log, CodeInvalidArgument, MsgInvalid)
 			return
 		}
 		if !s.servePiece(nc, log, taskID, number) {
 			return
 		}
 	}
-}
-
-// writeChunk is how much piece content is written per deadline.
-const writeChunk = 1 << 20
-
-// servePiece answers one DownloadPiece; it returns false when the connection is no longer usable.
-func (s *Server) servePiece(nc net.Conn, log *zap.Logger, taskID string, number uint32) bool {
-	p, data, err := s.h(s.ctx, taskID, number)
-	if err == nil {
-		err = s.checkServed(&p, data, number)
-	}
-	if err != nil {
-		code := CodeInternal
-		if errors.Is(err, ErrPieceNotFound) {
-			code = CodeNotFound
-			log.Debug("vortex: piece not found", zap.String("task", taskID), zap.Uint32("piece", number), zap.Error(err))
-		} else {
-			log.Warn("vortex: serve piece failed", zap.String("task", taskID), zap.Uint32("piece", number), zap.Error(err))
-		}
-		return s.sendError(nc, log, code, err.Error())
-	}
-	// The Rust server writes the header and metadata first, then the content
-	// (dragonfly-client-storage/src/server/tcp.rs handle: write_response, then write_stream).
-	msg := make([]byte, 0, HeaderSize+metadataLengthSize+metadataSize(&p))
-	msg = header{id: uint8(rand.Uint32()), tag: TagPieceContent, length: uint32(metadataLengthSize + metadataSize(&p))}.append(msg)
-	msg = appendPieceContentValue(msg, &p)
-	if err := s.write(nc, msg); err != nil {
-		log.Debug("vortex: send piece metadata", zap.String("task", taskID), zap.Uint32("piece", number), zap.Error(err))
-		return false
-	}
-	for off := 0; off < len(data); off += writeChunk {
-		if err := s.write(nc, data[off:min(off+writeChunk, len(data))]); err != nil {
-			log.Debug("vortex: send piece content", zap.String("task", taskID), zap.Uint32("piece", number),
-				zap.Int("sent", off), zap.Int("length", len(data)), zap.Error(err))
-			return false
-		}
-	}
-	s.pieces.Add(1)
-	s.bytes.Add(uint64(len(data)))
-	log.Debug("vortex: served piece", zap.String("task", taskID), zap.Uint32("piece", number), zap.Int("length", len(data)))
-	return true
-}
-
-// checkServed checks what the handler returned and fills in the digest and creation time when the
-// handler left them empty, so every piece we send can be verified.
-func (s *Server) checkServed(p *Piece, data []byte, number uint32) error {
-	if p.Number != number {
-		return fmt.Errorf("vortex: handler returned piece %d for piece %d", p.Number, number)
-	}
-	if p.Length != uint64(len(data)) {
-		return fmt.Errorf("vortex: handler returned %d bytes for piece %d of length %d", len(data), number, p.Length)
-	}
-	if p.Digest == "" {
-		p.Digest = CRC32Digest(data)
-	}
-	if p.CreatedAt.IsZero() {
-		p.CreatedAt = time.Now()
-	}
-	return checkPiece(p)
-}
-
-// sendError writes an Error packet; it returns false if the connection failed.
-func (s *Server) sendError(nc net.Conn, log *zap.Logger, code Code, msg string) bool {
-	s.errs.Add(1)
-	if err := s.write(nc, appendError(nil, uint8(rand.Uint32()), code, msg)); err != nil {
-		log.Debug("vortex: send error", zap.Error(err))
-		return false
-	}
-	return true
-}
-
-func (s *Server) write(nc net.Conn, b []byte) error {
-	if err := nc.SetWriteDeadline(time.Now().Add(s.opts.IOTimeout)); err != nil {
-		return err
-	}
-	_, err := nc.Write(b)
-	return err
 }
