@@ -207,7 +207,7 @@ func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, 
 	if fl, ok := src.(source.Filler); ok && fl.Fills(bl.id) {
 		// The P2P layer counts what it moved (pieces from peers, ranges from the source) in its
 		// own metrics; the image counts the range it asked for.
-		err = fl.Fill(ctx, bl.id, start, end-start, kind == kindPrefetch)
+		err = fl.Fill(ctx, bl.id, start, end-start)
 		if err == nil {
 			st.fetched(kind, end-start)
 		}

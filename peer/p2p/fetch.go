@@ -40,7 +40,7 @@ type rangeCall struct {
 // the scheduler named some; otherwise the missing bytes come from the source, the caller's own
 // bytes first, and the rest of each piece they touch follows in the background (a peer serves
 // whole pieces) when on-demand reads leave the link alone.
-func (t *task) fill(ctx context.Context, off, n int64, background bool) error {
+func (t *task) fill(ctx context.Context, off, n int64) error {
 	if n <= 0 {
 		return nil
 	}

@@ -299,12 +299,12 @@ func (s *blobSource) Fills(blobID string) bool {
 }
 
 // Fill implements source.Filler.
-func (s *blobSource) Fill(ctx context.Context, blobID string, off, n int64, background bool) error {
+func (s *blobSource) Fill(ctx context.Context, blobID string, off, n int64) error {
 	t, ok := s.tasks[blobID]
 	if !ok {
 		return fmt.Errorf("blob %s is not a P2P task", blobID)
 	}
-	return t.fill(ctx, off, n, background)
+	return t.fill(ctx, off, n)
 }
 
 // ReadRange serves callers that want bytes rather than a filled store: the range is filled, then
@@ -317,7 +317,7 @@ func (s *blobSource) ReadRange(ctx context.Context, blobID string, off, n int64)
 	if off < 0 || n < 0 || off+n > int64(t.lay.size) {
 		return nil, fmt.Errorf("blob %s: %w: offset %d length %d", blobID, source.ErrRange, off, n)
 	}
-	if err := t.fill(ctx, off, n, false); err != nil {
+	if err := t.fill(ctx, off, n); err != nil {
 		return nil, err
 	}
 	rc, err := t.bl.Store().OpenRange(off, n)

@@ -543,7 +543,7 @@ func TestSourceLieCostsOneRefetch(t *testing.T) {
 	f, l := tk.lay.span(straddler.CompressedOffset, uint64(straddler.CompressedSize))
 	for n := f; n <= l; n++ {
 		off, ln := tk.lay.bounds(n)
-		_ = tk.fill(context.Background(), int64(off), int64(ln), false)
+		_ = tk.fill(context.Background(), int64(off), int64(ln))
 	}
 	data, err := a.im.ReadChunk(context.Background(), fx.img.Blobs[0], &straddler, nil)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 // it has no scheduler the task reads from the source.
 func (t *task) schedule() {
 	spec := schedclient.TaskSpec{TaskID: t.id, PeerID: t.peerID, URL: t.url, Digest: "sha256:" + t.blobID,
-		PieceLength: t.lay.pieceLength, ContentLength: t.lay.size, PieceCount: t.lay.count}
+		PieceLength: t.lay.pieceLength, ContentLength: t.lay.size, PieceCount: t.lay.count, NeedBackToSource: t.backToSource}
 	answered := func() {
 		t.mu.Lock()
 		first := !t.answered
@@ -183,7 +183,7 @@ func (t *task) maybeComplete() {
 		if err := t.m.f.WaitQuiet(t.ctx); err != nil {
 			return
 		}
-		if err := t.fill(t.ctx, 0, int64(t.lay.size), true); err != nil {
+		if err := t.fill(t.ctx, 0, int64(t.lay.size)); err != nil {
 			t.log.Debug("completing the task", zap.Error(err))
 		}
 	}()

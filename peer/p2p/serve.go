@@ -52,7 +52,7 @@ func (m *Manager) WaitPiece(ctx context.Context, id string, n uint32) (upload.Pi
 		return upload.PieceInfo{}, fmt.Errorf("task %s: piece %d of %d: %w", id, n, t.lay.count, upload.ErrTaskNotFound)
 	}
 	off, l := t.lay.bounds(n)
-	if err := t.fill(ctx, int64(off), int64(l), false); err != nil && !t.bl.Store().Covered(int64(off), int64(l)) {
+	if err := t.fill(ctx, int64(off), int64(l)); err != nil && !t.bl.Store().Covered(int64(off), int64(l)) {
 		return upload.PieceInfo{}, err
 	}
 	if !t.held(n) {
@@ -70,7 +70,7 @@ func (m *Manager) WaitPiece(ctx context.Context, id string, n uint32) (upload.Pi
 // whole brings every byte of the blob in and checks the bytes no chunk covers against the blob's
 // digest.
 func (t *task) whole(ctx context.Context) error {
-	if err := t.fill(ctx, 0, int64(t.lay.size), false); err != nil && !t.bl.Store().Covered(0, int64(t.lay.size)) {
+	if err := t.fill(ctx, 0, int64(t.lay.size)); err != nil && !t.bl.Store().Covered(0, int64(t.lay.size)) {
 		return err
 	}
 	return t.bl.CheckWhole(ctx)
@@ -156,7 +156,7 @@ func (t *task) downloadAll(ctx context.Context, progress func(upload.PieceInfo))
 			defer wg.Done()
 			defer func() { <-sem }()
 			off, l := t.lay.bounds(n)
-			err := t.fill(ctx, int64(off), int64(l), false)
+			err := t.fill(ctx, int64(off), int64(l))
 			if err != nil && t.bl.Store().Covered(int64(off), int64(l)) {
 				err = nil // pending until the whole-blob check
 			}

@@ -25,7 +25,10 @@ type task struct {
 	lay    layout
 	bl     *peer.Blob
 	seed   bool
-	log    *zap.Logger
+	// backToSource registers the task asking to download from the source (a seed told so by the
+	// scheduler's DownloadTask).
+	backToSource bool
+	log          *zap.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -55,12 +58,11 @@ type task struct {
 func newTask(m *Manager, spec taskSpec, bl *peer.Blob) *task {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &task{m: m, id: spec.id, url: spec.url, blobID: spec.blobID, peerID: schedclient.PeerID(),
-		lay: newLayout(uint64(spec.size), m.pieceLength(uint64(spec.size))), bl: bl, seed: spec.seed, src: spec.src,
+		lay: newLayout(uint64(spec.size), m.pieceLength(uint64(spec.size))), bl: bl, seed: spec.seed, backToSource: spec.backToSource, src: spec.src,
 		ctx: ctx, cancel: cancel, blocked: map[string]bool{}, scheduled: make(chan struct{}),
 		pieces: map[uint32]*pieceCall{}, origin: map[uint32]string{}, reported: map[uint32]uint32{}, crc: map[uint32]uint32{}}
 	t.log = m.log.With(zap.String("task", spec.id), zap.String("blob", spec.blobID))
 	t.stopBlame = bl.OnBlame(t.blamed)
-	_ = spec.backToSource
 	return t
 }
 

@@ -178,10 +178,9 @@ func (b BytesAt) ReadAt(p []byte, off int64) (int, error) {
 // Filler is a Source that brings ranges of a blob into the node itself rather than handing bytes
 // to the caller: the P2P layer, which fetches whole pieces from other peers (or ranges from the
 // source) and passes every byte through the blob's verification point. Fill returns once
-// [off, off+n) is verified in the node's store, or with the reason it is not; background marks
-// prefetch, which must not make on-demand reads wait.
+// [off, off+n) is verified in the node's store, or with the reason it is not.
 type Filler interface {
 	// Fills reports whether Fill handles blobID; ReadRange serves the others.
 	Fills(blobID string) bool
-	Fill(ctx context.Context, blobID string, off, n int64, background bool) error
+	Fill(ctx context.Context, blobID string, off, n int64) error
 }
