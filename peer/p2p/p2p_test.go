@@ -737,3 +737,40 @@ func TestSeedDownloadIsHeldOnlyOnceTheBlobMatches(t *testing.T) {
 		})
 	}
 }
+
+// Seed tasks are bounded in number and released once unused for SeedTaskIdle.
+func TestSeedTasksAreBoundedAndReleased(t *testing.T) {
+	fx := newFixture(t)
+	s := startPeerWith(t, fx, "seed", peerOpts{noServers: true})
+	s.im.Close()
+	s.attach.Close()
+	s.m.cfg.MaxSeedTasks = 1
+	s.m.cfg.SeedTaskIdle = 3 * time.Second
+	download := func(repo string) error {
+		url := "http://registry.test/v2/" + repo + "/blobs/sha256:" + fx.blobID
+		_, err := s.m.DownloadTask(context.Background(), TaskID(url, 0), &commonv2.Download{Url: url}, nil)
+		return err
+	}
+	if err := download("one"); err != nil {
+		t.Fatal(err)
+	}
+	if err := download("two"); !errors.Is(err, upload.ErrUnavailable) {
+		t.Fatalf("a second seed task over the limit of 1: %v, want ErrUnavailable", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.m.mu.Lock()
+		n := len(s.m.tasks)
+		s.m.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d seed tasks still held after the idle timeout", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := download("two"); err != nil {
+		t.Errorf("after the first was released: %v", err)
+	}
+}
