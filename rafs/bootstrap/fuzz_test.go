@@ -10,16 +10,17 @@ import (
 
 // TestMain shortens the fuzzer's minimization of new inputs unless -fuzzminimizetime is given.
 // Go's minimizer tries removing every byte and then every range of bytes, O(n²) runs for an
-// n-byte input, so for these inputs (bootstraps of 8 to 90 KiB) it always runs to its deadline:
-// with the default of 60 s, each new interesting input took a worker away for a minute and
-// `go test -fuzz FuzzExtract` reported about 10 execs in its first minute. A short minimization
-// still cuts tails, which is most of what it achieves here.
+// n-byte input, so for these inputs (bootstraps of 8 to 90 KiB) it always runs to its deadline.
+// With the default of 60 s each new interesting input took a worker away for a minute, and
+// `go test -fuzz FuzzExtract` reported about 10 execs in its first minute; even 1 s cost most of
+// the workers' time while coverage was still growing by a few inputs a second. 100 ms still lets
+// the minimizer cut an input's tail, which is most of what it achieves here.
 func TestMain(m *testing.M) {
 	flag.Parse()
 	set := false
 	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.fuzzminimizetime" })
 	if !set {
-		if err := flag.Set("test.fuzzminimizetime", "1s"); err != nil {
+		if err := flag.Set("test.fuzzminimizetime", "100ms"); err != nil {
 			panic(err)
 		}
 	}
