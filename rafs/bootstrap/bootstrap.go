@@ -1,6 +1,9 @@
 // Package bootstrap finds and decodes a RAFS bootstrap wherever users keep one: a bare bootstrap file
-// (v5 or v6, sniffed), the bootstrap layer of a nydus image (a tar or tar.gz holding image/image.boot,
-// nydus-snapshotter pkg/converter), or a nydus blob with an inlined bootstrap (the ToC's image.boot).
+// (v5 or v6, sniffed), the bootstrap layer of a nydus image (a tar, tar.gz or tar.zst holding
+// image/image.boot, nydus-snapshotter pkg/converter), or a nydus blob with an inlined bootstrap
+// (the ToC's image.boot, or an image.boot tar header at the blob's tail). Compressed layers are
+// decoded within bounds set by their size, so hostile input costs time and memory in proportion
+// to its size or a fixed cap.
 package bootstrap
 
 import (

@@ -92,6 +92,7 @@ func TestLoadAcceptsEveryForm(t *testing.T) {
 			"layer tar.zst":          zst(layerTar(t, "image/image.boot", boot)),
 			"blob with inlined boot": blobWithBootstrap(t, boot),
 			"blob with inlined boot, zstd first chunk": blobWithBootstrap(t, boot, zstdChunk),
+			"blob tail without ToC":                    withTarHeader(t, append(bytes.Repeat([]byte{7}, 4096), boot...), "image.boot", len(boot)),
 		}
 		for form, data := range forms {
 			t.Run(fix.name+"/"+form, func(t *testing.T) {
@@ -176,4 +177,17 @@ func TestExtractBlobStartingWithZstd(t *testing.T) {
 	if _, err := Extract(bytes.NewReader(bad), int64(len(bad))); !errors.Is(err, rafs.ErrCorrupt) {
 		t.Errorf("damaged ToC: error %v, want one wrapping %v", err, rafs.ErrCorrupt)
 	}
+}
+
+// withTarHeader appends the GNU tar header that nydus-image writes after a section (the entry's
+// data precedes it), naming the last size bytes of data: what a blob built without a ToC but with
+// an inlined bootstrap ends in (builder/src/lib.rs dump_bootstrap).
+func withTarHeader(t testing.TB, data []byte, name string, size int) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o444, Size: int64(size), Format: tar.FormatGNU}); err != nil {
+		t.Fatal(err)
+	}
+	return append(bytes.Clone(data), buf.Bytes()[:512]...)
 }
