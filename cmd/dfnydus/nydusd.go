@@ -234,8 +234,13 @@ func serveNydusd(ctx context.Context, f *nydusdFlags, log *zap.Logger) error {
 		for _, ig := range cfg.Ignored {
 			log.Info("ignoring configuration setting", zap.String("setting", ig))
 		}
-		if _, err := nydusapi.LoadBootstrap(f.bootstrap); err != nil {
+		img, err := nydusapi.LoadBootstrap(f.bootstrap)
+		if err != nil {
 			return err
+		}
+		// Refuse before daemonizing, as the mount itself would.
+		if err := img.Unsupported(); err != nil {
+			return fmt.Errorf("bootstrap %s: %w", f.bootstrap, err)
 		}
 		spec = &nydusapi.MountSpec{ID: "/", Mountpoint: f.mountpoint, Bootstrap: f.bootstrap, Config: cfg,
 			PrefetchFiles: splitPrefetchFiles(f.prefetchFiles)}

@@ -66,9 +66,9 @@ func sourceKind(req MountRequest) string {
 func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, error) {
 	switch sourceKind(req) {
 	case kindLocal:
-		_, img, err := bootstrap.Load(req.Bootstrap)
+		img, err := loadBootstrap(req.Bootstrap)
 		if err != nil {
-			return nil, fmt.Errorf("bootstrap: %w", err)
+			return nil, err
 		}
 		blobs := make([]BlobRef, len(img.Blobs))
 		for i, b := range img.Blobs {
@@ -83,9 +83,9 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 		if err != nil {
 			return nil, err
 		}
-		_, img, err := bootstrap.Load(req.Bootstrap)
+		img, err := loadBootstrap(req.Bootstrap)
 		if err != nil {
-			return nil, fmt.Errorf("bootstrap: %w", err)
+			return nil, err
 		}
 		src, err := source.NewS3(cfg)
 		if err != nil {
@@ -117,6 +117,9 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 	if err != nil {
 		return nil, err
 	}
+	if err := oimg.RAFS.Unsupported(); err != nil {
+		return nil, fmt.Errorf("%s: %w", oimg.Ref, err)
+	}
 	// Chunk reads get a client without retries of its own: the Retrying source decides, so
 	// attempts do not multiply.
 	rc, err := d.registryClient(ropts, -1)
@@ -130,6 +133,19 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 	}
 	return &openedImage{name: oimg.Ref.String(), img: oimg.RAFS, src: source.NewRegistry(rc, oimg.Ref), blobs: blobs,
 		closeFn: func() { rc.Close() }}, nil
+}
+
+// loadBootstrap reads a local bootstrap for mounting. An image with a blob the data path cannot
+// read is refused here: mounted, it would fail every read of that blob with EIO.
+func loadBootstrap(p string) (*rafs.Image, error) {
+	_, img, err := bootstrap.Load(p)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	if err := img.Unsupported(); err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", p, err)
+	}
+	return img, nil
 }
 
 // blobURL is a blob's registry URL, the P2P task's URL: scheme://host/v2/REPO/blobs/DIGEST (http
@@ -152,9 +168,9 @@ func (d *Daemon) openRepoBootstrap(ctx context.Context, req MountRequest) (*open
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	ref.Tag, ref.Digest = "", ""
-	_, img, err := bootstrap.Load(req.Bootstrap)
+	img, err := loadBootstrap(req.Bootstrap)
 	if err != nil {
-		return nil, fmt.Errorf("bootstrap: %w", err)
+		return nil, err
 	}
 	ropts := d.cfg.Registry.merge(req.Registry)
 	hc, err := d.registryClient(ropts, 0)

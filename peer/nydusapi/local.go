@@ -184,6 +184,11 @@ func (m *LocalMounter) Mount(ctx context.Context, spec MountSpec) (_ Handle, err
 	if err != nil {
 		return nil, err
 	}
+	// Refused before anything is set up: mounted, a blob the data path cannot read would fail
+	// every read of it with EIO.
+	if err := img.Unsupported(); err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", spec.Bootstrap, err)
+	}
 	if len(spec.PrefetchFiles) > 0 {
 		img.Prefetch = spec.PrefetchFiles
 	}

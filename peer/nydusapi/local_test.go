@@ -2,6 +2,7 @@ package nydusapi
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io/fs"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dfnydus/dfnydus/rafs"
 )
 
 // fixture is an upstream nydus image (nydus-image 2.2, RAFS v6, zstd + blake3): its bootstrap and,
@@ -78,11 +81,28 @@ func TestLocalMounterRejectsBadInput(t *testing.T) {
 	if err := os.WriteFile(notRAFS, make([]byte, 8192), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The upstream fixture with the zran bit set in its blob table entry (features at byte 84 of
+	// the 256-byte entry, the table at the u64 at byte 8 of the extended superblock at 1152).
+	zran := filepath.Join(dir, "zran.boot")
+	boot, err := os.ReadFile(filepath.Join(fixtureDir, "rafs-v6-2.2.boot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	feat := binary.LittleEndian.Uint64(boot[1152+8:]) + 84
+	binary.LittleEndian.PutUint32(boot[feat:], binary.LittleEndian.Uint32(boot[feat:])|rafs.BlobFeatureZran)
+	if err := os.WriteFile(zran, boot, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		spec    func(mp string) MountSpec
 		wantErr error
 	}{
+		{"blob using zran", func(mp string) MountSpec {
+			s := localSpec(t, mp, &MountConfig{Backend: Backend{Type: BackendLocalfs, Dir: fixtureDir}})
+			s.Bootstrap = zran
+			return s
+		}, rafs.ErrUnsupportedFeature},
 		{"bootstrap that is not RAFS", func(mp string) MountSpec {
 			s := localSpec(t, mp, &MountConfig{Backend: Backend{Type: BackendLocalfs, Dir: fixtureDir}})
 			s.Bootstrap = notRAFS

@@ -204,6 +204,10 @@ func (rd *Reader) entry(name string) *TOCEntry {
 // HasTOC reports whether the blob has the nydus 2.2+ ToC layout.
 func (rd *Reader) HasTOC() bool { return rd.hasTOC }
 
+// HasBootstrap reports whether the blob inlines a bootstrap, named by its ToC or (without a ToC)
+// by its trailing tar header.
+func (rd *Reader) HasBootstrap() bool { return rd.boot != nil }
+
 // TOC returns a copy of the ToC entries, in file order of the ToC (nil without a ToC).
 func (rd *Reader) TOC() []TOCEntry { return append([]TOCEntry(nil), rd.toc...) }
 

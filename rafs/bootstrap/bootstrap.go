@@ -1,6 +1,9 @@
 // Package bootstrap finds and decodes a RAFS bootstrap wherever users keep one: a bare bootstrap file
-// (v5 or v6, sniffed), the bootstrap layer of a nydus image (a tar or tar.gz holding image/image.boot,
-// nydus-snapshotter pkg/converter), or a nydus blob with an inlined bootstrap (the ToC's image.boot).
+// (v5 or v6, sniffed), the bootstrap layer of a nydus image (a tar, tar.gz or tar.zst holding
+// image/image.boot, nydus-snapshotter pkg/converter), or a nydus blob with an inlined bootstrap
+// (the ToC's image.boot, or an image.boot tar header at the blob's tail). Compressed layers are
+// decoded within bounds set by their size, so hostile input costs time and memory in proportion
+// to its size or a fixed cap.
 package bootstrap
 
 import (
@@ -71,7 +74,14 @@ func Load(p string) ([]byte, *rafs.Image, error) {
 }
 
 // Extract returns the bare bootstrap held by r in any accepted form.
+//
+// A blob is recognised by its tail before anything is sniffed at offset 0: its first bytes are
+// chunk data, which nydus-image compresses with zstd by default, so a blob with an inlined
+// bootstrap usually starts with the zstd magic of a compressed tar.
 func Extract(r io.ReaderAt, size int64) ([]byte, error) {
+	if data, ok, err := fromBlob(r, size); ok {
+		return data, err
+	}
 	head := make([]byte, 4096)
 	n, err := r.ReadAt(head, 0)
 	if err != nil && err != io.EOF {
@@ -79,20 +89,26 @@ func Extract(r io.ReaderAt, size int64) ([]byte, error) {
 	}
 	head = head[:n]
 	sr := io.NewSectionReader(r, 0, size)
+	limit := layerLimit(size)
 	switch {
 	case len(head) >= 2 && head[0] == 0x1f && head[1] == 0x8b:
 		zr, err := gzip.NewReader(bufio.NewReader(sr))
 		if err != nil {
 			return nil, fmt.Errorf("gzip: %w", err)
 		}
-		return fromTar(zr)
+		return fromTar(&capReader{r: zr, left: limit, limit: limit})
 	case len(head) >= 4 && bytes.Equal(head[:4], []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(bufio.NewReader(sr), zstd.WithDecoderConcurrency(1))
+		// Without these options a frame header alone decides the decoder's allocation: a
+		// single-segment frame sizes its window from the declared content size (up to 64 GiB by
+		// default), any other frame from its window descriptor (up to 512 MiB).
+		zr, err := zstd.NewReader(bufio.NewReader(sr), zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(uint64(limit)),
+			zstd.WithDecoderMaxWindow(zstdWindow(limit)))
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)
 		}
 		defer zr.Close()
-		return fromTar(zr)
+		return fromTar(&capReader{r: zr, left: limit, limit: limit})
 	case isTar(head):
 		return fromTar(sr)
 	}
@@ -106,14 +122,96 @@ func Extract(r io.ReaderAt, size int64) ([]byte, error) {
 		}
 		return data, nil
 	}
-	if br, err := blob.Open(r, size); err == nil && br.HasTOC() {
-		data, err := br.Bootstrap()
-		if err != nil {
-			return nil, fmt.Errorf("blob with no inlined bootstrap: %w", err)
-		}
-		return data, nil
-	}
 	return nil, ErrNotBootstrap
+}
+
+// fromBlob returns the bootstrap inlined in a nydus blob; ok is false when r is not such a blob.
+// A blob is one whose last 512 bytes are the tar header of its ToC ("rafs.blob.toc", nydus 2.2+,
+// storage/src/meta/toc.rs) or, without a ToC, of the bootstrap itself ("image.boot",
+// builder/src/lib.rs dump_bootstrap). A bootstrap layer ends in a tar's zero blocks and a
+// compressed one in compressed bytes, so neither is mistaken for a blob.
+func fromBlob(r io.ReaderAt, size int64) (data []byte, ok bool, err error) {
+	if size < 0 || size > blob.MaxFileSize {
+		return nil, false, nil
+	}
+	br, err := blob.Open(r, size)
+	if err != nil {
+		// Either the tail could not be read, or it is a GNU tar header (the one a blob ends in)
+		// that is damaged or names a damaged section: the blob's own error says more than the
+		// tar or zstd error that sniffing its first bytes would give.
+		return nil, true, fmt.Errorf("blob: %w", err)
+	}
+	if !br.HasTOC() && !br.HasBootstrap() {
+		return nil, false, nil
+	}
+	data, err = br.Bootstrap()
+	if err != nil {
+		return nil, true, fmt.Errorf("blob with no inlined bootstrap: %w", err)
+	}
+	return data, true, nil
+}
+
+// Bounds on a compressed bootstrap layer, so that neither its decoder's memory nor the bytes it
+// yields can be chosen by a few hostile header bytes.
+const (
+	// maxLayerRatio bounds how far a compressed layer may expand: deflate cannot exceed about
+	// 1032:1, and a tar holding one bootstrap stays far below it even when the bootstrap is
+	// mostly the zero padding of RAFS v6's 4 KiB alignment. zstd has no such ceiling (an RLE
+	// block of 4 bytes stands for 128 KiB), so the ratio is what bounds it.
+	maxLayerRatio = 1024
+	// minLayerLimit lets small layers expand further than the ratio would allow.
+	minLayerLimit = 1 << 20
+	// layerSlack covers the tar headers, directory entries and end-of-archive blocks around the
+	// bootstrap.
+	layerSlack = 1 << 20
+	// Window bounds for zstd layers: encoders use up to 8 MiB at the levels of the zstd CLI
+	// without --ultra or --long (lib/compress/clevels.h), 128 MiB with --long=27.
+	minZstdWindow = 8 << 20
+	maxZstdWindow = 128 << 20
+)
+
+// ErrTooLarge is wrapped when a compressed bootstrap layer expands past the bounds above.
+var ErrTooLarge = errors.New("bootstrap layer expands too far")
+
+// layerLimit is how many decompressed bytes a compressed layer of size bytes may yield.
+func layerLimit(size int64) int64 {
+	limit := int64(MaxSize + layerSlack)
+	if size < limit/maxLayerRatio {
+		limit = max(size*maxLayerRatio, minLayerLimit)
+	}
+	return limit
+}
+
+// zstdWindow is the largest zstd window accepted for a layer that may yield limit bytes: the
+// decoder allocates the window up front, before a byte of output exists.
+func zstdWindow(limit int64) uint64 {
+	return uint64(min(max(limit, minZstdWindow), maxZstdWindow))
+}
+
+// capReader fails with ErrTooLarge once more than limit bytes have been read from r. Unlike
+// io.LimitReader it does not end the stream quietly, which would turn an over-long layer into a
+// truncated one.
+type capReader struct {
+	r           io.Reader
+	left, limit int64
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		// One byte more than allowed tells an exact fit from an overflow.
+		var b [1]byte
+		n, err := c.r.Read(b[:])
+		if n > 0 {
+			return 0, fmt.Errorf("%w: more than %d decompressed bytes", ErrTooLarge, c.limit)
+		}
+		return 0, err
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 // isTar recognises a ustar/GNU tar header.

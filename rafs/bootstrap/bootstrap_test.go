@@ -47,12 +47,25 @@ func zst(b []byte) []byte {
 	return buf.Bytes()
 }
 
-// blobWithBootstrap makes a nydus blob whose ToC carries the bootstrap inline.
-func blobWithBootstrap(t testing.TB, boot []byte) []byte {
+// Chunk contents for blobWithBootstrap: rawChunk does not shrink under zstd, so the writer
+// stores it raw; zstdChunk does, so the blob starts with the zstd magic, as blobs from
+// nydus-image (whose default compressor is zstd) do.
+var (
+	rawChunk  = []byte("some chunk data")
+	zstdChunk = bytes.Repeat([]byte("compressible chunk data "), 1000)
+)
+
+// blobWithBootstrap makes a nydus blob whose ToC carries the bootstrap inline, after one chunk
+// (rawChunk unless given).
+func blobWithBootstrap(t testing.TB, boot []byte, chunk ...[]byte) []byte {
 	t.Helper()
+	data := rawChunk
+	if len(chunk) > 0 {
+		data = chunk[0]
+	}
 	var buf bytes.Buffer
 	w := blob.NewWriter(&buf, blob.WriterOptions{Compressor: rafs.CompressZstd, Digester: rafs.DigestBlake3})
-	if _, err := w.AddChunk([]byte("some chunk data"), rafs.Digest{}); err != nil {
+	if _, err := w.AddChunk(data, rafs.Digest{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := w.Finish(boot); err != nil {
@@ -78,6 +91,8 @@ func TestLoadAcceptsEveryForm(t *testing.T) {
 			"layer tar.gz":           gz(layerTar(t, "image/image.boot", boot)),
 			"layer tar.zst":          zst(layerTar(t, "image/image.boot", boot)),
 			"blob with inlined boot": blobWithBootstrap(t, boot),
+			"blob with inlined boot, zstd first chunk": blobWithBootstrap(t, boot, zstdChunk),
+			"blob tail without ToC":                    withTarHeader(t, append(bytes.Repeat([]byte{7}, 4096), boot...), "image.boot", len(boot)),
 		}
 		for form, data := range forms {
 			t.Run(fix.name+"/"+form, func(t *testing.T) {
@@ -109,6 +124,7 @@ func TestLoadRejects(t *testing.T) {
 		"tar with garbage boot":   layerTar(t, "image/image.boot", []byte("not a bootstrap")),
 		"truncated gzip":          gz(layerTar(t, "image/image.boot", boot))[:100],
 		"blob without bootstrap":  blobWithBootstrap(t, nil),
+		"zstd blob without boot":  blobWithBootstrap(t, nil, zstdChunk),
 		"bootstrap cut in half":   boot[:len(boot)/2],
 		"a blob of the v5 images": mustRead(t, filepath.Join(fixtures, "v5-repeatable", "blobs", "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00")),
 	}
@@ -137,4 +153,41 @@ func mustRead(t testing.TB, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A blob that inlines its bootstrap and starts with a zstd-compressed chunk is read through its
+// ToC. Sniffing its first bytes alone took it for a zstd-compressed bootstrap layer and failed
+// with "archive/tar: invalid tar header".
+func TestExtractBlobStartingWithZstd(t *testing.T) {
+	boot := mustRead(t, filepath.Join(fixtures, "v6-zstd-blake3", "rafs-v6-2.2.boot"))
+	data := blobWithBootstrap(t, boot, zstdChunk)
+	if !bytes.HasPrefix(data, []byte{0x28, 0xb5, 0x2f, 0xfd}) {
+		t.Fatalf("blob starts with % x, not the zstd magic: the test would prove nothing", data[:4])
+	}
+	got, err := Extract(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, boot) {
+		t.Errorf("extracted %d bytes, want the %d-byte bootstrap", len(got), len(boot))
+	}
+	// The same blob with its ToC damaged reports the blob's error, not a tar one.
+	bad := bytes.Clone(data)
+	bad[len(bad)-512-128] ^= 0xff // the last ToC entry's flags
+	if _, err := Extract(bytes.NewReader(bad), int64(len(bad))); !errors.Is(err, rafs.ErrCorrupt) {
+		t.Errorf("damaged ToC: error %v, want one wrapping %v", err, rafs.ErrCorrupt)
+	}
+}
+
+// withTarHeader appends the GNU tar header that nydus-image writes after a section (the entry's
+// data precedes it), naming the last size bytes of data: what a blob built without a ToC but with
+// an inlined bootstrap ends in (builder/src/lib.rs dump_bootstrap).
+func withTarHeader(t testing.TB, data []byte, name string, size int) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o444, Size: int64(size), Format: tar.FormatGNU}); err != nil {
+		t.Fatal(err)
+	}
+	return append(bytes.Clone(data), buf.Bytes()[:512]...)
 }
