@@ -127,7 +127,8 @@ type SchedulerConfig struct {
 	UploadPort int `yaml:"uploadPort"`
 	// PiecePort serves piece bytes over Vortex (TCP).
 	PiecePort int `yaml:"piecePort"`
-	// PieceLength forces the piece length of blob tasks (at least 4 MiB, the scheduler's minimum).
+	// PieceLength forces the piece length of blob tasks: 4 MiB (the scheduler's minimum) to 64 MiB
+	// (the longest piece Rust peers cut).
 	// 0 picks the Rust dfdaemon's length for each blob (content length / 500 rounded up to a power
 	// of two, within [4 MiB, 64 MiB]) and leaves it out of the task id, as Rust peers and the
 	// scheduler's preheat do: keep 0 to share tasks with them.
@@ -202,6 +203,8 @@ const (
 	DefaultSeedTaskIdle              = 24 * time.Hour
 	// MinPieceLength is the scheduler's smallest piece length (notes/dragonfly.md).
 	MinPieceLength = 4 << 20
+	// MaxPieceLength is the longest piece the Rust dfdaemon cuts.
+	MaxPieceLength = 64 << 20
 	// maxSocketPath is what fits in sockaddr_un.sun_path with its terminating NUL.
 	maxSocketPath = 107
 )
@@ -383,8 +386,8 @@ func (c Config) Validate() error {
 	if s.UploadPort == s.PiecePort {
 		bad("scheduler.piecePort", "same as scheduler.uploadPort (%d)", s.PiecePort)
 	}
-	if s.PieceLength != 0 && s.PieceLength < MinPieceLength {
-		bad("scheduler.pieceLength", "want at least %d (the scheduler's minimum), have %d", MinPieceLength, s.PieceLength)
+	if s.PieceLength != 0 && (s.PieceLength < MinPieceLength || s.PieceLength > MaxPieceLength) {
+		bad("scheduler.pieceLength", "want %d (the scheduler's minimum) to %d (the longest piece Rust peers cut), have %d", MinPieceLength, MaxPieceLength, s.PieceLength)
 	}
 	if s.AnnounceInterval <= 0 {
 		bad("scheduler.announceInterval", "want a positive duration, have %s", s.AnnounceInterval)

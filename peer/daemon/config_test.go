@@ -191,6 +191,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"piece port out of range", "scheduler: {piecePort: 65535}\n", []string{"scheduler.piecePort", "1024..65534"}},
 		{"same upload and piece port", "scheduler: {uploadPort: 5000, piecePort: 5000}\n", []string{"scheduler.piecePort", "same"}},
 		{"piece length under the scheduler's minimum", "scheduler: {pieceLength: 1MiB}\n", []string{"scheduler.pieceLength", "4194304"}},
+		{"piece length over the longest Rust peers cut", "scheduler: {pieceLength: 128MiB}\n", []string{"scheduler.pieceLength", "67108864"}},
 		{"zero announce interval", "scheduler: {announceInterval: 0s}\n", []string{"scheduler.announceInterval"}},
 		{"a duration in words", "scheduler: {announceInterval: 5 minutes}\n", []string{"announceInterval"}},
 		{"not YAML", "cacheDir: [\n", []string{"yaml"}},
