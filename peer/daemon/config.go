@@ -24,12 +24,15 @@ import (
 // Config is the daemon's configuration: one YAML file (docs/config.md documents every key, and
 // docs/dfnydus.yaml is a commented example). Keys missing from the file keep DefaultConfig's values.
 type Config struct {
-	// CacheDir holds the chunk store (CacheDir/store) and the mounts' API sockets (CacheDir/run).
+	// CacheDir holds the blob store (CacheDir/store) and the mounts' API sockets (CacheDir/run).
 	CacheDir string `yaml:"cacheDir"`
 	// ControlSocket is where Serve answers the control API (gRPC, mode 0600).
 	ControlSocket string          `yaml:"controlSocket"`
 	Store         StoreConfig     `yaml:"store"`
 	MemoryCache   ByteSize        `yaml:"memoryCache"`
+	// ReadWindow is how many stored bytes past a missing chunk one on-demand fetch brings in with it
+	// (the missing chunks that follow it in the blob).
+	ReadWindow ByteSize `yaml:"readWindow"`
 	Metrics       MetricsConfig   `yaml:"metrics"`
 	Prefetch      PrefetchConfig  `yaml:"prefetch"`
 	Source        SourceConfig    `yaml:"source"`
@@ -215,6 +218,7 @@ func DefaultConfig() Config {
 		CacheDir:      DefaultCacheDir,
 		ControlSocket: DefaultControlSocket,
 		MemoryCache:   peer.DefaultMemoryCache,
+		ReadWindow:    peer.DefaultReadWindow,
 		Prefetch:      PrefetchConfig{Mode: string(peer.PrefetchAll)},
 		Source:        SourceConfig{Retries: DefaultSourceRetries},
 		Log:           LogConfig{Level: "info"},
@@ -343,6 +347,9 @@ func (c Config) Validate() error {
 	}
 	if c.Store.Budget < 0 {
 		bad("store.budget", "negative (%d)", c.Store.Budget)
+	}
+	if c.ReadWindow < 0 || c.ReadWindow > 64<<20 {
+		bad("readWindow", "want 0 to 64MiB, have %d", c.ReadWindow)
 	}
 	if c.MemoryCache < 0 {
 		bad("memoryCache", "negative (%d)", c.MemoryCache)

@@ -24,6 +24,7 @@ func TestDefaultConfig(t *testing.T) {
 		{"store.budget", c.Store.Budget, ByteSize(0)},
 		{"store.verifyReads", c.Store.VerifyReads, false},
 		{"memoryCache", c.MemoryCache, ByteSize(16 << 20)},
+		{"readWindow", c.ReadWindow, ByteSize(1 << 20)},
 		{"metrics.addr", c.Metrics.Addr, ""},
 		{"prefetch.mode", c.Prefetch.Mode, "all"},
 		{"prefetch.rate", c.Prefetch.Rate, ByteSize(0)},
@@ -93,6 +94,7 @@ cacheDir: /srv/dfnydus
 controlSocket: /run/x.sock
 store: {budget: 10737418240, verifyReads: true}
 memoryCache: 64MiB
+readWindow: 512KiB
 metrics: {addr: "127.0.0.1:9100"}
 prefetch: {mode: files, rate: 50MiB}
 source: {retries: 0}
@@ -121,7 +123,7 @@ upload:
   seedTaskIdle: 1h
 `, func(t *testing.T, c Config) {
 			want := Config{CacheDir: "/srv/dfnydus", ControlSocket: "/run/x.sock",
-				Store: StoreConfig{Budget: 10 << 30, VerifyReads: true}, MemoryCache: 64 << 20,
+				Store: StoreConfig{Budget: 10 << 30, VerifyReads: true}, MemoryCache: 64 << 20, ReadWindow: 512 << 10,
 				Metrics: MetricsConfig{Addr: "127.0.0.1:9100"}, Prefetch: PrefetchConfig{Mode: "files", Rate: 50 << 20},
 				Source:   SourceConfig{Retries: 0},
 				Registry: RegistryOptions{PlainHTTP: true, Insecure: true, CAFile: "/etc/ca.pem", DockerConfig: "/root/.docker/config.json"},
@@ -166,6 +168,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"control socket too long", "controlSocket: /" + strings.Repeat("s", 120) + "\n", []string{"controlSocket", "at most"}},
 		{"negative budget", "store: {budget: -1}\n", []string{"store.budget", "negative"}},
 		{"negative memory cache", "memoryCache: -5\n", []string{"memoryCache", "negative"}},
+		{"read window over 64 MiB", "readWindow: 128MiB\n", []string{"readWindow"}},
 		{"size with an unknown unit", "memoryCache: 5MB\n", []string{"size", "5MB", "unit"}},
 		{"metrics address without a port", "metrics: {addr: localhost}\n", []string{"metrics.addr", "host:port"}},
 		{"bad prefetch mode", "prefetch: {mode: some}\n", []string{"prefetch.mode", "off, files or all"}},

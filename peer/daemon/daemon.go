@@ -155,6 +155,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	closing, startClose := context.WithCancel(context.Background())
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Log, reg: reg, store: st, started: time.Now(),
 		fetcher: peer.NewFetcher(peer.Options{Store: st, MemoryCache: int64(cfg.MemoryCache), VerifyReads: cfg.Store.VerifyReads,
+			ReadWindow: readWindow(cfg.ReadWindow),
 			Log: opts.Log, Metrics: reg}),
 		closing: closing, startClose: startClose, closeDone: make(chan struct{}),
 		mounts: map[string]*mount{}, pending: map[string]bool{}}
@@ -346,4 +347,13 @@ func (d *Daemon) shutdown() error {
 		return fmt.Errorf("close store: %w", err)
 	}
 	return nil
+}
+
+// readWindow maps the config's read window to the fetcher's option, where 0 means the default and
+// a negative value "the chunk alone".
+func readWindow(w ByteSize) int64 {
+	if w == 0 {
+		return -1
+	}
+	return int64(w)
 }
