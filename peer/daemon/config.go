@@ -27,19 +27,19 @@ type Config struct {
 	// CacheDir holds the blob store (CacheDir/store) and the mounts' API sockets (CacheDir/run).
 	CacheDir string `yaml:"cacheDir"`
 	// ControlSocket is where Serve answers the control API (gRPC, mode 0600).
-	ControlSocket string          `yaml:"controlSocket"`
-	Store         StoreConfig     `yaml:"store"`
-	MemoryCache   ByteSize        `yaml:"memoryCache"`
+	ControlSocket string      `yaml:"controlSocket"`
+	Store         StoreConfig `yaml:"store"`
+	MemoryCache   ByteSize    `yaml:"memoryCache"`
 	// ReadWindow is how many stored bytes past a missing chunk one on-demand fetch brings in with it
 	// (the missing chunks that follow it in the blob).
-	ReadWindow ByteSize `yaml:"readWindow"`
-	Metrics       MetricsConfig   `yaml:"metrics"`
-	Prefetch      PrefetchConfig  `yaml:"prefetch"`
-	Source        SourceConfig    `yaml:"source"`
-	Registry      RegistryOptions `yaml:"registry"`
-	Log           LogConfig       `yaml:"log"`
-	Scheduler     SchedulerConfig `yaml:"scheduler"`
-	Upload        UploadConfig    `yaml:"upload"`
+	ReadWindow ByteSize        `yaml:"readWindow"`
+	Metrics    MetricsConfig   `yaml:"metrics"`
+	Prefetch   PrefetchConfig  `yaml:"prefetch"`
+	Source     SourceConfig    `yaml:"source"`
+	Registry   RegistryOptions `yaml:"registry"`
+	Log        LogConfig       `yaml:"log"`
+	Scheduler  SchedulerConfig `yaml:"scheduler"`
+	Upload     UploadConfig    `yaml:"upload"`
 }
 
 // StoreConfig configures the chunk store.

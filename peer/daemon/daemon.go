@@ -156,7 +156,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Log, reg: reg, store: st, started: time.Now(),
 		fetcher: peer.NewFetcher(peer.Options{Store: st, MemoryCache: int64(cfg.MemoryCache), VerifyReads: cfg.Store.VerifyReads,
 			ReadWindow: readWindow(cfg.ReadWindow),
-			Log: opts.Log, Metrics: reg}),
+			Log:        opts.Log, Metrics: reg}),
 		closing: closing, startClose: startClose, closeDone: make(chan struct{}),
 		mounts: map[string]*mount{}, pending: map[string]bool{}}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dfnydus_mounts", Help: "Images the daemon serves."},
