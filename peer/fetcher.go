@@ -310,6 +310,7 @@ func (bl *Blob) readStored(c *rafs.Chunk, buf []byte) ([]byte, bool, error) {
 	out, err := bl.decode(src, c, buf, verify)
 	if err != nil {
 		bl.f.repaired.Add(1)
+		bl.f.m.repaired.Inc()
 		bl.log.Warn("stored chunk no longer matches its digest: dropping it, it will be fetched again",
 			zap.Uint32("chunk", c.Index), zap.Int64("offset", co), zap.Error(err))
 		if ierr := bl.sb.Invalidate(co, n); ierr != nil {

@@ -15,6 +15,7 @@ type metrics struct {
 	memHits       prometheus.Counter
 	storeHits     prometheus.Counter
 	prefetchBytes prometheus.Counter
+	repaired      prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -35,9 +36,11 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Help: "Chunk reads served from the local store."}),
 		prefetchBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "dfnydus_prefetch_bytes_total",
 			Help: "Uncompressed bytes brought into the store by background prefetch."}),
+		repaired: prometheus.NewCounter(prometheus.CounterOpts{Name: "dfnydus_store_repaired_total",
+			Help: "Stored chunks dropped because their bytes no longer matched their digest (fetched again)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.fetchBytes, m.fetchChunks, m.fetchSeconds, m.verifyFailed, m.fetchErrors, m.memHits, m.storeHits, m.prefetchBytes)
+		reg.MustRegister(m.fetchBytes, m.fetchChunks, m.fetchSeconds, m.verifyFailed, m.fetchErrors, m.memHits, m.storeHits, m.prefetchBytes, m.repaired)
 	}
 	return m
 }

@@ -139,9 +139,13 @@ func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) erro
 	if err != nil {
 		return err
 	}
-	// Refuse a dangerous mountpoint before anything is fetched; the daemon checks again.
-	if _, err := mountpointpkg.Check(req.Mountpoint, f.force); err != nil {
-		return err
+	// Refuse a dangerous mountpoint before anything is fetched; the daemon checks again. A stale
+	// mount a killed dfnydus left (its FUSE connection gone) is not refused here: the daemon
+	// clears it, then checks.
+	if _, serr := os.Stat(req.Mountpoint); !errors.Is(serr, unix.ENOTCONN) {
+		if _, err := mountpointpkg.Check(req.Mountpoint, f.force); err != nil {
+			return err
+		}
 	}
 	if !f.foreground {
 		c, err := connectDaemon(ctx, f.daemonSocket)
