@@ -142,7 +142,7 @@ func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) erro
 	// Refuse a dangerous mountpoint before anything is fetched; the daemon checks again. A stale
 	// mount a killed dfnydus left (its FUSE connection gone) is not refused here: the daemon
 	// clears it, then checks.
-	if _, serr := os.Stat(req.Mountpoint); !errors.Is(serr, unix.ENOTCONN) {
+	if !mountpointpkg.Stale(req.Mountpoint) {
 		if _, err := mountpointpkg.Check(req.Mountpoint, f.force); err != nil {
 			return err
 		}

@@ -382,14 +382,13 @@ func forceDetach(mp string, log *zap.Logger) {
 // (reads there fail with ENOTCONN). It refuses /proc, /sys and /dev, and, unless force, a directory
 // that still is a mount point once a stale one is cleared (mounting there would hide it).
 func prepareMountpoint(mp string, force bool, log *zap.Logger) error {
-	fi, err := os.Stat(mp)
-	if errors.Is(err, unix.ENOTCONN) {
+	if stale, err := mountpoint.ClearStale(mp); stale {
 		log.Warn("clearing a stale mount left by a killed process", zap.String("mountpoint", mp))
-		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
+		if err != nil {
 			return fmt.Errorf("clear stale mount at %s: %w", mp, err)
 		}
-		fi, err = os.Stat(mp)
 	}
+	fi, err := os.Stat(mp)
 	if err != nil {
 		return fmt.Errorf("%w: mountpoint: %w", ErrInvalidRequest, err)
 	}
