@@ -185,7 +185,10 @@ func (im *Image) runPrefetch(ctx context.Context, batches []batch, lim *rate.Lim
 			im.setPrefetch(func(p *PrefetchStatus) {
 				p.ChunksDone += len(b.chunks)
 				if b.first && p.Trace != nil {
-					p.Trace.Prefetched += len(b.chunks)
+					// Copied, not changed in place: snapshots of the status share the pointer.
+					t := *p.Trace
+					t.Prefetched += len(b.chunks)
+					p.Trace = &t
 				}
 			})
 		}
