@@ -231,6 +231,23 @@ func TestStartTrace(t *testing.T) {
 		}
 	})
 
+	// profile: runs a program in the mount and records what it read.
+	t.Run("profile", func(t *testing.T) {
+		out := filepath.Join(work, "profiled.json")
+		testenv.MustRun(t, "profile", "--log-level", "warn", "-o", out, ref, "--", "sh", "-c", `cat b.bin "$DFNYDUS_ROOT/a.bin" >/dev/null`)
+		data, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := trace.Decode(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(pt.PrefetchPaths(), " "); got != "/b.bin /a.bin" || len(pt.Entries) != 4 || pt.Manifest != tr.Manifest {
+			t.Fatalf("profiled trace: files %s, %d chunks, manifest %s", got, len(pt.Entries), pt.Manifest)
+		}
+	})
+
 	// A trace recorded on another manifest is refused by profile, and when stored as a referrer
 	// of another image anyway, that image's mount does not use it.
 	t.Run("other-manifest", func(t *testing.T) {
