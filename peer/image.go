@@ -23,6 +23,7 @@ type Image struct {
 
 	prefetchMu sync.Mutex
 	prefetch   PrefetchStatus
+	trace      atomic.Pointer[traceReads] // set when a start trace is prefetched
 }
 
 // imageStats are an image's counters, updated atomically.
@@ -86,6 +87,7 @@ func (im *Image) RAFS() *rafs.Image { return im.img }
 // ReadChunk implements rafs.ChunkReader: memory, store, then source; always verified.
 func (im *Image) ReadChunk(ctx context.Context, b *rafs.Blob, c *rafs.Chunk, buf []byte) ([]byte, error) {
 	im.st.reads.Add(1)
+	im.noteTraceRead(c)
 	if int(c.BlobIndex) >= len(im.blobs) || im.blobs[c.BlobIndex] == nil {
 		im.st.readErrors.Add(1)
 		return nil, fmt.Errorf("image %s: chunk %d names blob %d, which the image does not hold", im.Name, c.Index, c.BlobIndex)
@@ -138,6 +140,7 @@ func (im *Image) Stats() Stats {
 	im.prefetchMu.Lock()
 	s.Prefetch = im.prefetch
 	im.prefetchMu.Unlock()
+	s.Prefetch = im.withTraceCounts(s.Prefetch)
 	return s
 }
 

@@ -45,6 +45,8 @@ type PrefetchStatus struct {
 	ChunksDone  int    `json:"chunks_done"`
 	Failed      int    `json:"chunks_failed"`
 	Error       string `json:"last_error,omitempty"`
+	// Trace is set when a start trace's chunks were prefetched first (PrefetchOptions.First).
+	Trace *TraceStatus `json:"trace,omitempty"`
 }
 
 // PrefetchOptions tune the background prefetch.
@@ -54,6 +56,12 @@ type PrefetchOptions struct {
 	Rate int64
 	// MaxRequest bounds one back-to-source request; adjacent chunks are fetched together up to it.
 	MaxRequest int64
+	// First are chunks to fetch before the mode's plan, in this order (a start trace: the order
+	// a workload first read them); adjacent ones are merged into requests of up to MaxRequest.
+	// Chunks not of this image are skipped. It adds to modes files and all; off fetches nothing.
+	First []rafs.Chunk
+	// FirstName names where First came from (e.g. the trace referrer's digest), for stat.
+	FirstName string
 }
 
 // defaultMaxRequest merges adjacent chunks into requests of up to 4 MiB, Dragonfly's smallest
@@ -65,11 +73,52 @@ type batch struct {
 	blob   *Blob
 	chunks []rafs.Chunk
 	bytes  int64
+	first  bool // of PrefetchOptions.First
 }
 
-// plan lists what to prefetch: the prefetch list's chunks first, then (mode all) the rest, in blob
-// order; chunks the store has are dropped; adjacent chunks are merged into batches.
-func (im *Image) plan(mode PrefetchMode, maxReq int64) []batch {
+// plan lists what to prefetch (planWith: first's chunks in their order), then the prefetch list's chunks,
+// then (mode all) the rest, in blob order; chunks the store has or an earlier step planned are
+// dropped; a chunk adjacent to (just after) the previous one is merged into its batch.
+func (im *Image) plan(mode PrefetchMode, maxReq int64) []batch { return im.planWith(mode, maxReq, nil) }
+
+// planWith is plan with first's chunks (a start trace) put before everything else.
+func (im *Image) planWith(mode PrefetchMode, maxReq int64, first []rafs.Chunk) []batch {
+	type seenKey struct {
+		blob int
+		off  uint64
+	}
+	seen := map[seenKey]bool{}
+	var out []batch
+	open := false // whether out's last batch may still grow
+	add := func(bi int, c rafs.Chunk, isFirst bool) {
+		if bi < 0 || bi >= len(im.blobs) || im.blobs[bi] == nil {
+			open = false
+			return
+		}
+		bl := im.blobs[bi]
+		k := seenKey{bi, c.CompressedOffset}
+		if seen[k] || bl.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
+			seen[k] = true
+			open = false
+			return
+		}
+		seen[k] = true
+		if open && out[len(out)-1].blob == bl {
+			cur := &out[len(out)-1]
+			last := cur.chunks[len(cur.chunks)-1]
+			gap := int64(c.CompressedOffset) - int64(last.CompressedOffset+uint64(last.CompressedSize))
+			if gap >= 0 && gap <= 64<<10 && cur.bytes+int64(c.CompressedSize)+gap <= maxReq {
+				cur.chunks = append(cur.chunks, c)
+				cur.bytes += int64(c.CompressedSize) + gap
+				return
+			}
+		}
+		out = append(out, batch{blob: bl, chunks: []rafs.Chunk{c}, bytes: int64(c.CompressedSize), first: isFirst})
+		open = true
+	}
+	for _, c := range first {
+		add(int(c.BlobIndex), c, true)
+	}
 	var groups []blobChunks
 	if len(im.img.Prefetch) > 0 {
 		groups = append(groups, chunksOf(im.img, im.img.Prefetch)...)
@@ -77,38 +126,10 @@ func (im *Image) plan(mode PrefetchMode, maxReq int64) []batch {
 	if mode == PrefetchAll {
 		groups = append(groups, chunksOf(im.img, nil)...)
 	}
-	type seenKey struct {
-		blob int
-		off  uint64
-	}
-	seen := map[seenKey]bool{}
-	var out []batch
 	for _, g := range groups {
-		bl := im.blobs[g.index]
-		if bl == nil {
-			continue
-		}
-		open := false // whether out's last batch may still grow
+		open = false
 		for _, c := range g.chunks {
-			k := seenKey{g.index, c.CompressedOffset}
-			if seen[k] || bl.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
-				seen[k] = true
-				open = false
-				continue
-			}
-			seen[k] = true
-			if open {
-				cur := &out[len(out)-1]
-				last := cur.chunks[len(cur.chunks)-1]
-				gap := int64(c.CompressedOffset) - int64(last.CompressedOffset+uint64(last.CompressedSize))
-				if gap >= 0 && gap <= 64<<10 && cur.bytes+int64(c.CompressedSize)+gap <= maxReq {
-					cur.chunks = append(cur.chunks, c)
-					cur.bytes += int64(c.CompressedSize) + gap
-					continue
-				}
-			}
-			out = append(out, batch{blob: bl, chunks: []rafs.Chunk{c}, bytes: int64(c.CompressedSize)})
-			open = true
+			add(g.index, c, false)
 		}
 	}
 	return out
@@ -123,12 +144,20 @@ func (im *Image) StartPrefetch(ctx context.Context, opts PrefetchOptions) {
 	if opts.MaxRequest <= 0 {
 		opts.MaxRequest = defaultMaxRequest
 	}
-	batches := im.plan(opts.Mode, opts.MaxRequest)
+	if len(opts.First) > 0 {
+		im.startTrace(opts.First)
+	}
+	batches := im.planWith(opts.Mode, opts.MaxRequest, opts.First)
 	total := 0
 	for _, b := range batches {
 		total += len(b.chunks)
 	}
-	im.setPrefetch(func(p *PrefetchStatus) { *p = PrefetchStatus{State: PrefetchRunning, ChunksTotal: total} })
+	im.setPrefetch(func(p *PrefetchStatus) {
+		*p = PrefetchStatus{State: PrefetchRunning, ChunksTotal: total}
+		if len(opts.First) > 0 {
+			p.Trace = &TraceStatus{Name: opts.FirstName, Chunks: len(opts.First)}
+		}
+	})
 	var lim *rate.Limiter
 	if opts.Rate > 0 {
 		lim = rate.NewLimiter(rate.Limit(opts.Rate), int(max(opts.Rate, opts.MaxRequest)))
@@ -153,7 +182,15 @@ func (im *Image) runPrefetch(ctx context.Context, batches []batch, lim *rate.Lim
 				failed = append(failed, b)
 				continue
 			}
-			im.setPrefetch(func(p *PrefetchStatus) { p.ChunksDone += len(b.chunks) })
+			im.setPrefetch(func(p *PrefetchStatus) {
+				p.ChunksDone += len(b.chunks)
+				if b.first && p.Trace != nil {
+					// Copied, not changed in place: snapshots of the status share the pointer.
+					t := *p.Trace
+					t.Prefetched += len(b.chunks)
+					p.Trace = &t
+				}
+			})
 		}
 		batches = append([]batch(nil), failed...)
 		if len(batches) > 0 {
@@ -241,6 +278,7 @@ func (im *Image) setPrefetch(fn func(*PrefetchStatus)) {
 // PrefetchStatus returns the prefetch's progress.
 func (im *Image) PrefetchStatus() PrefetchStatus {
 	im.prefetchMu.Lock()
-	defer im.prefetchMu.Unlock()
-	return im.prefetch
+	p := im.prefetch
+	im.prefetchMu.Unlock()
+	return im.withTraceCounts(p)
 }

@@ -24,6 +24,7 @@ import (
 // formatFlags are the image-format options build and convert share.
 type formatFlags struct {
 	compressor, digester, chunkSize, prefetchList string
+	prefetchTrace, prefetchPatterns               string
 	fsVersion, workers                            int
 }
 
@@ -33,6 +34,8 @@ func (f *formatFlags) add(fl *pflag.FlagSet) {
 	fl.StringVar(&f.digester, "digester", "blake3", "chunk digest: blake3, sha256")
 	fl.StringVar(&f.chunkSize, "chunk-size", "0x100000", "chunk size, a power of two from 0x1000 to 0x1000000")
 	fl.StringVar(&f.prefetchList, "prefetch-list", "", "file with one absolute path per line to prefetch first ('-' for stdin)")
+	fl.StringVar(&f.prefetchTrace, "prefetch-trace", "", "start trace (dfnydus profile -o, mount --record-trace) whose files, in order of first read, become the prefetch table")
+	fl.StringVar(&f.prefetchPatterns, "prefetch-patterns", "", "file with one absolute path per line, as nydusify's --prefetch-patterns (a directory means everything under it; '-' for stdin)")
 	fl.IntVar(&f.workers, "workers", 0, "compression workers (0: one per CPU)")
 }
 
@@ -51,10 +54,8 @@ func (f *formatFlags) options() (builder.Options, error) {
 		return o, fmt.Errorf("--chunk-size %q: want a power of two from 0x1000 to 0x1000000", f.chunkSize)
 	}
 	o.ChunkSize = uint32(cs)
-	if f.prefetchList != "" {
-		if o.Prefetch, err = readPrefetchList(f.prefetchList); err != nil {
-			return o, err
-		}
+	if o.Prefetch, err = f.prefetchPaths(); err != nil {
+		return o, err
 	}
 	return o, nil
 }
@@ -106,7 +107,7 @@ func readPrefetchList(p string) ([]string, error) {
 	if p != "-" {
 		fh, err := os.Open(p)
 		if err != nil {
-			return nil, fmt.Errorf("--prefetch-list: %w", err)
+			return nil, err
 		}
 		defer fh.Close()
 		r = fh
@@ -119,7 +120,7 @@ func readPrefetchList(p string) ([]string, error) {
 			continue
 		}
 		if !strings.HasPrefix(line, "/") {
-			return nil, fmt.Errorf("--prefetch-list: %q is not an absolute path", line)
+			return nil, fmt.Errorf("%q is not an absolute path", line)
 		}
 		out = append(out, filepath.Clean(line))
 	}

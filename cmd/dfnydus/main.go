@@ -67,7 +67,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file")
 	_ = root.PersistentFlags().MarkHidden("cpu-profile")
 	root.AddCommand(newBuildCmd(g), newConvertCmd(g), newInspectCmd(g), newCheckCmd(g), newUnpackCmd(g),
-		newMountCmd(g), newUmountCmd(g), newStatCmd(g))
+		newMountCmd(g), newUmountCmd(g), newStatCmd(g), newProfileCmd(g))
 	root.AddCommand(newDaemonCmd(g), newListCmd(g), newPreheatCmd(g))
 	root.AddCommand(newNydusdCmd())
 	return root

@@ -41,6 +41,7 @@ type mountFlags struct {
 	daemonSocket        string
 	foreground          bool
 	force               bool
+	recordTrace         string
 }
 
 // daemonOnlyFlags configure the process that owns the store: a mount through a running daemon
@@ -83,6 +84,7 @@ foreground until it is unmounted (dfnydus umount MOUNTPOINT) or signalled.`,
 	fl.StringVar(&f.platform, "platform", "", "platform to pick from an image index, os/arch[/variant] (default: this host's)")
 	fl.BoolVar(&f.foreground, "foreground", false, "serve in this process even when a daemon answers on --daemon-socket")
 	fl.BoolVar(&f.force, "force", false, "mount over a directory that already is a mount point (with --foreground; /proc, /sys and /dev are always refused)")
+	fl.StringVar(&f.recordTrace, "record-trace", "", "record the chunks the mount reads, in order of first read, and write them as a start trace to FILE when unmounted (foreground mounts)")
 	addDaemonSocketFlag(fl, &f.daemonSocket)
 	return cmd
 }
@@ -93,7 +95,7 @@ func (f *mountFlags) request(changed func(string) bool, log *zap.Logger, sourceA
 	for _, p := range []struct {
 		dst *string
 		src string
-	}{{&req.Mountpoint, mountpoint}, {&req.Bootstrap, f.bootstrap}, {&req.BlobDir, f.blobDir}} {
+	}{{&req.Mountpoint, mountpoint}, {&req.Bootstrap, f.bootstrap}, {&req.BlobDir, f.blobDir}, {&req.RecordTrace, f.recordTrace}} {
 		if p.src == "" {
 			continue
 		}
@@ -153,6 +155,11 @@ func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) erro
 			c.Close()
 			// The control API has no force field: a daemon would refuse the mount after all.
 			return errors.New("--force needs --foreground: a daemon answers on --daemon-socket and does not mount over mount points")
+		}
+		if c != nil && f.recordTrace != "" {
+			c.Close()
+			// The control API has no trace field: the recording lives in the process that serves.
+			return errors.New("--record-trace needs --foreground: a daemon answers on --daemon-socket")
 		}
 		if err != nil {
 			return err
@@ -319,6 +326,11 @@ func newStatCmd(g *globals) *cobra.Command {
 					100*float64(s.BytesCached)/float64(max(s.BytesTotal, 1)))
 				fmt.Fprintf(out, "  fetched  %d bytes in %d requests (%d on demand, %d by prefetch)\n", s.BytesFetched, s.Fetches, s.BytesOnDemand, s.BytesPrefetched)
 				fmt.Fprintf(out, "  prefetch %s: %d/%d chunks, %d failed\n", s.Prefetch.State, s.Prefetch.ChunksDone, s.Prefetch.ChunksTotal, s.Prefetch.Failed)
+				if tr := s.Prefetch.Trace; tr != nil {
+					fmt.Fprintf(out, "  trace    %s: %d chunks, %d prefetched; first reads %d hits, %d misses\n", tr.Name, tr.Chunks, tr.Prefetched, tr.Hits, tr.Misses)
+				} else {
+					fmt.Fprintf(out, "  trace    none used\n")
+				}
 				fmt.Fprintf(out, "  errors   %d verify failures, %d read errors; store repaired %d chunks\n", s.VerifyFailures, s.ReadErrors, s.StoreRepairedEver)
 			}
 			return nil

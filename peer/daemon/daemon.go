@@ -79,6 +79,12 @@ type MountRequest struct {
 	// Force mounts over a directory that already is a mount point (never over /proc, /sys, /dev).
 	// The control API does not carry it: only in-process callers (a foreground mount) set it.
 	Force bool
+	// RecordTrace, when set, records the mount's start trace (the chunks it reads, in order of
+	// first read) and writes it to this file once the mount is gone. In-process callers only (a
+	// foreground mount, dfnydus profile): the control API does not carry it.
+	RecordTrace string
+	// NoTrace skips looking for a start trace referrer of a registry image.
+	NoTrace bool
 }
 
 // MountInfo describes one mount of the daemon.

@@ -16,6 +16,8 @@ import (
 	"github.com/dfnydus/dfnydus/internal/mountpoint"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
+	"github.com/dfnydus/dfnydus/peer/trace"
+	"github.com/dfnydus/dfnydus/rafs"
 )
 
 // mount is one served image and everything that lives as long as it does.
@@ -32,6 +34,10 @@ type mount struct {
 	// mountpoint still shows this mount.
 	dev     string
 	apiOnce sync.Once
+	// rec records the start trace when the request asked (RecordTrace), written to recordPath
+	// once the mount is gone.
+	rec        *trace.Recorder
+	recordPath string
 
 	// umu serialises unmounts; unmounted is set once one succeeded.
 	umu       sync.Mutex
@@ -213,7 +219,12 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 	}
 	fopts := fuse.DefaultOptions()
 	fopts.AllowOther, fopts.Debug, fopts.Log, fopts.Metrics = req.AllowOther, req.FuseDebug, d.log, d.reg
-	if m.srv, err = fuse.Mount(mp, oi.img, m.im, fopts); err != nil {
+	var reader rafs.ChunkReader = m.im
+	if req.RecordTrace != "" {
+		m.rec, m.recordPath = trace.NewRecorder(oi.img, m.im), req.RecordTrace
+		reader = m.rec
+	}
+	if m.srv, err = fuse.Mount(mp, oi.img, reader, fopts); err != nil {
 		return nil, err // says "mount MP: ..."
 	}
 	if m.dev, err = mountDevice(mp); err != nil {
@@ -229,7 +240,8 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 	}
 	pctx, stop := context.WithCancel(context.Background())
 	m.stopPrefetch = stop
-	m.im.StartPrefetch(pctx, peer.PrefetchOptions{Mode: mode, Rate: rate})
+	first, firstName := traceFirst(oi, m.log)
+	m.im.StartPrefetch(pctx, peer.PrefetchOptions{Mode: mode, Rate: rate, First: first, FirstName: firstName})
 	m.info = MountInfo{Mountpoint: mp, Image: oi.name, Source: oi.src.String(), APISocket: sock, Started: time.Now(),
 		P2P: m.attached != nil, Prefetch: string(mode)}
 	return m, nil
@@ -279,6 +291,7 @@ func waitPrefetch(im *peer.Image) {
 // Close), then releases it and removes its entry.
 func (d *Daemon) watch(m *mount) {
 	m.srv.Wait()
+	m.writeTrace()
 	m.release()
 	d.mu.Lock()
 	if d.mounts[m.info.Mountpoint] == m {

@@ -16,6 +16,7 @@ import (
 	"github.com/dfnydus/dfnydus/oci"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
+	"github.com/dfnydus/dfnydus/peer/trace"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/bootstrap"
 	"github.com/dfnydus/dfnydus/registry"
@@ -30,6 +31,12 @@ type openedImage struct {
 	blobs []BlobRef
 	// closeFn releases what src does not own (a registry client); nil if nothing.
 	closeFn func()
+	// manifest is the nydus manifest's digest (registry images), bootstrap the bare bootstrap's:
+	// what a start trace recorded on this image is bound to.
+	manifest, bootstrap digest.Digest
+	// trace is the start trace found as a referrer of the manifest, or nil; traceName its source.
+	trace     *trace.Trace
+	traceName string
 }
 
 func (o *openedImage) close() {
@@ -66,7 +73,7 @@ func sourceKind(req MountRequest) string {
 func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, error) {
 	switch sourceKind(req) {
 	case kindLocal:
-		img, err := loadBootstrap(req.Bootstrap)
+		raw, img, err := loadBootstrap(req.Bootstrap)
 		if err != nil {
 			return nil, err
 		}
@@ -77,13 +84,14 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 				blobs[i].Size = fi.Size()
 			}
 		}
-		return &openedImage{name: req.Bootstrap, img: img, src: source.NewLocal(req.BlobDir), blobs: blobs}, nil
+		return &openedImage{name: req.Bootstrap, img: img, src: source.NewLocal(req.BlobDir), blobs: blobs,
+			bootstrap: digest.FromBytes(raw)}, nil
 	case kindS3:
 		cfg, err := source.ParseS3URL(req.Ref)
 		if err != nil {
 			return nil, err
 		}
-		img, err := loadBootstrap(req.Bootstrap)
+		raw, img, err := loadBootstrap(req.Bootstrap)
 		if err != nil {
 			return nil, err
 		}
@@ -95,7 +103,7 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 		for i, b := range img.Blobs {
 			blobs[i] = BlobRef{ID: b.ID, Size: int64(b.CompressedSize)}
 		}
-		return &openedImage{name: req.Ref, img: img, src: src, blobs: blobs}, nil
+		return &openedImage{name: req.Ref, img: img, src: src, blobs: blobs, bootstrap: digest.FromBytes(raw)}, nil
 	case kindRepoBootstrap:
 		return d.openRepoBootstrap(ctx, req)
 	}
@@ -131,21 +139,25 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 		desc := oimg.Blobs[b.ID]
 		blobs[i] = BlobRef{ID: b.ID, Size: desc.Size, URL: blobURL(ropts, oimg.Ref, desc.Digest)}
 	}
-	return &openedImage{name: oimg.Ref.String(), img: oimg.RAFS, src: source.NewRegistry(rc, oimg.Ref), blobs: blobs,
-		closeFn: func() { rc.Close() }}, nil
+	oi := &openedImage{name: oimg.Ref.String(), img: oimg.RAFS, src: source.NewRegistry(rc, oimg.Ref), blobs: blobs,
+		closeFn: func() { rc.Close() }, manifest: oimg.ManifestDesc.Digest, bootstrap: digest.FromBytes(oimg.Bootstrap)}
+	if !req.NoTrace {
+		oi.trace, oi.traceName = d.findTrace(ctx, c, oimg.Ref, oimg.ManifestDesc.Digest)
+	}
+	return oi, nil
 }
 
 // loadBootstrap reads a local bootstrap for mounting. An image with a blob the data path cannot
 // read is refused here: mounted, it would fail every read of that blob with EIO.
-func loadBootstrap(p string) (*rafs.Image, error) {
-	_, img, err := bootstrap.Load(p)
+func loadBootstrap(p string) ([]byte, *rafs.Image, error) {
+	raw, img, err := bootstrap.Load(p)
 	if err != nil {
-		return nil, fmt.Errorf("bootstrap: %w", err)
+		return nil, nil, fmt.Errorf("bootstrap: %w", err)
 	}
 	if err := img.Unsupported(); err != nil {
-		return nil, fmt.Errorf("bootstrap %s: %w", p, err)
+		return nil, nil, fmt.Errorf("bootstrap %s: %w", p, err)
 	}
-	return img, nil
+	return raw, img, nil
 }
 
 // blobURL is a blob's registry URL, the P2P task's URL: scheme://host/v2/REPO/blobs/DIGEST (http
@@ -168,7 +180,7 @@ func (d *Daemon) openRepoBootstrap(ctx context.Context, req MountRequest) (*open
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	ref.Tag, ref.Digest = "", ""
-	img, err := loadBootstrap(req.Bootstrap)
+	raw, img, err := loadBootstrap(req.Bootstrap)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +229,7 @@ func (d *Daemon) openRepoBootstrap(ctx context.Context, req MountRequest) (*open
 		return nil, err
 	}
 	return &openedImage{name: RepoBootstrapName(ref.Context(), req.Bootstrap), img: img, src: source.NewRegistry(rc, ref),
-		blobs: blobs, closeFn: func() { rc.Close() }}, nil
+		blobs: blobs, closeFn: func() { rc.Close() }, bootstrap: digest.FromBytes(raw)}, nil
 }
 
 // RepoBootstrapName is the MountInfo.Image of a mount of repository repo ("host/repo") with a
@@ -262,7 +274,7 @@ func checkRequest(req MountRequest) (MountRequest, error) {
 		return bad("mountpoint %q: want an absolute path", req.Mountpoint)
 	}
 	req.Mountpoint = filepath.Clean(req.Mountpoint)
-	for _, p := range []struct{ name, path string }{{"bootstrap", req.Bootstrap}, {"blob dir", req.BlobDir}} {
+	for _, p := range []struct{ name, path string }{{"bootstrap", req.Bootstrap}, {"blob dir", req.BlobDir}, {"trace file", req.RecordTrace}} {
 		if p.path != "" && !filepath.IsAbs(p.path) {
 			return bad("%s %q: want an absolute path", p.name, p.path)
 		}
