@@ -58,6 +58,7 @@ type cluster struct {
 	files     []imageFile // its regular files, sorted by path
 	unique    int64       // compressed bytes of its distinct chunks: what reading every file needs
 	fileBytes int64       // the sizes of its regular files summed: what reading every file reads
+	metaBytes int64       // manifest, config and bootstrap layer: what each peer fetches itself to mount
 	probeURL  string      // a blob of probeBytes in the registry, to time the link with
 	lists     string      // directory of workload file lists
 }
@@ -195,6 +196,9 @@ func (c *cluster) loadImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	var m struct {
+		Config struct {
+			Size int64 `json:"size"`
+		} `json:"config"`
 		Layers []struct {
 			Digest string `json:"digest"`
 			Size   int64  `json:"size"`
@@ -206,6 +210,7 @@ func (c *cluster) loadImage(t *testing.T) {
 		t.Fatalf("manifest of %s: %v", c.ref, err)
 	}
 	boot := m.Layers[len(m.Layers)-1]
+	c.metaBytes = resp.ContentLength + m.Config.Size + boot.Size
 	resp, err = hc.Get("http://" + c.reg.Host + "/v2/" + repo + "/blobs/" + boot.Digest)
 	if err != nil {
 		t.Fatal(err)
@@ -710,6 +715,10 @@ func (c *cluster) mountAndReadDuring(t *testing.T, peers []*peerProc, w workload
 	}
 	return r
 }
+
+// blobBytes is what the registry sent during r minus what each peer fetches itself to mount (the
+// manifest, the config and the bootstrap layer, which do not go through P2P): the blob data.
+func (c *cluster) blobBytes(r run) int64 { return r.regBytes - int64(len(r.durs))*c.metaBytes }
 
 func (r run) slowest() time.Duration { return sortedDurs(r.durs)[len(r.durs)-1] }
 func (r run) median() time.Duration  { return sortedDurs(r.durs)[len(r.durs)/2] }
