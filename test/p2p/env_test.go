@@ -375,6 +375,25 @@ func (c *cluster) linkRate(t *testing.T, from string) float64 {
 	return float64(n) / time.Since(start).Seconds()
 }
 
+// settledRegistryBytes waits until the registry's link has been quiet for 3 s (at most 3 minutes)
+// and returns registryBytes: a P2P task finishes its blob after the workload (the pieces no file
+// it read lives in), and those bytes are part of what a run costs the registry.
+func (c *cluster) settledRegistryBytes(t *testing.T) int64 {
+	t.Helper()
+	last, quiet := c.registryBytes(t), 0
+	for deadline := time.Now().Add(3 * time.Minute); quiet < 3 && time.Now().Before(deadline); {
+		time.Sleep(time.Second)
+		n := c.registryBytes(t)
+		if n-last < 64<<10 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		last = n
+	}
+	return last
+}
+
 // registryBytes is what the registry has sent over its (limited) link so far.
 func (c *cluster) registryBytes(t *testing.T) int64 {
 	t.Helper()
@@ -652,7 +671,7 @@ type run struct {
 	w        workload
 	durs     []time.Duration // from the mount request to the workload's end, per peer
 	sums     []string        // workload digests, per peer
-	regBytes int64           // what the registry's link sent during the run
+	regBytes int64           // what the registry's link sent from the run's start until it was quiet again
 	cpu      []float64       // CPU-seconds of each daemon during the run
 	rss      []int64         // VmRSS of each daemon at the end
 	rate     float64         // the registry link's rate measured just before, bytes/s
@@ -698,11 +717,11 @@ func (c *cluster) mountAndReadDuring(t *testing.T, peers []*peerProc, w workload
 		}()
 	}
 	wg.Wait()
-	r.regBytes = c.registryBytes(t) - b0
 	for i, p := range peers {
 		r.cpu[i] += p.cpuSeconds(t)
 		r.rss[i] = p.rss(t)
 	}
+	r.regBytes = c.settledRegistryBytes(t) - b0
 	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
