@@ -267,21 +267,31 @@ func (c *cluster) outage(t *testing.T, rep *report, s scale, want string) {
 	defer cancel()
 	obs := c.observer(t, ctx)
 	defer obs.Close(context.Background())
+	registered := true
 	for _, u := range c.blobs {
 		id := taskID(u)
 		for {
-			task, err := obs.StatTask(ctx, id)
+			sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
+			task, err := obs.StatTask(sctx, id)
+			scancel()
 			if err == nil && task.GetPeerCount() >= uint32(len(peers)) {
 				break
 			}
 			if ctx.Err() != nil {
-				t.Fatalf("2 min after the scheduler came back, task %s has %d peers (%v); want the %d rollout peers registered again",
+				// Not fatal: the fresh peer below still shows what the missing registration costs.
+				t.Errorf("2 min after the scheduler came back, task %s has %d peers (%v); want the %d rollout peers registered again",
 					id, task.GetPeerCount(), err, len(peers))
+				registered = false
+				break
 			}
 			time.Sleep(time.Second)
 		}
 	}
-	rep.note("f. every task was registered again with the rollout's %d peers %.1f s after the scheduler came back", len(peers), time.Since(back).Seconds())
+	if registered {
+		rep.note("f. every task was registered again with the rollout's %d peers %.1f s after the scheduler came back", len(peers), time.Since(back).Seconds())
+	} else {
+		rep.note("f. the tasks were NOT registered again within 2 min after the scheduler came back")
+	}
 
 	fresh := c.startPeers(t, []string{s.fresh}, peerOpts{p2p: true, prefetch: "all"})
 	f := c.mountAndRead(t, fresh, w)
