@@ -14,8 +14,10 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -63,6 +65,7 @@ type cluster struct {
 	metaBytes int64       // manifest, config and bootstrap layer: what each peer fetches itself to mount
 	probeURL  string      // a blob of probeBytes in the registry, to time the link with
 	lists     string      // directory of workload file lists
+	srcs      []layerSrc  // the trees the image was built from; nil when not kept
 }
 
 // imageFile is a regular file of the image and the chunks it needs.
@@ -75,10 +78,11 @@ type imageFile struct {
 
 // clusterOpts say what a cluster is made of.
 type clusterOpts struct {
-	layout   string   // OCI layout with the image tagged "img"
-	peers    []string // node names for peers
-	linkMbit int64    // registry egress rate; 0 leaves the link unshaped (veth speed)
-	convert  []string // extra `dfnydus convert` flags
+	layout   string     // OCI layout with the image tagged "img"
+	peers    []string   // node names for peers
+	linkMbit int64      // registry egress rate; 0 leaves the link unshaped (veth speed)
+	convert  []string   // extra `dfnydus convert` flags
+	srcs     []layerSrc // the layout's trees, to check what peers read against; nil: peers only agree
 }
 
 func requireTools(t *testing.T) {
@@ -94,20 +98,21 @@ func requireTools(t *testing.T) {
 
 // minbaseLayout is the image of `make test`: the Debian minbase tree as one layer (~170 MB of real
 // files), built once and cached next to the debootstrap tree.
-func minbaseLayout(t *testing.T) string {
+func minbaseLayout(t *testing.T) (string, []layerSrc) {
 	t.Helper()
 	root := testenv.Rootfs(t)
-	return cachedLayout(t, filepath.Join(filepath.Dir(root), "p2p-minbase-layout"), []layerSrc{{dir: root}})
+	srcs := []layerSrc{{dir: root}}
+	return cachedLayout(t, filepath.Join(filepath.Dir(root), "p2p-minbase-layout"), srcs), srcs
 }
 
 // realisticLayout is the benchmark's image: the Debian minbase tree as one layer and the Go
 // toolchain tree under /usr/local/go as a second (~420 MB of real files, ~17k of them from Go):
 // the mix of small and large files a real container image has, and no random padding.
-func realisticLayout(t *testing.T) string {
+func realisticLayout(t *testing.T) (string, []layerSrc) {
 	t.Helper()
 	root := testenv.Rootfs(t)
-	return cachedLayout(t, filepath.Join(filepath.Dir(root), "p2p-realistic-layout"),
-		[]layerSrc{{dir: root}, {dir: testenv.GoRoot(t), under: "usr/local/go"}})
+	srcs := []layerSrc{{dir: root}, {dir: testenv.GoRoot(t), under: "usr/local/go"}}
+	return cachedLayout(t, filepath.Join(filepath.Dir(root), "p2p-realistic-layout"), srcs), srcs
 }
 
 // layerSrc is a directory tree that becomes one layer, placed under a path of the image.
@@ -149,7 +154,7 @@ func cachedLayout(t *testing.T, dst string, srcs []layerSrc) string {
 func newCluster(t *testing.T, o clusterOpts) *cluster {
 	t.Helper()
 	requireTools(t)
-	c := &cluster{nodes: map[string]*netns.Node{}, linkMbit: o.linkMbit, lists: testenv.TempDir(t)}
+	c := &cluster{nodes: map[string]*netns.Node{}, linkMbit: o.linkMbit, lists: testenv.TempDir(t), srcs: o.srcs}
 	c.nw = netns.Start(t, netns.Options{})
 	c.regNode = c.nw.MustAddNode(t, "registry")
 	c.schedNode = c.nw.MustAddNode(t, "sched")
@@ -325,6 +330,44 @@ func (c *cluster) newWorkload(t *testing.T, name string, fs []imageFile) workloa
 	}
 	w.list = f.Name()
 	return w
+}
+
+// checkSource fails t unless sum is the digest of w's files read from the trees the image was built
+// from (a later layer wins, as in the image): peers agreeing is not enough, they must read the
+// right bytes.
+func (c *cluster) checkSource(t *testing.T, w workload, sum string) {
+	t.Helper()
+	if c.srcs == nil {
+		return
+	}
+	raw, err := os.ReadFile(w.list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := md5.New()
+	for _, rel := range strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00") {
+		p := strings.TrimPrefix(rel, ".")
+		src := ""
+		for _, l := range c.srcs {
+			if l.under == "" {
+				src = filepath.Join(l.dir, p)
+			} else if r, ok := strings.CutPrefix(p, "/"+l.under+"/"); ok {
+				src = filepath.Join(l.dir, r)
+			}
+		}
+		f, err := os.Open(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := hex.EncodeToString(h.Sum(nil)); sum != want {
+		t.Fatalf("the peers read md5 %s of %q; the source trees give %s", sum, w.name, want)
+	}
 }
 
 // probeBytes is the size of the blob the link is timed with.

@@ -81,7 +81,8 @@ func TestP2P(t *testing.T) {
 		t.Skip("-short")
 	}
 	requireTools(t)
-	c := newCluster(t, clusterOpts{layout: minbaseLayout(t), peers: smallScale.nodes("seed"), linkMbit: linkMbit})
+	layout, srcs := minbaseLayout(t)
+	c := newCluster(t, clusterOpts{layout: layout, srcs: srcs, peers: smallScale.nodes("seed"), linkMbit: linkMbit})
 	rep := newReport(t, c.title("make test (small versions)"))
 	want := c.scenarios(t, rep, smallScale)
 	t.Run("a parent killed mid-transfer", func(t *testing.T) { c.parentKilled(t, want) })
@@ -97,7 +98,8 @@ func TestP2PBench(t *testing.T) {
 		t.Skip("set DFNYDUS_BENCH_P2P=1 (make bench-p2p)")
 	}
 	requireTools(t)
-	c := newCluster(t, clusterOpts{layout: realisticLayout(t), peers: benchScale.nodes(), linkMbit: linkMbit})
+	layout, srcs := realisticLayout(t)
+	c := newCluster(t, clusterOpts{layout: layout, srcs: srcs, peers: benchScale.nodes(), linkMbit: linkMbit})
 	rep := newReport(t, c.title("make bench-p2p"))
 	c.scenarios(t, rep, benchScale)
 }
@@ -153,6 +155,7 @@ func (c *cluster) wholeImageRuns(t *testing.T, rep *report, s scale) string {
 	}
 	defer stopAll(t, last)
 	want := alone[0].sums[0]
+	c.checkSource(t, w, want)
 	for _, r := range append(alone[1:], many...) {
 		if r.sums[0] != want {
 			t.Fatalf("runs read different bytes: md5 %s and %s", r.sums[0], want)
@@ -220,6 +223,7 @@ func (c *cluster) startRuns(t *testing.T, rep *report, names []string) {
 	peers = c.startPeers(t, names, peerOpts{p2p: true})
 	many := c.mountAndRead(t, peers, w)
 	stopAll(t, peers)
+	c.checkSource(t, w, alone.sums[0])
 	if many.sums[0] != alone.sums[0] {
 		t.Fatalf("the start read md5 %s with %d peers, %s alone", many.sums[0], len(names), alone.sums[0])
 	}
