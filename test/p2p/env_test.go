@@ -171,12 +171,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 	os.RemoveAll(work) // convert keeps built blobs there: as large as the image
 	c.loadImage(t)
 	c.pushProbe(t)
-	// Upstream scheduling pauses (schedtest's default is 100 ms): peers that start together wait
-	// RetryBackToSourceLimit x 500 ms for a parent with pieces before the scheduler sends them back to
-	// source, as in a real deployment; with 100 ms, peers of a simultaneous start are sent to the
-	// registry before the first peer has its first piece.
 	c.sched = schedtest.Start(t, schedtest.Options{ListenIP: c.schedNode.Addr.String(), Port: 8002, Redis: true,
-		RetryInterval: 500 * time.Millisecond,
 		Command: func(name string, args ...string) *exec.Cmd {
 			return c.schedNode.Command(context.Background(), name, args...)
 		},
