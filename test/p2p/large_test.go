@@ -144,6 +144,9 @@ func writeCopiesTar(t *testing.T, dst, tree string, target float64) {
 	}
 	defer f.Close()
 	tw := tar.NewWriter(f)
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "data/", Mode: 0o755}); err != nil {
+		t.Fatal(err)
+	}
 	copies := int(math.Ceil(target / float64(treeBytes)))
 	for i := 0; i < copies; i++ {
 		mark := fmt.Sprintf("dfnydus large-blob copy %02d\n", i)
