@@ -41,9 +41,9 @@ func (c *cluster) parentKilled(t *testing.T, want string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	p1.kill9()
 	bytesAtKill := p2.metric(t, "dfnydus_p2p_piece_bytes_total")
 	errorsAtKill := p2.metric(t, "dfnydus_p2p_parent_errors_total")
+	p1.kill9()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
