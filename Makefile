@@ -18,7 +18,7 @@ help:
 	@echo "make bench-containers  real container starts: OCI/overlayfs vs dfnydus via nydus-snapshotter (docs/containers.md)"
 	@echo "make cluster   a P2P cluster on this machine: Dragonfly scheduler + Redis + registry + seed + N=3 dfnydus peers (docs/p2p.md)"
 	@echo "make cluster-down  stop it"
-	@echo "make bench-p2p P2P scenarios a-g on a 420 MB real-file image (Debian + Go), peers in network namespaces,"
+	@echo "make bench-p2p P2P scenarios a-g on a 400 MB real-file image (Debian + Go), peers in network namespaces,"
 	@echo "              registry behind 100 Mbit/s: alone vs 8 peers with and without P2P, 64-peer start, scheduler"
 	@echo "              outage, forced piece lengths; table in bin/p2p-report.txt (docs/p2p.md; ~40 min, quiet machine)"
 	@echo "make bench-p2p-large  scenario h: an 8.8 GB blob (32 MiB pieces) read by 2 peers over P2P, unshaped link;"
