@@ -16,6 +16,7 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -34,6 +35,10 @@ const (
 	DefaultReconnectBackoff = 200 * time.Millisecond
 	// DefaultMaxReconnectBackoff caps that pause.
 	DefaultMaxReconnectBackoff = 30 * time.Second
+	// DefaultHealthInterval is how often a scheduler that accepted the host is checked (the
+	// grpc.health.v1 service it serves): a scheduler that restarts forgets every host and peer,
+	// and peers whose tasks are finished have no stream that would notice.
+	DefaultHealthInterval = 10 * time.Second
 )
 
 // ErrNoScheduler is wrapped by errors returned when no configured scheduler answers.
@@ -64,6 +69,9 @@ type Config struct {
 	// ReportQueueLimit bounds each session's queue of unsent reports; default
 	// DefaultReportQueueLimit. See the package documentation for what a full queue drops.
 	ReportQueueLimit int
+	// HealthInterval is how often a scheduler holding the host is health-checked between
+	// announces (DefaultHealthInterval; negative: never).
+	HealthInterval time.Duration
 	// DialOptions are added to every scheduler connection (e.g. grpc.WithContextDialer to reach
 	// schedulers in another network namespace). Connections are plaintext.
 	DialOptions []grpc.DialOption
@@ -139,6 +147,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cfg.MaxReconnectBackoff = DefaultMaxReconnectBackoff
 	}
 	cfg.MaxReconnectBackoff = max(cfg.MaxReconnectBackoff, cfg.ReconnectBackoff)
+	if cfg.HealthInterval == 0 {
+		cfg.HealthInterval = DefaultHealthInterval
+	}
 	if cfg.ReportQueueLimit <= 0 {
 		cfg.ReportQueueLimit = DefaultReportQueueLimit
 	}
@@ -439,14 +450,60 @@ func (c *Client) announceLoop(sc *scheduler, tried chan<- struct{}) {
 		} else {
 			bo.reset()
 		}
-		t := time.NewTimer(wait)
+		if err == nil && !c.watchHealth(sc, wait, kick) {
+			return
+		}
+		if err != nil {
+			t := time.NewTimer(wait)
+			select {
+			case <-c.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// watchHealth waits out an announce interval on a scheduler that accepted the host, checking its
+// health every HealthInterval: a failed check marks it failed and ends the wait, so the next
+// announce (with backoff while it is down) notices its return and sessions register again. It
+// returns false when the client closes.
+func (c *Client) watchHealth(sc *scheduler, wait time.Duration, kick <-chan struct{}) bool {
+	end := time.NewTimer(wait)
+	defer end.Stop()
+	var tick <-chan time.Time
+	if c.cfg.HealthInterval > 0 {
+		tk := time.NewTicker(c.cfg.HealthInterval)
+		defer tk.Stop()
+		tick = tk.C
+	}
+	health := healthpb.NewHealthClient(sc.conn)
+	for {
 		select {
 		case <-c.ctx.Done():
-			t.Stop()
-			return
+			return false
 		case <-kick:
-			t.Stop()
-		case <-t.C:
+			return true
+		case <-end.C:
+			return true
+		case <-tick:
+			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+			resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+			cancel()
+			if c.ctx.Err() != nil {
+				return false
+			}
+			if status.Code(err) == codes.Unimplemented {
+				continue // no health service to ask: the announces and streams will tell
+			}
+			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				c.log.Warn("scheduler failed its health check", zap.String("scheduler", sc.addr), zap.Error(err))
+				sc.mu.Lock()
+				sc.failAt = time.Now()
+				sc.mu.Unlock()
+				return true
+			}
 		}
 	}
 }

@@ -122,7 +122,8 @@ type Session struct {
 	started    *bool      // nil before Started; else its backToSource
 	pieces     map[uint32]pieceRecord
 	outcome    *outcome
-	acked      bool // the scheduler closed the stream after the outcome
+	acked      bool      // the scheduler closed the stream after the outcome
+	ackedAt    time.Time // when
 	parents    map[string]*commonv2.Peer
 	closed     bool
 	queue      *reportQueue

@@ -72,9 +72,17 @@ func (s *Session) run() {
 		s.mu.Unlock()
 		if acked {
 			// The scheduler has the outcome; the peer stays there (a parent for others) until
-			// Close releases it.
-			<-s.ctx.Done()
-			break
+			// Close releases it, unless the scheduler goes away and comes back without it (a
+			// restart forgets every peer): then the finished peer registers again, replaying its
+			// pieces and outcome, so that it is a parent again.
+			if !s.waitLost() {
+				break
+			}
+			s.mu.Lock()
+			s.acked = false
+			s.mu.Unlock()
+			s.log.Info("the scheduler that held this finished peer was away: registering it again")
+			continue
 		}
 		st, again, err := s.connect()
 		if err != nil {
@@ -343,6 +351,7 @@ func (s *Session) streamEnded(err error, outcomeSent bool) error {
 	if err == io.EOF && outcomeSent {
 		s.mu.Lock()
 		s.acked = true
+		s.ackedAt = time.Now()
 		s.signalProgressLocked()
 		s.mu.Unlock()
 		return errAcknowledged
@@ -383,5 +392,29 @@ func (s *Session) release() {
 	defer cancel()
 	if _, err := sc.client.DeletePeer(ctx, s.deletePeerRequest()); err != nil {
 		s.log.Debug("delete peer failed", zap.String("scheduler", sc.addr), zap.Error(err))
+	}
+}
+
+// waitLost waits until the scheduler that acknowledged the session's outcome fails and accepts
+// the host again (true), or the session closes (false).
+func (s *Session) waitLost() bool {
+	for {
+		up := s.c.upSignal()
+		s.mu.Lock()
+		sc, at := s.lastSched, s.ackedAt
+		s.mu.Unlock()
+		if sc != nil {
+			sc.mu.Lock()
+			lost := sc.failAt.After(at) && sc.announcedLocked()
+			sc.mu.Unlock()
+			if lost {
+				return true
+			}
+		}
+		select {
+		case <-up:
+		case <-s.ctx.Done():
+			return false
+		}
 	}
 }
