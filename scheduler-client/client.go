@@ -16,7 +16,6 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -35,8 +34,8 @@ const (
 	DefaultReconnectBackoff = 200 * time.Millisecond
 	// DefaultMaxReconnectBackoff caps that pause.
 	DefaultMaxReconnectBackoff = 30 * time.Second
-	// DefaultHealthInterval is how often a scheduler that accepted the host is checked (the
-	// grpc.health.v1 service it serves): a scheduler that restarts forgets every host and peer,
+	// DefaultHealthInterval is how often a scheduler that accepted the host is asked whether it
+	// still knows the host (ListHosts): a scheduler that restarts forgets every host and peer,
 	// and peers whose tasks are finished have no stream that would notice.
 	DefaultHealthInterval = 10 * time.Second
 )
@@ -478,7 +477,6 @@ func (c *Client) watchHealth(sc *scheduler, wait time.Duration, kick <-chan stru
 		defer tk.Stop()
 		tick = tk.C
 	}
-	health := healthpb.NewHealthClient(sc.conn)
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -488,17 +486,23 @@ func (c *Client) watchHealth(sc *scheduler, wait time.Duration, kick <-chan stru
 		case <-end.C:
 			return true
 		case <-tick:
+			// A scheduler that restarted answers every call but has forgotten the host (and every
+			// peer): ask whether it still lists this host.
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
-			resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+			resp, err := sc.client.ListHosts(ctx, &schedulerv2.ListHostsRequest{})
 			cancel()
 			if c.ctx.Err() != nil {
 				return false
 			}
 			if status.Code(err) == codes.Unimplemented {
-				continue // no health service to ask: the announces and streams will tell
+				continue // cannot tell: the announces and streams will
 			}
-			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				c.log.Warn("scheduler failed its health check", zap.String("scheduler", sc.addr), zap.Error(err))
+			known := false
+			for _, h := range resp.GetHosts() {
+				known = known || h.GetId() == c.cfg.Host.ID
+			}
+			if err != nil || !known {
+				c.log.Warn("the scheduler is gone or has forgotten the host", zap.String("scheduler", sc.addr), zap.Error(err))
 				sc.mu.Lock()
 				sc.failAt = time.Now()
 				sc.mu.Unlock()

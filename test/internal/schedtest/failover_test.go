@@ -340,3 +340,55 @@ func TestHostAnnouncedAgainAfterRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestFinishedPeerIsAParentAgainAfterRestart: a peer that finished its task (the scheduler
+// acknowledged the outcome and closed the stream) has no stream that would see the scheduler
+// go; the health check does, and after the restart the peer registers again, replaying its pieces
+// and outcome, so that a new peer gets it as a parent.
+func TestFinishedPeerIsAParentAgainAfterRestart(t *testing.T) {
+	t.Parallel()
+	sched := schedtest.Start(t, schedtest.Options{})
+	addrs := []string{sched.Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := schedclient.New(ctx, schedclient.Config{
+		Addrs: addrs, Host: peerHost("peer-finished", 48500), Log: zaptest.NewLogger(t), DialTimeout: 3 * time.Second,
+		ReconnectBackoff: 100 * time.Millisecond, MaxReconnectBackoff: time.Second, HealthInterval: 500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	b := newBlob("library/finished-restart", 3)
+	s := register(t, c, b.spec())
+	nextEvent(t, s, schedclient.EventBackToSource)
+	if err := s.Started(true); err != nil {
+		t.Fatal(err)
+	}
+	reportPieces(t, s, b, 0, 3, "")
+	if err := s.Finished(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sched.Restart()
+	other := newClient(t, peerHost("peer-after-restart", 48600), addrs)
+	for {
+		so := register(t, other, b.spec())
+		var ev schedclient.Event
+		select {
+		case ev = <-so.Events():
+		case <-time.After(eventWait):
+		}
+		_ = so.Close()
+		if ev.Kind == schedclient.EventParents && len(ev.Parents) == 1 && ev.Parents[0].PeerID == s.PeerID() {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the finished peer never became a parent again after the restart (last answer %v)", ev.Kind)
+		case <-time.After(time.Second):
+		}
+	}
+}
