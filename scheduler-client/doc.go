@@ -29,7 +29,12 @@
 // the host there (a restarted scheduler forgot it and answers NotFound). After registering it
 // replays Started, every finished piece and the outcome, then sends EventReconnected (for a peer
 // registered before); the scheduler's answer follows as usual. Callers read from the source while
-// disconnected. Events is closed only by Close. Close stops the stream and deletes the peer from
+// disconnected. A session whose outcome the scheduler acknowledged has no stream left to notice an
+// outage; instead every scheduler holding the host is asked every Config.HealthInterval (10 s)
+// whether it still lists the host (ListHosts): one that is gone, or restarted and forgot it, is
+// announced to again, and finished sessions register again there, replaying pieces and outcome,
+// so finished peers are parents again after a restart. Events is closed only by Close. Close
+// stops the stream and deletes the peer from
 // its scheduler (DeletePeer, best effort, 2 s at most): the last unmount of an image releases its
 // tasks. Client.Close closes every session, deletes the host from every scheduler that accepted it
 // and closes the connections.
