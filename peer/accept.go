@@ -133,7 +133,8 @@ func originKind(origin string) string {
 	return "peer"
 }
 
-// storeFailed fails the readers waiting on chunks that could not be kept.
+// storeFailed names the blob in a store error; readers waiting on chunks that could not be kept
+// are failed by whoever owns their fetch.
 func (b *Blob) storeFailed(err error) error {
 	return fmt.Errorf("blob %s: keep bytes: %w", b.id, err)
 }

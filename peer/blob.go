@@ -74,8 +74,8 @@ var ErrSizeMismatch = errors.New("blob size disagrees with what the node knows")
 // compressor and digester), creating it on first use; every OpenBlob must be paired with a
 // Release. A size other than the one the node already knows is refused (a lying manifest).
 func (f *Fetcher) OpenBlob(id string, size int64, meta *rafs.Blob) (*Blob, error) {
-	if size <= 0 || size > maxBlobSize {
-		return nil, fmt.Errorf("blob %s: size %d out of range (1 to %d)", id, size, int64(maxBlobSize))
+	if size <= 0 || size > blobstore.MaxBlobSize {
+		return nil, fmt.Errorf("blob %s: size %d out of range (1 to %d)", id, size, int64(blobstore.MaxBlobSize))
 	}
 	f.blobsMu.Lock()
 	defer f.blobsMu.Unlock()
@@ -105,9 +105,6 @@ func (f *Fetcher) OpenBlob(id string, size int64, meta *rafs.Blob) (*Blob, error
 	return b, nil
 }
 
-// maxBlobSize bounds a blob's size (1 TiB): a size from a manifest is not trusted to size memory.
-const maxBlobSize = 1 << 40
-
 // Release drops one reference; the last one forgets the chunk table (the stored bytes stay).
 func (b *Blob) Release() {
 	b.f.blobsMu.Lock()
@@ -127,13 +124,18 @@ func (b *Blob) Store() *blobstore.Blob { return b.sb }
 
 // addChunks merges an image's chunks of this blob into the table.
 func (b *Blob) addChunks(cs []rafs.Chunk) error {
+	b.mu.Lock()
+	// The decoders bound this already; a chunk table is also built from images no decoder saw
+	// (tests, the builder), and a fetch is sized from it.
+	limit := rafs.MaxCompressedChunkSize(b.comp, rafs.MaxChunkSize)
+	b.mu.Unlock()
 	for i := range cs {
 		c := &cs[i]
 		if c.CompressedSize == 0 || int64(c.CompressedOffset)+int64(c.CompressedSize) > b.size {
 			return fmt.Errorf("blob %s chunk %d: [%d, +%d) is outside the blob's %d bytes", b.id, c.Index, c.CompressedOffset, c.CompressedSize, b.size)
 		}
-		if c.CompressedSize > maxStoredChunk {
-			return fmt.Errorf("blob %s chunk %d: %d stored bytes, over the %d a chunk may take", b.id, c.Index, c.CompressedSize, maxStoredChunk)
+		if c.CompressedSize > limit {
+			return fmt.Errorf("blob %s chunk %d: %d stored bytes, over the %d a chunk may take", b.id, c.Index, c.CompressedSize, limit)
 		}
 	}
 	b.mu.Lock()
@@ -168,12 +170,7 @@ func (b *Blob) addChunks(cs []rafs.Chunk) error {
 	return nil
 }
 
-// maxStoredChunk bounds the stored bytes of one chunk: the largest chunk plus the worst
-// compression overhead of any compressor (zstd's bound is about n + n/256 + a little; lz4's and
-// deflate's are a bit more), so no record makes a read allocate more.
-const maxStoredChunk = rafs.MaxChunkSize + rafs.MaxChunkSize/128 + 64<<10
-
-// find returns the index of the chunk at compressed offset off, or -1. b.mu must be held.
+// findLocked returns the index of the chunk at compressed offset off, or -1. b.mu must be held.
 func (b *Blob) findLocked(off uint64) int {
 	i := sort.Search(len(b.chunks), func(i int) bool { return b.chunks[i].CompressedOffset >= off })
 	if i < len(b.chunks) && b.chunks[i].CompressedOffset == off {

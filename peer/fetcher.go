@@ -73,9 +73,6 @@ func NewFetcher(opts Options) *Fetcher {
 		window: w, verifyReads: opts.VerifyReads, fg: newActivity(), blobs: map[string]*Blob{}}
 }
 
-// Close is kept for symmetry: the store owns every write, and Flush/Close on it make them durable.
-func (f *Fetcher) Close() {}
-
 // Store returns the blob store the fetcher reads and fills.
 func (f *Fetcher) Store() *blobstore.Store { return f.store }
 

@@ -101,7 +101,7 @@ func newTestFetcher(t *testing.T, mem int64) (*Fetcher, *blobstore.Store) {
 		t.Fatal(err)
 	}
 	f := NewFetcher(Options{Store: st, MemoryCache: mem})
-	t.Cleanup(func() { f.Close(); st.Close() })
+	t.Cleanup(func() { st.Close() })
 	return f, st
 }
 
@@ -141,7 +141,6 @@ func TestReadChunkPaths(t *testing.T) {
 		}
 	}
 	fetched := src.requests.Load()
-	f.Close() // the background store writes are done
 	for p := range files {
 		if _, err := readFile(t, im, img, p); err != nil {
 			t.Fatal(err)
@@ -188,7 +187,6 @@ func TestWrongBytesAreNeverServedOrStored(t *testing.T) {
 	if !errors.Is(err, ErrVerify) || !errors.Is(err, rafs.ErrCorrupt) {
 		t.Fatalf("err = %v, want ErrVerify wrapping rafs.ErrCorrupt", err)
 	}
-	f.Close()
 	if s := st.Stats(); s.VerifiedBytes != 0 {
 		t.Errorf("store holds %d verified bytes after a lying source", s.VerifiedBytes)
 	}

@@ -341,14 +341,13 @@ func (d *Daemon) Close(ctx context.Context) error {
 	return d.closeResult
 }
 
-// shutdown closes the metrics endpoint, the fetcher (store writes in flight finish) and the store.
+// shutdown closes the metrics endpoint and the store (which makes the verified ranges durable).
 func (d *Daemon) shutdown() error {
 	if d.metrics != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = d.metrics.Shutdown(ctx)
 		cancel()
 	}
-	d.fetcher.Close()
 	if err := d.store.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}

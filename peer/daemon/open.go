@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dfnydus/dfnydus/blobstore"
 	"github.com/dfnydus/dfnydus/oci"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
@@ -305,9 +306,6 @@ func logSource(req MountRequest) zap.Field {
 	return zap.String("blob_dir", req.BlobDir)
 }
 
-// maxBlobSize bounds a blob's size as a manifest or a HEAD reports it (1 TiB).
-const maxBlobSize = 1 << 40
-
 // reconcileSizes checks each blob's size as the manifest (or the blob file, or a HEAD) says it
 // against the bootstrap's record, which is verified with the bootstrap: a disagreement is a lying
 // manifest and refuses the mount. A bootstrap without a record takes the other size, so the store,
@@ -319,7 +317,7 @@ func reconcileSizes(oi *openedImage) error {
 		}
 		ref, rec := oi.blobs[i].Size, oi.img.Blobs[i].CompressedSize
 		switch {
-		case ref < 0 || ref > maxBlobSize:
+		case ref < 0 || ref > blobstore.MaxBlobSize:
 			return fmt.Errorf("blob %s: size %d out of range", oi.blobs[i].ID, ref)
 		case ref > 0 && rec != 0 && uint64(ref) != rec:
 			return fmt.Errorf("blob %s: %w: the manifest says %d bytes, the bootstrap %d", oi.blobs[i].ID, peer.ErrSizeMismatch, ref, rec)

@@ -159,7 +159,6 @@ func (m *LocalMounter) releaseStore(s *sharedStore) {
 		return
 	}
 	delete(m.stores, s.dir)
-	s.fetcher.Close() // store writes in flight finish first
 	if err := s.st.Close(); err != nil {
 		m.opts.Log.Warn("close chunk store", zap.String("dir", s.dir), zap.Error(err))
 	}

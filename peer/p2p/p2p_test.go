@@ -467,9 +467,6 @@ func TestLyingParentInBytesNoChunkCovers(t *testing.T) {
 	tk := b.task(t)
 	lastPiece := tk.lay.count - 1
 	// The first attempt gets the lie; it is dropped, a is avoided, and the source gives the truth.
-	if _, err := b.m.WaitPiece(context.Background(), tk.id, lastPiece); err == nil {
-		// Already healed within the call: fine.
-	}
 	deadline := time.Now().Add(20 * time.Second)
 	for !tk.held(lastPiece) && time.Now().Before(deadline) {
 		_, _ = b.m.WaitPiece(context.Background(), tk.id, lastPiece)

@@ -3,6 +3,7 @@ package p2p
 import (
 	"hash/crc32"
 	"io"
+	"strconv"
 
 	"go.uber.org/zap"
 
@@ -214,17 +215,4 @@ func (t *task) pieceCRC(n uint32) (uint32, error) {
 	return v, nil
 }
 
-func crcDigest(v uint32) string { return "crc32:" + itoa(v) }
-
-func itoa(v uint32) string {
-	var b [10]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			return string(b[i:])
-		}
-	}
-}
+func crcDigest(v uint32) string { return "crc32:" + strconv.FormatUint(uint64(v), 10) }
