@@ -174,10 +174,16 @@ func (t *task) fetchPiece(ctx context.Context, n uint32) error {
 			return nil
 		}
 		t0 := time.Now()
+		select {
+		case t.m.parentSlots <- struct{}{}:
+		case <-ctx.Done():
+			return fmt.Errorf("task %s piece %d: %w", t.id, n, ctx.Err())
+		}
 		data, err := t.m.fromParent(ctx, t, p, n)
 		if err == nil {
 			err = t.acceptPiece(n, data, p.PeerID)
 		}
+		<-t.m.parentSlots
 		if err == nil {
 			t.m.met.pieces.WithLabelValues(trafficParent).Inc()
 			t.m.met.bytes.WithLabelValues(trafficParent).Add(float64(length))

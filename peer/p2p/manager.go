@@ -97,6 +97,9 @@ type Manager struct {
 	f      *peer.Fetcher
 	vortex *vortex.Client
 	met    *metrics
+	// parentSlots bounds the pieces downloaded from parents at once, across tasks: each is held in
+	// memory until verified (up to 64 MiB), and other peers' SyncPieces can ask for many.
+	parentSlots chan struct{}
 
 	mu     sync.Mutex
 	tasks  map[string]*task
@@ -127,7 +130,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.CompletePieces = true
 	}
 	return &Manager{cfg: cfg, log: cfg.Log, sched: cfg.Scheduler, f: cfg.Fetcher,
-		vortex: vortex.NewClient(vortex.ClientOptions{}), met: newMetrics(cfg.Metrics),
+		vortex: vortex.NewClient(vortex.ClientOptions{}), met: newMetrics(cfg.Metrics), parentSlots: make(chan struct{}, maxParentDownloads),
 		tasks: map[string]*task{}, conns: map[string]*peerConn{}}, nil
 }
 
@@ -227,6 +230,10 @@ func (m *Manager) acquire(spec taskSpec) (*task, error) {
 	t.start()
 	return t, nil
 }
+
+// maxParentDownloads bounds the pieces downloaded from parents at once (memory: at most this many
+// pieces, 64 MiB each at worst).
+const maxParentDownloads = 8
 
 // errLimit is wrapped when a configured limit refuses a new task: the caller is told the peer is
 // unavailable for now.
