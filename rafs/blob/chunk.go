@@ -38,8 +38,8 @@ func ReadChunk(r io.ReaderAt, blobID string, c *rafs.Chunk, comp rafs.Compressor
 	}
 
 	size := int(c.UncompressedSize)
-	if cap(buf) < size {
-		buf = make([]byte, size)
+	if cap(buf) < size+compress.DecodeSlack {
+		buf = make([]byte, size, size+compress.DecodeSlack)
 	}
 	if !c.IsCompressed() {
 		out := buf[:size]
@@ -76,8 +76,8 @@ func DecodeChunk(src []byte, blobID string, c *rafs.Chunk, comp rafs.Compressor,
 		return nil, bad("uncompressed size %d out of range", c.UncompressedSize)
 	}
 	size := int(c.UncompressedSize)
-	if cap(buf) < size {
-		buf = make([]byte, size)
+	if cap(buf) < size+compress.DecodeSlack {
+		buf = make([]byte, size, size+compress.DecodeSlack)
 	}
 	var out []byte
 	if !c.IsCompressed() {

@@ -80,13 +80,20 @@ func Compress(alg rafs.Compressor, dst, src []byte) ([]byte, error) {
 	return nil, fmt.Errorf("compress: unsupported compressor %v", alg)
 }
 
-// Decompress decompresses src, which must expand to exactly size bytes, into dst[:0].
+// DecodeSlack is the spare capacity a destination should have past the chunk's size: the zstd
+// decoder takes its fast path (wide copies that may write up to 16 bytes past the end) only when
+// the destination has that room, and otherwise runs a bounds-checked loop at about half the speed
+// (klauspost/compress zstd/seqdec_asm.go, useSafeDecodeSync).
+const DecodeSlack = 64
+
+// Decompress decompresses src, which must expand to exactly size bytes, into dst[:0]. A dst
+// without DecodeSlack spare bytes past size is replaced by a new buffer.
 func Decompress(alg rafs.Compressor, dst, src []byte, size int) ([]byte, error) {
 	if size < 0 || size > rafs.MaxChunkSize {
 		return nil, rafs.Corruptf("chunk uncompressed size %d out of range", size)
 	}
-	if cap(dst) < size {
-		dst = make([]byte, 0, size)
+	if cap(dst) < size+DecodeSlack {
+		dst = make([]byte, 0, size+DecodeSlack)
 	}
 	dst = dst[:0]
 	var out []byte

@@ -3,7 +3,11 @@ package compress
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/dfnydus/dfnydus/rafs"
@@ -70,6 +74,39 @@ func TestDecompressRejects(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Decompress(tc.alg, nil, tc.in, tc.size); !errors.Is(err, rafs.ErrCorrupt) {
 				t.Errorf("err = %v, want rafs.ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+// BenchmarkDecompressZstd decodes a 1 MiB chunk of Go source, with and without spare room after
+// the chunk's size in the destination (the zstd decoder's fast path needs a little).
+func BenchmarkDecompressZstd(b *testing.B) {
+	var src []byte
+	filepath.WalkDir(filepath.Join(runtime.GOROOT(), "src", "net", "http"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && len(src) < 1<<20 {
+			data, _ := os.ReadFile(p)
+			src = append(src, data...)
+		}
+		return nil
+	})
+	src = src[:min(len(src), 1<<20)]
+	comp, err := Compress(rafs.CompressZstd, nil, src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		spare int
+	}{{"exact", 0}, {"spare", DecodeSlack}} {
+		b.Run(tc.name, func(b *testing.B) {
+			initZstd()
+			buf := make([]byte, 0, len(src)+tc.spare)
+			b.SetBytes(int64(len(src)))
+			for b.Loop() {
+				if _, err := zdec.DecodeAll(comp, buf[:0]); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}
