@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"sync"
 
@@ -38,6 +39,7 @@ type Blob struct {
 	blame        map[int]func(origin string, off, n int64)
 	nextListener int
 	whole        wholeState
+	win          readWindow
 }
 
 // wholeState is the check of bytes no chunk covers (tar headers, blob.meta, the ToC; everything of
@@ -56,8 +58,11 @@ const maxWholeFailures = 3
 type flight struct {
 	done chan struct{}
 	once sync.Once
-	data []byte // the uncompressed chunk, when the fetch decoded it for waiting readers
-	err  error
+	// wanted: a reader waits for this chunk (not only a prefetch or the read window); set under
+	// the blob's mutex.
+	wanted bool
+	data   []byte // the uncompressed chunk, when the fetch decoded it for waiting readers
+	err    error
 }
 
 func (fl *flight) finish(data []byte, err error) {
@@ -192,6 +197,32 @@ func (b *Blob) overlappingLocked(off, end int64) (lo, hi int) {
 	return lo, hi
 }
 
+// Awaited returns the runs of chunks lying wholly inside [off, off+n) that readers wait for, so
+// that whoever brings those bytes can verify them before the rest.
+func (b *Blob) Awaited(off, n int64) []blobstore.Range {
+	end := off + n
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []blobstore.Range
+	lo, hi := b.overlappingLocked(off, end)
+	for i := lo; i < hi; i++ {
+		c := &b.chunks[i]
+		co, ce := int64(c.CompressedOffset), int64(c.CompressedOffset)+int64(c.CompressedSize)
+		if co < off || ce > end {
+			continue
+		}
+		if fl := b.flights[c.CompressedOffset]; fl == nil || !fl.wanted {
+			continue
+		}
+		if k := len(out); k > 0 && out[k-1].Off+out[k-1].Len == co {
+			out[k-1].Len += ce - co
+			continue
+		}
+		out = append(out, blobstore.Range{Off: co, Len: ce - co})
+	}
+	return out
+}
+
 // OnBlame registers fn to hear about bytes that failed verification after they were kept pending
 // (a chunk across two pieces, the whole-blob check): origin is who sent them ("source" or a peer
 // id). The returned func unregisters it.
@@ -267,6 +298,16 @@ func (b *Blob) ChunksVerified() bool {
 // (prefetch, completing pieces for other peers) waits on it so that a starting container's reads
 // have the link.
 func (f *Fetcher) WaitQuiet(ctx context.Context) error { return f.fg.waitQuiet(ctx, prefetchQuiet) }
+
+// BackgroundRequest is the most bytes a background request (prefetch, completing pieces) should
+// ask for now: unbounded while reads have been quiet for a while, else small, so that a request
+// already on the wire delays the next on-demand read little.
+func (f *Fetcher) BackgroundRequest() int64 {
+	if f.fg.sinceLast() < prefetchActiveWindow {
+		return prefetchActiveRequest
+	}
+	return math.MaxInt64
+}
 
 // ChunkSpan widens [off, off+n) to whole chunks: a piece is verified only with all of every chunk
 // that crosses its edges.

@@ -92,19 +92,31 @@ func (f *Fetcher) readChunk(ctx context.Context, src source.Source, st *imageSta
 	for attempt := 0; ; attempt++ {
 		if data := f.mem.get(k); data != nil {
 			f.m.memHits.Inc()
+			bl.win.asked(c.CompressedOffset)
 			return data, nil
 		}
 		if data, ok, err := bl.readStored(c, buf); err != nil {
 			return nil, err
 		} else if ok {
 			f.m.storeHits.Inc()
+			bl.win.asked(c.CompressedOffset)
 			return data, nil
 		}
 		fl, lead := bl.join(c)
 		if lead != nil {
 			f.fg.begin()
-			f.fetch(ctx, src, st, bl, lead, kindOnDemand)
-			f.fg.end()
+			if fl, ok := src.(source.Filler); ok && fl.Fills(bl.id) {
+				// The P2P layer brings whole pieces and verifies the chunks readers wait for first:
+				// this reader goes on once its own chunk is delivered, and the fetch finishes the
+				// rest (on the reader's values, not its cancellation: a piece is worth finishing).
+				go func() {
+					defer f.fg.end()
+					f.fetch(context.WithoutCancel(ctx), src, st, bl, lead, kindOnDemand)
+				}()
+			} else {
+				f.fetch(ctx, src, st, bl, lead, kindOnDemand)
+				f.fg.end()
+			}
 		}
 		select {
 		case <-fl.done:
@@ -136,13 +148,15 @@ func (bl *Blob) join(c *rafs.Chunk) (*flight, []rafs.Chunk) {
 	bl.mu.Lock()
 	defer bl.mu.Unlock()
 	if fl := bl.flights[c.CompressedOffset]; fl != nil {
+		fl.wanted = true
+		bl.win.asked(c.CompressedOffset)
 		return fl, nil
 	}
-	fl := &flight{done: make(chan struct{})}
+	fl := &flight{done: make(chan struct{}), wanted: true}
 	bl.flights[c.CompressedOffset] = fl
 	lead := []rafs.Chunk{*c}
 	if i := bl.findLocked(c.CompressedOffset); i >= 0 {
-		limit := int64(c.CompressedOffset) + max(int64(c.CompressedSize), bl.f.window)
+		limit := int64(c.CompressedOffset) + max(int64(c.CompressedSize), bl.win.size(bl.f.window))
 		last := int64(c.CompressedOffset) + int64(c.CompressedSize)
 		for j := i + 1; j < len(bl.chunks); j++ {
 			n := &bl.chunks[j]
@@ -154,6 +168,7 @@ func (bl *Blob) join(c *rafs.Chunk) (*flight, []rafs.Chunk) {
 				break // a run ends where bytes are already here or on their way
 			}
 			bl.flights[n.CompressedOffset] = &flight{done: make(chan struct{})}
+			bl.win.brought(n.CompressedOffset, int64(n.CompressedSize))
 			lead = append(lead, *n)
 			last = ne
 		}
@@ -237,11 +252,15 @@ func (f *Fetcher) stream(ctx context.Context, src source.Source, st *imageStats,
 	start := int64(chunks[0].CompressedOffset)
 	last := chunks[len(chunks)-1]
 	end := int64(last.CompressedOffset) + int64(last.CompressedSize)
+	t0 := time.Now()
 	rc, err := src.ReadRange(ctx, bl.id, start, end-start)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
+	ttfb := time.Since(t0)
+	var netTime time.Duration // waiting for body bytes (not verifying them)
+	defer func() { bl.win.observe(ttfb, end-start, netTime) }()
 	pos := start
 	var buf []byte
 	for i := range chunks {
@@ -260,7 +279,10 @@ func (f *Fetcher) stream(ctx context.Context, src source.Source, st *imageStats,
 			buf = make([]byte, ce-co)
 		}
 		p := buf[:ce-co]
-		if _, err := io.ReadFull(rc, p); err != nil {
+		tr := time.Now()
+		_, err := io.ReadFull(rc, p)
+		netTime += time.Since(tr)
+		if err != nil {
 			return err
 		}
 		pos = ce

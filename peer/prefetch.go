@@ -3,12 +3,12 @@ package peer
 import (
 	"context"
 	"fmt"
-	"math"
 	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/dfnydus/dfnydus/internal/lowprio"
 	"github.com/dfnydus/dfnydus/rafs"
 )
 
@@ -166,6 +166,9 @@ func (im *Image) StartPrefetch(ctx context.Context, opts PrefetchOptions) {
 }
 
 func (im *Image) runPrefetch(ctx context.Context, batches []batch, lim *rate.Limiter) {
+	// Prefetch is work for when the node has nothing better to do: its verification gives way
+	// to readers and to pieces other peers wait for.
+	lowprio.Enter()
 	log := im.f.log.With(zap.String("image", im.Name))
 	start := time.Now()
 	var failed []batch
@@ -221,10 +224,7 @@ func (im *Image) prefetchBatch(ctx context.Context, b batch, lim *rate.Limiter) 
 		if err := im.f.fg.waitQuiet(ctx, prefetchQuiet); err != nil {
 			return err
 		}
-		limit := int64(math.MaxInt64)
-		if im.f.fg.sinceLast() < prefetchActiveWindow {
-			limit = prefetchActiveRequest
-		}
+		limit := im.f.BackgroundRequest()
 		var take []rafs.Chunk
 		var size int64
 		for len(rest) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dfnydus/dfnydus/blobstore"
+	"github.com/dfnydus/dfnydus/internal/lowprio"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/peer/upload"
@@ -72,7 +74,7 @@ func (t *task) fill(ctx context.Context, off, n int64) error {
 		if len(t.candidates()) > 0 {
 			err = t.fillFromParents(ctx, unc)
 		} else {
-			err = t.fillFromSource(ctx, unc)
+			err = t.fillFromSource(ctx, unc, false)
 			if err == nil && t.m.cfg.CompletePieces {
 				t.completeLater(unc)
 			}
@@ -201,7 +203,9 @@ func (t *task) fetchPiece(ctx context.Context, n uint32) error {
 	if t.held(n) {
 		return nil
 	}
-	return t.fillFromSource(ctx, t.bl.Uncovered(int64(off), int64(length)))
+	// No parent could give the piece: the source gives what is missing, verified in the background
+	// like a parent's piece would have been (readers' chunks first).
+	return t.fillFromSource(ctx, t.bl.Uncovered(int64(off), int64(length)), true)
 }
 
 // acceptPiece passes a whole piece from a parent through the verification point. Chunks that fail
@@ -211,7 +215,7 @@ func (t *task) acceptPiece(n uint32, data []byte, parentID string) error {
 	if uint64(len(data)) != length {
 		return fmt.Errorf("task %s piece %d: %d bytes, want %d: %w", t.id, n, len(data), length, ErrBadPiece)
 	}
-	res, err := t.bl.Accept(int64(off), data, parentID)
+	res, err := t.accept(int64(off), data, parentID, true)
 	if err != nil {
 		return err
 	}
@@ -222,16 +226,36 @@ func (t *task) acceptPiece(n uint32, data []byte, parentID string) error {
 	return nil
 }
 
+// accept passes [off, off+len(data)) through the verification point: first the chunks readers
+// wait for, at the caller's priority, so they go on at once; then the rest, on a background
+// thread when bg (the rest of a piece, completing pieces: work a busy node does last). Chunks the
+// first pass verified are skipped by the second, which reports every chunk that failed.
+func (t *task) accept(off int64, data []byte, origin string, bg bool) (peer.AcceptResult, error) {
+	for _, r := range t.bl.Awaited(off, int64(len(data))) {
+		if _, err := t.bl.Accept(r.Off, data[r.Off-off:r.Off+r.Len-off], origin); err != nil {
+			return peer.AcceptResult{}, err
+		}
+	}
+	if !bg {
+		return t.bl.Accept(off, data, origin)
+	}
+	var res peer.AcceptResult
+	var err error
+	lowprio.Do(func() { res, err = t.bl.Accept(off, data, origin) })
+	return res, err
+}
+
 // fillFromSource fetches the given ranges from the source, sharing ranges another caller is
-// already fetching, and passes what arrives through the verification point.
-func (t *task) fillFromSource(ctx context.Context, miss []blobstore.Range) error {
+// already fetching, and passes what arrives through the verification point (the chunks no reader
+// waits for on a background thread when bg).
+func (t *task) fillFromSource(ctx context.Context, miss []blobstore.Range, bg bool) error {
 	if t.m.cfg.DisableBackToSource {
 		return fmt.Errorf("task %s: no parent could serve it and back-to-source is disabled", t.id)
 	}
 	mine, others := t.claimRanges(miss)
 	var errs []error
 	for _, rc := range mine {
-		rc.err = t.fetchRange(ctx, rc.off, rc.end-rc.off)
+		rc.err = t.fetchRange(ctx, rc.off, rc.end-rc.off, bg)
 		t.finishRange(rc)
 		errs = append(errs, rc.err)
 	}
@@ -247,17 +271,26 @@ func (t *task) fillFromSource(ctx context.Context, miss []blobstore.Range) error
 }
 
 // fetchRange reads [off, off+n) from the source and accepts it.
-func (t *task) fetchRange(ctx context.Context, off, n int64) error {
+func (t *task) fetchRange(ctx context.Context, off, n int64, bg bool) error {
 	src := t.source()
 	if src == nil {
 		return fmt.Errorf("task %s: no source", t.id)
 	}
-	data, err := source.ReadFull(ctx, src, t.blobID, off, n)
+	t0 := time.Now()
+	rc, err := src.ReadRange(ctx, t.blobID, off, n)
 	if err != nil {
 		return fmt.Errorf("task %s [%d, +%d) back to source: %w", t.id, off, n, err)
 	}
+	ttfb := time.Since(t0)
+	data := make([]byte, n)
+	_, err = io.ReadFull(rc, data)
+	rc.Close()
+	if err != nil {
+		return fmt.Errorf("task %s [%d, +%d) back to source: %w", t.id, off, n, err)
+	}
+	t.bl.ObserveFetch(ttfb, n, time.Since(t0)-ttfb)
 	t.m.met.bytes.WithLabelValues(trafficSource).Add(float64(n))
-	res, err := t.bl.Accept(off, data, peer.OriginSource)
+	res, err := t.accept(off, data, peer.OriginSource, bg)
 	if err != nil {
 		return err
 	}
@@ -275,8 +308,14 @@ func (t *task) fetchRange(ctx context.Context, off, n int64) error {
 func (t *task) claimRanges(want []blobstore.Range) (mine, others []*rangeCall) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	seen := map[*rangeCall]bool{}
+	// A call that ended since the caller looked has its bytes in the store already (it accepts
+	// them before it leaves t.ranges): look again under the lock, or they are fetched twice.
+	var still []blobstore.Range
 	for _, r := range want {
+		still = append(still, t.bl.Uncovered(r.Off, r.Len)...)
+	}
+	seen := map[*rangeCall]bool{}
+	for _, r := range still {
 		off, end := r.Off, r.Off+r.Len
 		for off < end {
 			// The in-flight call covering off, or the first one starting after it.
@@ -339,15 +378,24 @@ func (t *task) completeLater(miss []blobstore.Range) {
 	go func() {
 		defer t.wg.Done()
 		for _, p := range ps {
-			if err := t.m.f.WaitQuiet(t.ctx); err != nil {
-				return
-			}
 			off, l := t.lay.bounds(p)
 			o, n := t.bl.ChunkSpan(int64(off), int64(l))
-			if unc := t.bl.Uncovered(o, n); len(unc) > 0 {
-				if err := t.fillFromSource(t.ctx, unc); err != nil {
+			// A request at a time, small while reads are active, so that a reader's next fetch
+			// from the source queues behind at most one of them on the link; what is missing is
+			// looked up before each, as readers bring bytes in meanwhile.
+			for cur, end := o, o+n; cur < end; {
+				if err := t.m.f.WaitQuiet(t.ctx); err != nil {
+					return
+				}
+				unc := t.bl.Uncovered(cur, end-cur)
+				if len(unc) == 0 {
+					break
+				}
+				r := blobstore.Range{Off: unc[0].Off, Len: min(unc[0].Len, t.m.f.BackgroundRequest())}
+				if err := t.fillFromSource(t.ctx, []blobstore.Range{r}, true); err != nil {
 					t.log.Debug("completing a piece", zap.Uint32("piece", p), zap.Error(err))
 				}
+				cur = r.Off + r.Len
 			}
 		}
 	}()

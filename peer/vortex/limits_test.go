@@ -64,12 +64,15 @@ func rawRequest(t *testing.T, addr string, number uint32) net.Conn {
 func TestServerStreamsFromReader(t *testing.T) {
 	content := testContent(11, 5*copyChunk+123)
 	var closed atomic.Int32
-	_, ln := startHandlerServer(t, readerHandler(content, -1, &closed), ServerOptions{}, nil)
+	srv, ln := startHandlerServer(t, readerHandler(content, -1, &closed), ServerOptions{}, nil)
 	c := newTestClient(t, ClientOptions{})
 	_, got, err := c.DownloadPiece(context.Background(), ln.Addr().String(), goldenTaskID, 1)
 	if err != nil || !bytes.Equal(got, content) {
 		t.Fatalf("download: %v (same bytes: %v)", err, bytes.Equal(got, content))
 	}
+	// The client may have every byte before the server's handler closed the reader: Close waits
+	// for the handlers.
+	srv.Close()
 	if closed.Load() != 1 {
 		t.Errorf("reader closed %d times, want 1", closed.Load())
 	}
@@ -84,6 +87,7 @@ func TestServerReaderFailsMidPiece(t *testing.T) {
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("err = %v, want the connection cut mid-content", err)
 	}
+	srv.Close() // waits for the handler
 	if closed.Load() != 1 || srv.Stats().Pieces != 0 {
 		t.Errorf("reader closed %d times, %d pieces counted; want 1 and 0", closed.Load(), srv.Stats().Pieces)
 	}

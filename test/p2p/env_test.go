@@ -541,7 +541,12 @@ log:
 	if len(o.env) > 0 {
 		bin = testenv.FaultBinary(t) // the faults are environment variables only that build reads
 	}
-	p.cmd = nd.Command(context.Background(), bin, "daemon", "--config", cfg)
+	args := []string{"daemon", "--config", cfg}
+	if dir := os.Getenv("DFNYDUS_LAB_CPU_PROFILES"); dir != "" {
+		// Profiling a lab run: each daemon writes its CPU profile there when it stops.
+		args = append(args, "--cpu-profile", filepath.Join(dir, name+".prof"))
+	}
+	p.cmd = nd.Command(context.Background(), bin, args...)
 	p.cmd.Env = append(os.Environ(), o.env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -1,0 +1,100 @@
+package peer
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dfnydus/dfnydus/blobstore"
+	"github.com/dfnydus/dfnydus/rafs"
+)
+
+func TestReadWindowSize(t *testing.T) {
+	const limit = 1 << 20
+	const chunk = 16 << 10
+	cases := []struct {
+		name string
+		// every is how many of the window's chunks readers ask for: 1 = all of them, 20 = one in 20,
+		// 0 = none.
+		every int
+		fetch int64         // bytes windows bring
+		rtt   time.Duration // link: time to first byte
+		rate  float64       // link: bytes/s (0: never measured)
+		want  func(int64) bool
+		means string
+	}{
+		{"no history yet", 20, limit, 2 * time.Millisecond, 12.5e6, eq(limit), "the configured window"},
+		{"windows read in full", 1, 8 * limit, 2 * time.Millisecond, 12.5e6, eq(limit), "the configured window"},
+		{"one chunk in twenty read, slow link", 20, 8 * limit, 2 * time.Millisecond, 12.5e6, between(50_000, 110_000), "about 2 round trips of the link"},
+		{"nothing read, slow link", 0, 8 * limit, 2 * time.Millisecond, 12.5e6, between(49_000, 51_000), "2 round trips of the link"},
+		{"one chunk in twenty read, fast link", 20, 8 * limit, time.Millisecond, 1e9, eq(limit), "the configured window"},
+		{"nothing read, link never measured", 0, 8 * limit, 0, 0, eq(0), "no window"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var w readWindow
+			if tc.rate > 0 {
+				w.observe(tc.rtt, int64(tc.rate), time.Second)
+			}
+			for i := int64(0); i*chunk < tc.fetch; i++ {
+				off := uint64(i * chunk)
+				w.brought(off, chunk)
+				if tc.every > 0 && i%int64(tc.every) == 0 {
+					w.asked(off)
+				}
+			}
+			if got := w.size(limit); !tc.want(got) {
+				t.Errorf("window %d bytes, want %s", got, tc.means)
+			}
+		})
+	}
+}
+
+func eq(n int64) func(int64) bool { return func(v int64) bool { return v == n } }
+
+func between(lo, hi int64) func(int64) bool { return func(v int64) bool { return v >= lo && v <= hi } }
+
+func TestReadWindowCountsAChunkOnce(t *testing.T) {
+	var w readWindow
+	w.brought(0, 100)
+	w.brought(0, 100) // brought again (evicted, fetched again): still one chunk to be read
+	w.asked(0)
+	w.asked(0)
+	if w.fetched != 100 || w.used != 100 {
+		t.Errorf("fetched %v used %v, want 100 and 100", w.fetched, w.used)
+	}
+}
+
+// Whoever brings bytes verifies first the chunks readers wait for: Awaited names them, and not
+// the chunks only a prefetch or a read window asked for.
+func TestAwaitedNamesTheChunksReadersWaitFor(t *testing.T) {
+	fx := newBlobFixture(t)
+	if len(fx.chunks) < 4 {
+		t.Fatalf("the test image has %d chunks, want 4 or more", len(fx.chunks))
+	}
+	c0, c1, c2 := fx.chunks[0], fx.chunks[1], fx.chunks[2]
+	span := func(c rafs.Chunk) blobstore.Range {
+		return blobstore.Range{Off: int64(c.CompressedOffset), Len: int64(c.CompressedSize)}
+	}
+	all := func() []blobstore.Range { return fx.bl.Awaited(0, fx.bl.size) }
+
+	fx.bl.claim([]rafs.Chunk{c0, c1}) // a prefetch
+	if got := all(); len(got) != 0 {
+		t.Fatalf("with only a prefetch in flight, Awaited = %v, want none", got)
+	}
+	fx.bl.join(&c1) // a reader joins the prefetch's flight of c1
+	if got, want := all(), []blobstore.Range{span(c1)}; !equalRanges(got, want) {
+		t.Fatalf("a reader waits for chunk 1: Awaited = %v, want %v", got, want)
+	}
+	fx.bl.join(&c2) // a reader leads the fetch of c2 (and its window after it)
+	var n int64
+	got := all()
+	for _, r := range got {
+		n += r.Len
+	}
+	if end := span(c2).Off + span(c2).Len; n != span(c1).Len+span(c2).Len || got[len(got)-1].Off+got[len(got)-1].Len != end {
+		t.Fatalf("a reader leads chunk 2: Awaited = %v, want chunks 1 and 2 (%v, %v), not the window after them", got, span(c1), span(c2))
+	}
+	if got := fx.bl.Awaited(span(c1).Off+1, span(c1).Len); len(got) != 0 {
+		t.Fatalf("a range cutting chunk 1 in two: Awaited = %v, want none (a partial chunk cannot be verified)", got)
+	}
+}
