@@ -362,43 +362,68 @@ func (t *task) finishRange(rc *rangeCall) {
 	close(rc.done)
 }
 
-// completeLater fetches, in the background and only while on-demand reads leave the link alone,
-// the rest of the pieces miss touched, so this peer holds them whole and can serve them.
+// completeLater queues the pieces miss touched for completion: one goroutine per task fetches,
+// in the background and only while on-demand reads leave the link alone, the rest of them, so
+// this peer holds them whole and can serve them. One at a time: however many reads queued pieces,
+// a reader's next fetch from the source queues behind at most one background request.
 func (t *task) completeLater(miss []blobstore.Range) {
-	var ps []uint32
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, r := range miss {
 		first, last := t.lay.span(uint64(r.Off), uint64(r.Len))
 		for p := first; p <= last; p++ {
-			if len(ps) == 0 || ps[len(ps)-1] != p {
-				ps = append(ps, p)
+			if !t.toComplete[p] {
+				t.toComplete[p] = true
+				t.completeOrder = append(t.completeOrder, p)
 			}
 		}
 	}
+	if t.completer || len(t.completeOrder) == 0 {
+		return
+	}
+	t.completer = true
 	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		for _, p := range ps {
-			off, l := t.lay.bounds(p)
-			o, n := t.bl.ChunkSpan(int64(off), int64(l))
-			// A request at a time, small while reads are active, so that a reader's next fetch
-			// from the source queues behind at most one of them on the link; what is missing is
-			// looked up before each, as readers bring bytes in meanwhile.
-			for cur, end := o, o+n; cur < end; {
-				if err := t.m.f.WaitQuiet(t.ctx); err != nil {
-					return
-				}
-				unc := t.bl.Uncovered(cur, end-cur)
-				if len(unc) == 0 {
-					break
-				}
-				r := blobstore.Range{Off: unc[0].Off, Len: min(unc[0].Len, t.m.f.BackgroundRequest())}
-				if err := t.fillFromSource(t.ctx, []blobstore.Range{r}, true); err != nil {
-					t.log.Debug("completing a piece", zap.Uint32("piece", p), zap.Error(err))
-				}
-				cur = r.Off + r.Len
-			}
+	go t.complete()
+}
+
+// complete is the task's completer: it works through the queued pieces in the order reads
+// touched them, then ends (a later read starts it again).
+func (t *task) complete() {
+	defer t.wg.Done()
+	for {
+		t.mu.Lock()
+		if len(t.completeOrder) == 0 || t.ctx.Err() != nil {
+			t.completer = false
+			t.mu.Unlock()
+			return
 		}
-	}()
+		p := t.completeOrder[0]
+		t.completeOrder = t.completeOrder[1:]
+		delete(t.toComplete, p)
+		t.mu.Unlock()
+		t.completePiece(p)
+	}
+}
+
+// completePiece fetches what piece p lacks from the source, a request at a time, small while reads
+// are active; what is missing is looked up before each, as readers bring bytes in meanwhile.
+func (t *task) completePiece(p uint32) {
+	off, l := t.lay.bounds(p)
+	o, n := t.bl.ChunkSpan(int64(off), int64(l))
+	for cur, end := o, o+n; cur < end; {
+		if err := t.m.f.WaitQuiet(t.ctx); err != nil {
+			return
+		}
+		unc := t.bl.Uncovered(cur, end-cur)
+		if len(unc) == 0 {
+			return
+		}
+		r := blobstore.Range{Off: unc[0].Off, Len: min(unc[0].Len, t.m.f.BackgroundRequest())}
+		if err := t.fillFromSource(t.ctx, []blobstore.Range{r}, true); err != nil {
+			t.log.Debug("completing a piece", zap.Uint32("piece", p), zap.Error(err))
+		}
+		cur = r.Off + r.Len
+	}
 }
 
 // waitScheduled waits (bounded) for the scheduler's first answer so that the first reads of a new

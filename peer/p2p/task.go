@@ -48,11 +48,15 @@ type task struct {
 	reported   map[uint32]uint32     // pieces reported to the scheduler -> their crc32
 	crc        map[uint32]uint32     // crc32 of held pieces, computed once
 	completing bool                  // fetching the pieces no read needs, to finish the task
-	finished   bool
-	refs       int
-	idle       *time.Timer // seed tasks: released after SeedTaskIdle unused
-	idleDone   bool        // the idle timer dropped the seed task's own reference
-	stopBlame  func()
+	// Pieces reads touched, waiting for the completer to fetch the rest of them.
+	toComplete    map[uint32]bool
+	completeOrder []uint32
+	completer     bool // the completer goroutine runs
+	finished      bool
+	refs          int
+	idle          *time.Timer // seed tasks: released after SeedTaskIdle unused
+	idleDone      bool        // the idle timer dropped the seed task's own reference
+	stopBlame     func()
 }
 
 func newTask(m *Manager, spec taskSpec, bl *peer.Blob) *task {
@@ -60,7 +64,7 @@ func newTask(m *Manager, spec taskSpec, bl *peer.Blob) *task {
 	t := &task{m: m, id: spec.id, url: spec.url, blobID: spec.blobID, peerID: schedclient.PeerID(),
 		lay: newLayout(uint64(spec.size), m.pieceLength(uint64(spec.size))), bl: bl, seed: spec.seed, backToSource: spec.backToSource, src: spec.src,
 		ctx: ctx, cancel: cancel, blocked: map[string]bool{}, scheduled: make(chan struct{}),
-		pieces: map[uint32]*pieceCall{}, origin: map[uint32]string{}, reported: map[uint32]uint32{}, crc: map[uint32]uint32{}}
+		pieces: map[uint32]*pieceCall{}, toComplete: map[uint32]bool{}, origin: map[uint32]string{}, reported: map[uint32]uint32{}, crc: map[uint32]uint32{}}
 	t.log = m.log.With(zap.String("task", spec.id), zap.String("blob", spec.blobID))
 	t.stopBlame = bl.OnBlame(t.blamed)
 	return t

@@ -544,7 +544,7 @@ log:
 	args := []string{"daemon", "--config", cfg}
 	if dir := os.Getenv("DFNYDUS_LAB_CPU_PROFILES"); dir != "" {
 		// Profiling a lab run: each daemon writes its CPU profile there when it stops.
-		args = append(args, "--cpu-profile", filepath.Join(dir, name+".prof"))
+		args = append(args, "--cpu-profile", filepath.Join(dir, fmt.Sprintf("%s-%d.prof", name, time.Now().UnixNano())))
 	}
 	p.cmd = nd.Command(context.Background(), bin, args...)
 	p.cmd.Env = append(os.Environ(), o.env...)

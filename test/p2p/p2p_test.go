@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -99,10 +100,19 @@ func TestP2PBench(t *testing.T) {
 		t.Skip("set DFNYDUS_BENCH_P2P=1 (make bench-p2p)")
 	}
 	requireTools(t)
+	s := benchScale
+	if v := os.Getenv("DFNYDUS_BENCH_START_PEERS"); v != "" {
+		// Fewer peers for the start scenario, when studying it.
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("DFNYDUS_BENCH_START_PEERS=%q: want a positive number", v)
+		}
+		s.start = names("p", n)
+	}
 	layout, srcs := realisticLayout(t)
-	c := newCluster(t, clusterOpts{layout: layout, srcs: srcs, peers: benchScale.nodes(), linkMbit: linkMbit})
+	c := newCluster(t, clusterOpts{layout: layout, srcs: srcs, peers: s.nodes(), linkMbit: linkMbit})
 	rep := newReport(t, c.title("make bench-p2p"))
-	c.scenarios(t, rep, benchScale)
+	c.scenarios(t, rep, s)
 }
 
 // title heads the report: what the image is.
