@@ -72,6 +72,23 @@ func (t *task) fill(ctx context.Context, off, n int64) error {
 		}
 		var err error
 		if len(t.candidates()) > 0 {
+			if aw := t.bl.Awaited(off, n); len(aw) > 0 {
+				// A reader waits: the chunks it needs, from a parent that holds them, before (and
+				// instead of) whole pieces; then the rest of the range the same way (a parent may
+				// hold the reader's chunks but not the window after them); the rest of those pieces
+				// follows in the background.
+				var need []blobstore.Range
+				for _, r := range aw {
+					need = append(need, t.bl.Uncovered(r.Off, r.Len)...)
+				}
+				t.rangesFromParents(ctx, need)
+				if unc = t.rangesFromParents(ctx, t.bl.Uncovered(off, n)); len(unc) == 0 {
+					// Done, and no background completion: a peer served by parents holds what it
+					// read (and serves it as ranges); the rest of the pieces is a prefetch's job.
+					t.bl.Settle(off, n)
+					continue
+				}
+			}
 			err = t.fillFromParents(ctx, unc)
 		} else {
 			err = t.fillFromSource(ctx, unc, false)
@@ -94,6 +111,90 @@ func (t *task) fill(ctx context.Context, off, n int64) error {
 		return fmt.Errorf("task %s: [%d, +%d) not verified after 3 attempts: %w", t.id, off, n, lastErr)
 	}
 	return nil
+}
+
+// fillRange brings [off, off+n) in for a child of ours that asked for it as a range: as ranges
+// from this peer's parents when it has some, else as fill does (whole pieces, or the source).
+func (t *task) fillRange(ctx context.Context, off, n int64) error {
+	if len(t.candidates()) > 0 {
+		t.waitScheduled(ctx)
+		if len(t.rangesFromParents(ctx, t.bl.Uncovered(off, n))) == 0 {
+			t.bl.Settle(off, n)
+			return nil
+		}
+	}
+	return t.fill(ctx, off, n)
+}
+
+// rangesFromParents asks parents of ours for the ranges of miss (DownloadRange: bytes they hold
+// verified, whole pieces or not) and passes what they send through the verification point. It
+// returns what is still missing: ranges no parent had, or whose bytes failed. A parent that does
+// not speak DownloadRange (a Rust dfdaemon) is not asked again.
+func (t *task) rangesFromParents(ctx context.Context, miss []blobstore.Range) []blobstore.Range {
+	ps := t.candidates()
+	if len(ps) > 1 {
+		k := rand.IntN(len(ps))
+		ps = append(ps[k:], ps[:k]...)
+	}
+	var left []blobstore.Range
+	for _, r := range miss {
+		for cur, end := r.Off, r.Off+r.Len; cur < end; {
+			step := min(end-cur, vortex.MaxRangeLength)
+			if !t.rangeFromParents(ctx, ps, cur, step) {
+				left = append(left, blobstore.Range{Off: cur, Len: step})
+			}
+			cur += step
+		}
+	}
+	return left
+}
+
+// rangeFromParents tries the parents in turn for [off, off+n) and reports whether one gave it.
+func (t *task) rangeFromParents(ctx context.Context, ps []schedclient.Parent, off, n int64) bool {
+	for _, p := range ps {
+		t.mu.Lock()
+		skip := t.noRanges[p.PeerID] || t.blocked[p.PeerID]
+		t.mu.Unlock()
+		if skip || ctx.Err() != nil {
+			continue
+		}
+		port := p.DownloadPort
+		if port == 0 {
+			port = p.Port
+		}
+		rctx, cancel := context.WithTimeout(ctx, t.m.cfg.ParentTimeout)
+		data, err := t.m.vortex.DownloadRange(rctx, net.JoinHostPort(p.IP, strconv.Itoa(port)), t.id, uint64(off), uint64(n))
+		cancel()
+		var rerr *vortex.RemoteError
+		switch {
+		case errors.Is(err, vortex.ErrPieceNotFound):
+			continue // it does not hold these bytes (yet)
+		case errors.As(err, &rerr) && rerr.Code == vortex.CodeInvalidArgument || errors.Is(err, vortex.ErrProtocol):
+			// Not a peer of ours: whole pieces only.
+			t.mu.Lock()
+			t.noRanges[p.PeerID] = true
+			t.mu.Unlock()
+			continue
+		case err != nil:
+			t.log.Debug("range from parent", zap.String("parent", p.PeerID), zap.Int64("offset", off), zap.Int64("length", n), zap.Error(err))
+			continue
+		}
+		res, err := t.accept(off, data, p.PeerID, false)
+		if err != nil {
+			t.log.Warn("range from parent: keep bytes", zap.Error(err))
+			return false
+		}
+		if len(res.Bad) > 0 {
+			b := res.Bad[0]
+			t.parentFailed(p, b.Index, fmt.Errorf("range [%d, +%d): %d chunks failed verification, first chunk %d at %d: %w: %w",
+				off, n, len(res.Bad), b.Index, b.Off, ErrBadPiece, b.Err))
+			continue
+		}
+		t.m.met.ranges.Inc()
+		t.m.met.bytes.WithLabelValues(trafficParent).Add(float64(n))
+		return true
+	}
+	return false
 }
 
 // errPending is wrapped when every byte asked for is here but some wait for a check (the rest of
@@ -408,6 +509,9 @@ func (t *task) complete() {
 // completePiece fetches what piece p lacks from the source, a request at a time, small while reads
 // are active; what is missing is looked up before each, as readers bring bytes in meanwhile.
 func (t *task) completePiece(p uint32) {
+	if t.held(p) {
+		return
+	}
 	off, l := t.lay.bounds(p)
 	o, n := t.bl.ChunkSpan(int64(off), int64(l))
 	for cur, end := o, o+n; cur < end; {

@@ -164,7 +164,8 @@ func (n *Node) startServers(ctx context.Context, mgr *Manager, host schedclient.
 		lim = rate.NewLimiter(rate.Limit(uc.RateLimit), int(min(uc.RateLimit, 64<<10)))
 	}
 	n.vortex = vortex.NewServerWithOptions(handler, log.Named("vortex"), vortex.ServerOptions{IdleTimeout: uc.IdleTimeout,
-		IOTimeout: uc.IOTimeout, MaxConnections: uc.MaxConnections, MaxConcurrentPieces: uc.MaxConcurrentPieces, Limiter: lim})
+		IOTimeout: uc.IOTimeout, MaxConnections: uc.MaxConnections, MaxConcurrentPieces: uc.MaxConcurrentPieces, Limiter: lim,
+		Ranges: mgr.ServeRange})
 	go func() { _ = n.vortex.Serve(pieceLn) }()
 	return nil
 }

@@ -142,6 +142,9 @@ type peerOpts struct {
 	dir         string // store directory (a temp dir if empty)
 	pieceLength uint64
 	noServers   bool
+	ranges      bool // serve DownloadRange, as our daemons do (the test peers otherwise look like Rust peers)
+	noComplete  bool // do not complete touched pieces in the background
+	noSource    bool // never go back to source (DisableBackToSource)
 }
 
 func startPeer(t *testing.T, fx *fixture, name string) *testPeer {
@@ -160,7 +163,7 @@ func startPeerWith(t *testing.T, fx *fixture, name string, o peerOpts) *testPeer
 	p := &testPeer{st: st, src: &countingSource{inner: source.NewLocal(fx.blobDir)}, reg: prometheus.NewRegistry()}
 	p.corruptAt.Store(-1)
 	p.f = peer.NewFetcher(peer.Options{Store: st})
-	p.m, err = New(Config{HostID: name, Fetcher: p.f, PieceLength: o.pieceLength, CompletePieces: true, Metrics: p.reg,
+	p.m, err = New(Config{HostID: name, Fetcher: p.f, PieceLength: o.pieceLength, CompletePieces: !o.noComplete, DisableBackToSource: o.noSource, Metrics: p.reg,
 		OpenURL: func(ctx context.Context, url string) (source.Source, string, int64, error) {
 			return p.src, fx.blobID, int64(len(fx.blob)), nil
 		}})
@@ -182,30 +185,17 @@ func startPeerWith(t *testing.T, fx *fixture, name string, o peerOpts) *testPeer
 		g := grpc.NewServer()
 		up.Register(g)
 		go func() { _ = g.Serve(gl) }()
-		vs := vortex.NewServer(func(ctx context.Context, id string, n uint32) (vortex.Piece, io.ReadCloser, error) {
+		var ranges vortex.RangeHandler
+		if o.ranges {
+			ranges = func(ctx context.Context, id string, off, n uint64) (vortex.Piece, io.ReadCloser, error) {
+				pc, rc, err := p.m.ServeRange(ctx, id, off, n)
+				return p.corrupted(pc, rc, err)
+			}
+		}
+		vs := vortex.NewServerWithOptions(func(ctx context.Context, id string, n uint32) (vortex.Piece, io.ReadCloser, error) {
 			pc, rc, err := p.m.ServePiece(ctx, id, n)
-			mode := p.corrupt.Load()
-			if err != nil || mode == 0 {
-				return pc, rc, err
-			}
-			data, err := io.ReadAll(rc)
-			rc.Close()
-			if err != nil {
-				return pc, nil, err
-			}
-			at := int64(len(data) / 2)
-			if o := p.corruptAt.Load(); o >= 0 {
-				if o < int64(pc.Offset) || o >= int64(pc.Offset+pc.Length) {
-					return pc, io.NopCloser(bytes.NewReader(data)), nil
-				}
-				at = o - int64(pc.Offset)
-			}
-			data[at] ^= 0x5a
-			if mode == 2 {
-				pc.Digest = vortex.CRC32Digest(data)
-			}
-			return pc, io.NopCloser(bytes.NewReader(data)), nil
-		}, nil)
+			return p.corrupted(pc, rc, err)
+		}, nil, vortex.ServerOptions{Ranges: ranges})
 		go func() { _ = vs.Serve(vl) }()
 		p.parent = schedclient.Parent{PeerID: name, HostID: name, IP: "127.0.0.1", Port: gl.Addr().(*net.TCPAddr).Port, DownloadPort: vport}
 		stops = append(stops, func() { up.Shutdown(); g.Stop(); vs.Close() })
@@ -234,6 +224,31 @@ func startPeerWith(t *testing.T, fx *fixture, name string, o peerOpts) *testPeer
 	}
 	t.Cleanup(p.stop)
 	return p
+}
+
+// corrupted applies the peer's corruption mode to what it serves (a piece or a range).
+func (p *testPeer) corrupted(pc vortex.Piece, rc io.ReadCloser, err error) (vortex.Piece, io.ReadCloser, error) {
+	mode := p.corrupt.Load()
+	if err != nil || mode == 0 {
+		return pc, rc, err
+	}
+	data, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return pc, nil, err
+	}
+	at := int64(len(data) / 2)
+	if o := p.corruptAt.Load(); o >= 0 {
+		if o < int64(pc.Offset) || o >= int64(pc.Offset+pc.Length) {
+			return pc, io.NopCloser(bytes.NewReader(data)), nil
+		}
+		at = o - int64(pc.Offset)
+	}
+	data[at] ^= 0x5a
+	if mode == 2 {
+		pc.Digest = vortex.CRC32Digest(data)
+	}
+	return pc, io.NopCloser(bytes.NewReader(data)), nil
 }
 
 // useParents makes the peer's task download from the given parents, as a NormalTaskResponse would.
@@ -770,4 +785,126 @@ func TestSeedTasksAreBoundedAndReleased(t *testing.T) {
 	if err := download("two"); err != nil {
 		t.Errorf("after the first was released: %v", err)
 	}
+}
+
+// readEvery reads every k-th chunk of the blob through the image (a container start reads a few
+// chunks of many pieces) and checks the bytes; it returns their compressed bytes.
+func (p *testPeer) readEvery(t *testing.T, fx *fixture, k int) int64 {
+	t.Helper()
+	var n int64
+	for i, c := range blobChunks(fx.img, 0) {
+		if i%k != 0 {
+			continue
+		}
+		data, err := p.im.ReadChunk(context.Background(), fx.img.Blobs[0], &c, nil)
+		if err != nil {
+			t.Fatalf("chunk %d: %v", c.Index, err)
+		}
+		if len(data) != int(c.UncompressedSize) {
+			t.Fatalf("chunk %d: %d bytes, want %d", c.Index, len(data), c.UncompressedSize)
+		}
+		n += int64(c.CompressedSize)
+	}
+	return n
+}
+
+// A peer starting a container takes the chunks it reads from a parent that read them before, as
+// ranges of verified bytes, not as whole pieces the parent does not hold yet.
+func TestStartTakesRangesFromParents(t *testing.T) {
+	fx := newFixture(t)
+	o := peerOpts{ranges: true, noComplete: true}
+	a := startPeerWith(t, fx, "a", o)
+	b := startPeerWith(t, fx, "b", o)
+	a.readEvery(t, fx, 7)
+	b.useParents(a)
+	b.readEvery(t, fx, 7)
+	if got := a.src.bytes.Load(); got > 0 && counter(t, a.m.met.servedRanges) == 0 {
+		t.Errorf("a served no range")
+	}
+	if got := b.src.bytes.Load(); got != 0 {
+		t.Errorf("b read %d bytes from the source, want 0: its parent holds every chunk it reads", got)
+	}
+	if got := counter(t, b.m.met.ranges); got == 0 {
+		t.Errorf("b downloaded no range from its parent")
+	}
+	if got := counter(t, b.m.met.pieces.WithLabelValues(trafficParent)); got != 0 {
+		t.Errorf("b downloaded %v whole pieces, want none (its parent holds none whole)", got)
+	}
+	if got, limit := counter(t, b.m.met.bytes.WithLabelValues(trafficParent)), float64(a.src.bytes.Load()); got > limit {
+		t.Errorf("b took %v bytes from its parent, more than the %v its parent fetched", got, limit)
+	}
+	if got := a.src.bytes.Load(); got >= int64(len(fx.blob)) {
+		t.Errorf("a fetched %d bytes from the source, the whole blob (%d): b's ranges should not need whole pieces", got, len(fx.blob))
+	}
+	b.storedMatches(t, fx)
+}
+
+// Ranges are served only from verified bytes: a parent that holds a range only pending, and cannot
+// bring it in (no source, no parents), answers "not found", and the child gets the bytes elsewhere
+// (here the source).
+func TestRangesComeOnlyFromVerifiedBytes(t *testing.T) {
+	fx := newFixture(t)
+	a := startPeerWith(t, fx, "a", peerOpts{ranges: true, noComplete: true, noSource: true})
+	b := startPeerWith(t, fx, "b", peerOpts{ranges: true, noComplete: true})
+	tk := a.task(t)
+	// a holds bytes pending (half a chunk): not verified, so not served.
+	c := blobChunks(fx.img, 0)[3]
+	half := int64(c.CompressedSize / 2)
+	if _, err := tk.bl.Accept(int64(c.CompressedOffset), fx.blob[c.CompressedOffset:int64(c.CompressedOffset)+half], "someone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.m.ServeRange(context.Background(), tk.id, c.CompressedOffset, uint64(half)); !errors.Is(err, vortex.ErrPieceNotFound) {
+		t.Fatalf("serving pending bytes: %v, want ErrPieceNotFound", err)
+	}
+	b.useParents(a)
+	data, err := b.im.ReadChunk(context.Background(), fx.img.Blobs[0], &c, nil)
+	if err != nil || len(data) != int(c.UncompressedSize) {
+		t.Fatalf("read chunk %d: %v", c.Index, err)
+	}
+	if got := counter(t, b.m.met.ranges); got != 0 {
+		t.Errorf("b got %v ranges from a parent that held nothing verified", got)
+	}
+	b.storedMatches(t, fx)
+}
+
+// A parent that lies in a range is blamed and avoided; the reader still gets the right bytes.
+func TestLyingRangeIsBlamed(t *testing.T) {
+	fx := newFixture(t)
+	o := peerOpts{ranges: true, noComplete: true}
+	a := startPeerWith(t, fx, "a", o)
+	b := startPeerWith(t, fx, "b", o)
+	a.readEvery(t, fx, 3)
+	a.corrupt.Store(2) // a flipped byte with a matching crc32: only the chunk digest catches it
+	b.useParents(a)
+	b.readEvery(t, fx, 3)
+	if got := counter(t, b.m.met.badPieces); got == 0 {
+		t.Errorf("no bad bytes counted from a lying parent")
+	}
+	if !b.task(t).blocked["a"] {
+		t.Errorf("the lying parent is not avoided")
+	}
+	b.storedMatches(t, fx)
+}
+
+// A child's range that its parent lacks is fetched by the parent (once, from its source) and then
+// served: demand travels up the tree, as for pieces, without whole pieces.
+func TestRangeDemandTravelsUp(t *testing.T) {
+	fx := newFixture(t)
+	o := peerOpts{ranges: true, noComplete: true}
+	a := startPeerWith(t, fx, "a", o)
+	b := startPeerWith(t, fx, "b", o)
+	a.task(t) // a knows the task (attached) but has read nothing
+	b.useParents(a)
+	want := b.readEvery(t, fx, 9)
+	if got := b.src.bytes.Load(); got != 0 {
+		t.Errorf("b read %d bytes from the source, want 0 (its parent fetches for it)", got)
+	}
+	if got := a.src.bytes.Load(); got == 0 || got >= int64(len(fx.blob)) {
+		t.Errorf("a fetched %d bytes from the source for b's %d, want some but not the whole blob (%d)", got, want, len(fx.blob))
+	}
+	if got := counter(t, a.m.met.servedRanges); got == 0 {
+		t.Errorf("a served no range")
+	}
+	a.storedMatches(t, fx)
+	b.storedMatches(t, fx)
 }

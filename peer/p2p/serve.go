@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -100,6 +101,40 @@ func (m *Manager) ServePiece(ctx context.Context, id string, n uint32) (vortex.P
 	m.met.servedBytes.Add(float64(l))
 	return vortex.Piece{Number: n, Offset: off, Length: l, Digest: crcDigest(crc), ParentID: t.peerID,
 		TrafficType: vortex.TrafficTypeRemotePeer, CreatedAt: time.Now()}, rc, nil
+}
+
+// ServeRange is the Vortex DownloadRange handler (between our peers): bytes of a task this peer
+// holds verified, whether or not their pieces are complete, so that a peer starting a container
+// takes the few chunks it reads from a neighbour that read them before, not whole pieces. Nothing
+// unverified is served: the whole range must be verified in the store.
+func (m *Manager) ServeRange(ctx context.Context, id string, off, n uint64) (vortex.Piece, io.ReadCloser, error) {
+	t, err := m.lookup(id)
+	if err != nil {
+		return vortex.Piece{}, nil, fmt.Errorf("%w: %w", vortex.ErrPieceNotFound, err)
+	}
+	if off+n > t.lay.size {
+		return vortex.Piece{}, nil, fmt.Errorf("task %s [%d, +%d) outside its %d bytes: %w", id, off, n, t.lay.size, vortex.ErrPieceNotFound)
+	}
+	t.touch()
+	if !t.bl.Store().Verified(int64(off), int64(n)) {
+		// Demand travels up the tree, as for pieces (WaitPiece): bring the bytes in (once
+		// however many children ask; from this peer's parents or the source), then serve them.
+		fctx, cancel := context.WithTimeout(ctx, m.cfg.ParentTimeout)
+		err := t.fillRange(fctx, int64(off), int64(n))
+		cancel()
+		if err != nil || !t.bl.Store().Verified(int64(off), int64(n)) {
+			return vortex.Piece{}, nil, fmt.Errorf("task %s [%d, +%d) not held: %w: %w", id, off, n, vortex.ErrPieceNotFound, err)
+		}
+	}
+	// Read whole (ranges are small, vortex.MaxRangeLength at most) for the crc32 the answer carries.
+	data := make([]byte, n)
+	if err := t.bl.Store().ReadAt(data, int64(off)); err != nil {
+		return vortex.Piece{}, nil, fmt.Errorf("task %s [%d, +%d): %w: %w", id, off, n, vortex.ErrPieceNotFound, err)
+	}
+	m.met.servedRanges.Inc()
+	m.met.servedBytes.Add(float64(n))
+	return vortex.Piece{Offset: off, Length: n, Digest: vortex.CRC32Digest(data), ParentID: t.peerID,
+		TrafficType: vortex.TrafficTypeRemotePeer, CreatedAt: time.Now()}, io.NopCloser(bytes.NewReader(data)), nil
 }
 
 // DownloadTask implements upload.Tasks: the scheduler asks this (seed) peer to hold a whole task.

@@ -38,7 +38,8 @@ type task struct {
 	src        source.Source
 	parents    []schedclient.Parent
 	blocked    map[string]bool
-	scheduled  chan struct{} // closed on the scheduler's first answer (or when there is none)
+	noRanges   map[string]bool // parents that do not answer DownloadRange (not peers of ours)
+	scheduled  chan struct{}   // closed on the scheduler's first answer (or when there is none)
 	answered   bool
 	back       bool // the scheduler told us to go back to source
 	sess       *schedclient.Session
@@ -63,7 +64,7 @@ func newTask(m *Manager, spec taskSpec, bl *peer.Blob) *task {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &task{m: m, id: spec.id, url: spec.url, blobID: spec.blobID, peerID: schedclient.PeerID(),
 		lay: newLayout(uint64(spec.size), m.pieceLength(uint64(spec.size))), bl: bl, seed: spec.seed, backToSource: spec.backToSource, src: spec.src,
-		ctx: ctx, cancel: cancel, blocked: map[string]bool{}, scheduled: make(chan struct{}),
+		ctx: ctx, cancel: cancel, blocked: map[string]bool{}, noRanges: map[string]bool{}, scheduled: make(chan struct{}),
 		pieces: map[uint32]*pieceCall{}, toComplete: map[uint32]bool{}, origin: map[uint32]string{}, reported: map[uint32]uint32{}, crc: map[uint32]uint32{}}
 	t.log = m.log.With(zap.String("task", spec.id), zap.String("blob", spec.blobID))
 	t.stopBlame = bl.OnBlame(t.blamed)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -121,6 +122,23 @@ func (c *Client) DownloadPieceAt(ctx context.Context, addr, taskID string, numbe
 	return c.download(ctx, addr, taskID, number, &span{offset: offset, length: length})
 }
 
+// DownloadRange downloads bytes [offset, offset+length) of task taskID from the peer at addr, a
+// peer of ours (TagDownloadRange): what it holds verified, whole pieces or not. A Rust dfdaemon
+// answers with an error. The answer's offset, length and crc32 are checked like a piece's.
+func (c *Client) DownloadRange(ctx context.Context, addr, taskID string, offset, length uint64) ([]byte, error) {
+	if length == 0 || length > MaxRangeLength || offset > math.MaxInt64-length {
+		return nil, fmt.Errorf("vortex: download range %d+%d of task %s: want 1 to %d bytes", offset, length, taskID, MaxRangeLength)
+	}
+	if err := checkTaskID(taskID); err != nil {
+		return nil, fmt.Errorf("vortex: download range %d+%d of task %s from %s: %w", offset, length, taskID, addr, err)
+	}
+	req := appendDownloadRange(make([]byte, 0, HeaderSize+downloadRangeSize), uint8(rand.Uint32()), taskID, offset, length)
+	_, data, err := c.do(ctx, addr, req, 0, &span{offset: offset, length: length}, func(err error) error {
+		return fmt.Errorf("vortex: download range %d+%d of task %s from %s: %w", offset, length, taskID, addr, err)
+	})
+	return data, err
+}
+
 // span is where a piece is expected to be.
 type span struct{ offset, length uint64 }
 
@@ -156,13 +174,20 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) download(ctx context.Context, addr, taskID string, number uint32, want *span) (Piece, []byte, error) {
-	fail := func(err error) (Piece, []byte, error) {
-		return Piece{}, nil, fmt.Errorf("vortex: download piece %d of task %s from %s: %w", number, taskID, addr, err)
+	wrap := func(err error) error {
+		return fmt.Errorf("vortex: download piece %d of task %s from %s: %w", number, taskID, addr, err)
 	}
 	if err := checkTaskID(taskID); err != nil {
-		return fail(err)
+		return Piece{}, nil, wrap(err)
 	}
 	req := appendDownloadPiece(make([]byte, 0, HeaderSize+downloadPieceSize), uint8(rand.Uint32()), taskID, number)
+	return c.do(ctx, addr, req, number, want, wrap)
+}
+
+// do sends req to addr (on a pooled connection when there is one) and reads the piece answering
+// it: number, and where it must sit when want is set.
+func (c *Client) do(ctx context.Context, addr string, req []byte, number uint32, want *span, wrap func(error) error) (Piece, []byte, error) {
+	fail := func(err error) (Piece, []byte, error) { return Piece{}, nil, wrap(err) }
 	for attempt := 0; ; attempt++ {
 		cn, err := c.getConn(ctx, addr)
 		if err != nil {

@@ -52,8 +52,10 @@ func seedCorpus() map[string][][]byte {
 	value := func(pkt []byte) []byte { return pkt[HeaderSize:] }
 	pc := pieceContentPacket(p, nil)
 	req := appendDownloadPiece(nil, 1, goldenTaskID, 3)
+	rng := appendDownloadRange(nil, 1, goldenTaskID, 0, uint64(len(content)))
 	return map[string][][]byte{
 		"FuzzDecodeDownloadPiece": {value(req), make([]byte, downloadPieceSize)},
+		"FuzzDecodeDownloadRange": {value(rng), value(appendDownloadRange(nil, 1, goldenTaskID, 1<<40, MaxRangeLength)), make([]byte, downloadRangeSize)},
 		"FuzzDecodePieceContent":  {value(pc), value(pieceContentPacket(Piece{}, nil))},
 		"FuzzDecodeError":         {value(appendError(nil, 0, CodeNotFound, "piece gone")), {3}},
 		"FuzzClientResponse": {
@@ -67,6 +69,9 @@ func seedCorpus() map[string][][]byte {
 			append(append([]byte{}, req...), req...),
 			header{tag: TagClose}.append(nil),
 			header{tag: TagDownloadCachePiece, length: downloadPieceSize}.append(nil),
+			rng,
+			append(append([]byte{}, rng...), req...),
+			appendDownloadRange(nil, 1, goldenTaskID, 5, 1),
 		},
 	}
 }
@@ -103,6 +108,22 @@ func FuzzDecodeDownloadPiece(f *testing.F) {
 			return
 		}
 		if got := appendDownloadPiece(nil, 0, taskID, number)[HeaderSize:]; !bytes.Equal(got, v) {
+			t.Fatalf("re-encoded %x, decoded from %x", got, v)
+		}
+	})
+}
+
+func FuzzDecodeDownloadRange(f *testing.F) {
+	addSeeds(f, "FuzzDecodeDownloadRange")
+	f.Fuzz(func(t *testing.T, v []byte) {
+		taskID, off, n, err := decodeDownloadRange(v)
+		if err != nil {
+			return
+		}
+		if n == 0 || n > MaxRangeLength || off+n < off {
+			t.Fatalf("decoded a range of %d bytes at %d", n, off)
+		}
+		if got := appendDownloadRange(nil, 0, taskID, off, n)[HeaderSize:]; !bytes.Equal(got, v) {
 			t.Fatalf("re-encoded %x, decoded from %x", got, v)
 		}
 	})
@@ -165,12 +186,17 @@ func FuzzClientResponse(f *testing.F) {
 func FuzzServerRequest(f *testing.F) {
 	addSeeds(f, "FuzzServerRequest")
 	content := []byte("hello vortex")
-	s := NewServer(BytesHandler(func(_ context.Context, taskID string, number uint32) (Piece, []byte, error) {
+	s := NewServerWithOptions(BytesHandler(func(_ context.Context, taskID string, number uint32) (Piece, []byte, error) {
 		if number != 3 {
 			return Piece{}, nil, fmt.Errorf("piece %d of %s: %w", number, taskID, ErrPieceNotFound)
 		}
 		return Piece{Number: 3, Length: uint64(len(content))}, content, nil
-	}), nil)
+	}), nil, ServerOptions{Ranges: func(_ context.Context, taskID string, off, n uint64) (Piece, io.ReadCloser, error) {
+		if off != 0 || n != uint64(len(content)) {
+			return Piece{}, nil, fmt.Errorf("range %d+%d of %s: %w", off, n, taskID, ErrPieceNotFound)
+		}
+		return Piece{Length: n, Digest: CRC32Digest(content)}, io.NopCloser(bytes.NewReader(content)), nil
+	}})
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		nc := newStreamConn(stream)
 		s.serveConn(nc)

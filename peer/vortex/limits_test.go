@@ -197,3 +197,57 @@ func TestServerRateLimit(t *testing.T) {
 		t.Errorf("served at %.0f B/s, limit %d", bps, limit)
 	}
 }
+
+// DownloadRange (ours): verified bytes of a task, whole pieces or not.
+func TestDownloadRange(t *testing.T) {
+	content := testContent(21, 3*copyChunk+77)
+	const base = 5 << 20
+	ranges := func(_ context.Context, _ string, off, n uint64) (Piece, io.ReadCloser, error) {
+		if off < base || off+n > base+uint64(len(content)) {
+			return Piece{}, nil, ErrPieceNotFound
+		}
+		data := content[off-base : off-base+n]
+		p := Piece{Offset: off, Length: n, Digest: CRC32Digest(data)}
+		if off == base+1 { // a broken handler: the wrong place
+			p.Offset++
+		}
+		return p, io.NopCloser(bytes.NewReader(data)), nil
+	}
+	pieces := func(context.Context, string, uint32) (Piece, io.ReadCloser, error) {
+		return Piece{}, nil, ErrPieceNotFound
+	}
+	_, with := startHandlerServer(t, pieces, ServerOptions{Ranges: ranges}, nil)
+	_, without := startHandlerServer(t, pieces, ServerOptions{}, nil)
+	c := newTestClient(t, ClientOptions{})
+	cases := []struct {
+		name    string
+		addr    string
+		off, n  uint64
+		want    []byte
+		wantErr func(error) bool
+	}{
+		{"a range inside", with.Addr().String(), base + 100, 70_000, content[100:70_100], nil},
+		{"all of it", with.Addr().String(), base, uint64(len(content)), content, nil},
+		{"bytes it does not hold", with.Addr().String(), base - 10, 20, nil, func(err error) bool { return errors.Is(err, ErrPieceNotFound) }},
+		{"a handler answering the wrong place is refused by the server", with.Addr().String(), base + 1, 10, nil,
+			func(err error) bool { var r *RemoteError; return errors.As(err, &r) && r.Code == CodeInternal }},
+		{"a server without ranges (as a Rust peer)", without.Addr().String(), base, 10, nil,
+			func(err error) bool { var r *RemoteError; return errors.As(err, &r) && r.Code == CodeInvalidArgument }},
+		{"empty", with.Addr().String(), base, 0, nil, func(err error) bool { return err != nil }},
+		{"too long", with.Addr().String(), base, MaxRangeLength + 1, nil, func(err error) bool { return err != nil }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := c.DownloadRange(context.Background(), tc.addr, goldenTaskID, tc.off, tc.n)
+			if tc.wantErr != nil {
+				if err == nil || !tc.wantErr(err) {
+					t.Fatalf("err = %v", err)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(got, tc.want) {
+				t.Fatalf("got %d bytes (same: %v), %v", len(got), bytes.Equal(got, tc.want), err)
+			}
+		})
+	}
+}

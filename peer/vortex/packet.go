@@ -21,6 +21,7 @@ const (
 	TaskIDSize = 64
 
 	downloadPieceSize  = TaskIDSize + 4
+	downloadRangeSize  = TaskIDSize + 8 + 8
 	metadataLengthSize = 4
 	// fixedMetadataSize counts the metadata fields other than the digest and parent id bytes:
 	// number 4, offset 8, length 8, digest length 4, parent id length 4, traffic type 1, cost 8,
@@ -39,6 +40,9 @@ const (
 	MaxMetadataSize = 64 << 10
 	// MaxErrorSize caps the value of an Error packet (code and message).
 	MaxErrorSize = 64 << 10
+	// MaxRangeLength caps a DownloadRange: ranges are what a reader waits for (a few chunks), not
+	// whole pieces.
+	MaxRangeLength = 16 << 20
 )
 
 // Tag says what a packet's value holds (vortex-protocol src/tlv/mod.rs).
@@ -55,8 +59,15 @@ const (
 	TagPersistentCachePieceContent  Tag = 5
 	TagDownloadCachePiece           Tag = 6
 	TagCachePieceContent            Tag = 7
-	TagClose                        Tag = 254
-	TagError                        Tag = 255
+	// TagDownloadRange is ours, not vortex-protocol's: task id (64 bytes) | offset u64 | length
+	// u64 asks for bytes [offset, offset+length) of a task the peer holds verified, whether or not
+	// the pieces around them are complete (a container start reads a few chunks of many pieces).
+	// The answer is a PieceContent with Number 0 and the range's Offset and Length, or an Error.
+	// A Rust dfdaemon answers it with an Error (or closes the connection): callers fall back to
+	// whole pieces.
+	TagDownloadRange Tag = 128
+	TagClose         Tag = 254
+	TagError         Tag = 255
 )
 
 func (t Tag) String() string {
@@ -77,6 +88,8 @@ func (t Tag) String() string {
 		return "DownloadCachePiece"
 	case TagCachePieceContent:
 		return "CachePieceContent"
+	case TagDownloadRange:
+		return "DownloadRange"
 	case TagClose:
 		return "Close"
 	case TagError:
@@ -215,6 +228,30 @@ func decodeDownloadPiece(v []byte) (taskID string, number uint32, err error) {
 		return "", 0, fmt.Errorf("%w: DownloadPiece task id is not UTF-8", ErrProtocol)
 	}
 	return string(v[:TaskIDSize]), binary.BigEndian.Uint32(v[TaskIDSize:]), nil
+}
+
+// appendDownloadRange appends a whole DownloadRange packet; taskID must pass checkTaskID.
+func appendDownloadRange(b []byte, id uint8, taskID string, offset, length uint64) []byte {
+	b = header{id: id, tag: TagDownloadRange, length: downloadRangeSize}.append(b)
+	b = append(b, taskID...)
+	b = binary.BigEndian.AppendUint64(b, offset)
+	return binary.BigEndian.AppendUint64(b, length)
+}
+
+// decodeDownloadRange decodes the value of a DownloadRange packet.
+func decodeDownloadRange(v []byte) (taskID string, offset, length uint64, err error) {
+	if len(v) != downloadRangeSize {
+		return "", 0, 0, fmt.Errorf("%w: DownloadRange value is %d bytes, want %d", ErrProtocol, len(v), downloadRangeSize)
+	}
+	if !utf8.Valid(v[:TaskIDSize]) {
+		return "", 0, 0, fmt.Errorf("%w: DownloadRange task id is not UTF-8", ErrProtocol)
+	}
+	offset = binary.BigEndian.Uint64(v[TaskIDSize:])
+	length = binary.BigEndian.Uint64(v[TaskIDSize+8:])
+	if length == 0 || length > MaxRangeLength || offset > math.MaxInt64-length {
+		return "", 0, 0, fmt.Errorf("%w: DownloadRange of %d bytes at %d", ErrProtocol, length, offset)
+	}
+	return string(v[:TaskIDSize]), offset, length, nil
 }
 
 // metadataSize is the encoded size of p's metadata (without the metadata length field).

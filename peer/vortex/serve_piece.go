@@ -22,19 +22,40 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, copyChunk); return
 // servePiece answers one DownloadPiece; it returns false when the connection is no longer usable.
 func (s *Server) servePiece(nc net.Conn, log *zap.Logger, taskID string, number uint32) bool {
 	log = log.With(zap.String("task", taskID), zap.Uint32("piece", number))
+	return s.serve(nc, log, func() (Piece, io.ReadCloser, error) {
+		p, rc, err := s.h(s.ctx, taskID, number)
+		if err == nil {
+			if err = s.checkServed(&p, number); err != nil {
+				_ = rc.Close()
+			}
+		}
+		return p, rc, err
+	})
+}
+
+// serveRange answers one DownloadRange; it returns false when the connection is no longer usable.
+func (s *Server) serveRange(nc net.Conn, log *zap.Logger, taskID string, off, n uint64) bool {
+	log = log.With(zap.String("task", taskID), zap.Uint64("offset", off), zap.Uint64("length", n))
+	return s.serve(nc, log, func() (Piece, io.ReadCloser, error) {
+		p, rc, err := s.opts.Ranges(s.ctx, taskID, off, n)
+		if err == nil {
+			if err = s.checkServedRange(&p, off, n); err != nil {
+				_ = rc.Close()
+			}
+		}
+		return p, rc, err
+	})
+}
+
+// serve sends what get returns (piece metadata, then its content) under a piece slot.
+func (s *Server) serve(nc net.Conn, log *zap.Logger, get func() (Piece, io.ReadCloser, error)) bool {
 	release, ok := s.acquireSlot()
 	if !ok {
 		log.Warn("vortex: no piece slot free in time", zap.Int("max_concurrent_pieces", s.opts.MaxConcurrentPieces))
 		return s.sendError(nc, log, CodeInternal, MsgUnavailable)
 	}
 	defer release()
-	p, rc, err := s.h(s.ctx, taskID, number)
-	if err == nil {
-		err = s.checkServed(&p, number)
-		if err != nil {
-			_ = rc.Close()
-		}
-	}
+	p, rc, err := get()
 	if err != nil {
 		if errors.Is(err, ErrPieceNotFound) {
 			log.Debug("vortex: piece not found", zap.Error(err))
@@ -135,6 +156,20 @@ func (s *Server) checkServed(p *Piece, number uint32) error {
 	}
 	if p.Digest == "" {
 		return fmt.Errorf("vortex: handler returned piece %d without a digest", number)
+	}
+	if p.CreatedAt.IsZero() {
+		p.CreatedAt = time.Now()
+	}
+	return checkPiece(p)
+}
+
+// checkServedRange is checkServed for a DownloadRange answer.
+func (s *Server) checkServedRange(p *Piece, off, n uint64) error {
+	if p.Number != 0 || p.Offset != off || p.Length != n {
+		return fmt.Errorf("vortex: range handler returned piece %d at %d+%d for the range %d+%d", p.Number, p.Offset, p.Length, off, n)
+	}
+	if p.Digest == "" {
+		return fmt.Errorf("vortex: range handler returned %d+%d without a digest", off, n)
 	}
 	if p.CreatedAt.IsZero() {
 		p.CreatedAt = time.Now()

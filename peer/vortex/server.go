@@ -25,6 +25,11 @@ import (
 // closes.
 type Handler func(ctx context.Context, taskID string, number uint32) (Piece, io.ReadCloser, error)
 
+// RangeHandler serves DownloadRange: the verified bytes [offset, offset+length) of a task, as a
+// Piece with Number 0, that Offset and Length and a crc32 Digest, and a reader of exactly Length
+// bytes. ErrPieceNotFound when the peer does not hold every byte of the range verified.
+type RangeHandler func(ctx context.Context, taskID string, offset, length uint64) (Piece, io.ReadCloser, error)
+
 // BytesHandler adapts a handler that returns the piece in memory, filling in the crc32 digest when
 // it is empty.
 func BytesHandler(f func(ctx context.Context, taskID string, number uint32) (Piece, []byte, error)) Handler {
@@ -79,6 +84,9 @@ type ServerOptions struct {
 	// Limiter, when set, paces every byte of piece content sent (shared with whatever else
 	// uses it). Its burst must be at least 1; chunks are cut to fit it.
 	Limiter *rate.Limiter
+	// Ranges, when set, answers DownloadRange requests (our extension); without it they get an
+	// Error packet, as from a Rust peer. Ranges count against MaxConcurrentPieces like pieces.
+	Ranges RangeHandler
 }
 
 // ServerStats counts what a Server did.
@@ -259,7 +267,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	log := s.log.With(zap.Stringer("remote", nc.RemoteAddr()))
 	br := bufio.NewReaderSize(nc, 4<<10)
 	var hb [HeaderSize]byte
-	var value [downloadPieceSize]byte
+	var value [max(downloadPieceSize, downloadRangeSize)]byte
 	for {
 		if err := nc.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout)); err != nil {
 			return
@@ -281,6 +289,31 @@ func (s *Server) serveConn(nc net.Conn) {
 		h := parseHeader(hb[:])
 		switch h.tag {
 		case TagDownloadPiece:
+		case TagDownloadRange:
+			if s.opts.Ranges == nil {
+				log.Debug("vortex: DownloadRange, not served here")
+				s.sendError(nc, log, CodeInvalidArgument, MsgInvalid)
+				return
+			}
+			if h.length != downloadRangeSize {
+				log.Warn("vortex: malformed DownloadRange", zap.Uint32("length", h.length))
+				s.sendError(nc, log, CodeInvalidArgument, MsgInvalid)
+				return
+			}
+			if _, err := io.ReadFull(br, value[:downloadRangeSize]); err != nil {
+				log.Debug("vortex: read DownloadRange", zap.Error(err))
+				return
+			}
+			taskID, off, n, err := decodeDownloadRange(value[:downloadRangeSize])
+			if err != nil {
+				log.Warn("vortex: malformed DownloadRange", zap.Error(err))
+				s.sendError(nc, log, CodeInvalidArgument, MsgInvalid)
+				return
+			}
+			if !s.serveRange(nc, log, taskID, off, n) {
+				return
+			}
+			continue
 		case TagClose:
 			return
 		default:
@@ -293,11 +326,11 @@ func (s *Server) serveConn(nc net.Conn) {
 			s.sendError(nc, log, CodeInvalidArgument, MsgInvalid)
 			return
 		}
-		if _, err := io.ReadFull(br, value[:]); err != nil {
+		if _, err := io.ReadFull(br, value[:downloadPieceSize]); err != nil {
 			log.Debug("vortex: read DownloadPiece", zap.Error(err))
 			return
 		}
-		taskID, number, err := decodeDownloadPiece(value[:])
+		taskID, number, err := decodeDownloadPiece(value[:downloadPieceSize])
 		if err != nil {
 			log.Warn("vortex: malformed DownloadPiece", zap.Error(err))
 			s.sendError(nc, log, CodeInvalidArgument, MsgInvalid)
