@@ -299,6 +299,14 @@ func (b *Blob) ChunksVerified() bool {
 // have the link.
 func (f *Fetcher) WaitQuiet(ctx context.Context) error { return f.fg.waitQuiet(ctx, prefetchQuiet) }
 
+// OnDemand marks a fetch someone waits for that does not come from this node's readers (a peer
+// asking this one for bytes it lacks), so that background work steps aside for it as for a
+// reader's; done ends it.
+func (f *Fetcher) OnDemand() (done func()) {
+	f.fg.begin()
+	return f.fg.end
+}
+
 // BackgroundRequest is the most bytes a background request (prefetch, completing pieces) should
 // ask for now: unbounded while reads have been quiet for a while, else small, so that a request
 // already on the wire delays the next on-demand read little.

@@ -53,6 +53,11 @@ func (m *Manager) WaitPiece(ctx context.Context, id string, n uint32) (upload.Pi
 		return upload.PieceInfo{}, fmt.Errorf("task %s: piece %d of %d: %w", id, n, t.lay.count, upload.ErrTaskNotFound)
 	}
 	off, l := t.lay.bounds(n)
+	if !t.held(n) {
+		// A child waits for this piece: background fetches step aside as for a reader.
+		done := m.f.OnDemand()
+		defer done()
+	}
 	if err := t.fill(ctx, int64(off), int64(l)); err != nil && !t.bl.Store().Covered(int64(off), int64(l)) {
 		return upload.PieceInfo{}, err
 	}
@@ -120,7 +125,9 @@ func (m *Manager) ServeRange(ctx context.Context, id string, off, n uint64) (vor
 		// Demand travels up the tree, as for pieces (WaitPiece): bring the bytes in (once
 		// however many children ask; from this peer's parents or the source), then serve them.
 		fctx, cancel := context.WithTimeout(ctx, m.cfg.ParentTimeout)
+		done := m.f.OnDemand() // a child waits: background fetches step aside as for a reader
 		err := t.fillRange(fctx, int64(off), int64(n))
+		done()
 		cancel()
 		if err != nil || !t.bl.Store().Verified(int64(off), int64(n)) {
 			return vortex.Piece{}, nil, fmt.Errorf("task %s [%d, +%d) not held: %w: %w", id, off, n, vortex.ErrPieceNotFound, err)
