@@ -33,6 +33,7 @@ type Blob struct {
 	dig          rafs.Digester
 	described    bool         // an image gave the blob's compressor and digester
 	chunks       []rafs.Chunk // distinct chunks of every image using the blob, by CompressedOffset
+	chunkBytes   int64        // their compressed bytes (chunks may overlap: an upper bound of what they cover)
 	checked      []bool       // chunks[i] was verified in this process (accepted, or hashed on its first read)
 	flights      map[uint64]*flight
 	refs         int
@@ -169,8 +170,10 @@ func (b *Blob) addChunks(cs []rafs.Chunk) error {
 	sort.Slice(idx, func(x, y int) bool { return merged[idx[x]].CompressedOffset < merged[idx[y]].CompressedOffset })
 	b.chunks = make([]rafs.Chunk, len(merged))
 	b.checked = make([]bool, len(merged))
+	b.chunkBytes = 0
 	for i, j := range idx {
 		b.chunks[i], b.checked[i] = merged[j], checked[j]
+		b.chunkBytes += int64(merged[j].CompressedSize)
 	}
 	return nil
 }
@@ -276,11 +279,7 @@ func (b *Blob) ChunksVerified() bool {
 		b.mu.Unlock()
 		return false
 	}
-	var total int64
-	for i := range b.chunks {
-		total += int64(b.chunks[i].CompressedSize)
-	}
-	chunks := b.chunks
+	total, chunks := b.chunkBytes, b.chunks
 	b.mu.Unlock()
 	// Cheap test first: the check below walks every chunk.
 	if b.sb.VerifiedBytes() < total {
