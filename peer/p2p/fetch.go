@@ -92,7 +92,7 @@ func (t *task) fill(ctx context.Context, off, n int64) error {
 			err = t.fillFromParents(ctx, unc)
 		} else {
 			err = t.fillFromSource(ctx, unc, false)
-			if err == nil && t.m.cfg.CompletePieces {
+			if err == nil && t.m.cfg.CompletePieces && t.toldBackToSource() {
 				t.completeLater(unc)
 			}
 		}
@@ -528,6 +528,17 @@ func (t *task) completePiece(p uint32) {
 		}
 		cur = r.Off + r.Len
 	}
+}
+
+// toldBackToSource reports whether the scheduler made this peer one that downloads from the source
+// (or there is no scheduler session): such a peer completes the pieces its reads touch, so that it
+// can serve them whole. A peer that reads from the source only because its scheduler has not
+// answered yet, or every parent failed, takes just what its readers need: with 64 peers starting
+// at once, the slow answers otherwise made a dozen of them pull whole pieces from the registry.
+func (t *task) toldBackToSource() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.back || t.sess == nil
 }
 
 // waitScheduled waits (bounded) for the scheduler's first answer so that the first reads of a new
