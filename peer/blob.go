@@ -200,6 +200,24 @@ func (b *Blob) overlappingLocked(off, end int64) (lo, hi int) {
 	return lo, hi
 }
 
+// HasGaps reports whether some byte of [off, off+n) lies in no chunk the mounted images describe
+// (tar headers, blob.meta, the ToC): such bytes are vouched for only by the whole blob's digest.
+func (b *Blob) HasGaps(off, n int64) bool {
+	end := off + n
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lo, hi := b.overlappingLocked(off, end)
+	cur := off
+	for i := lo; i < hi; i++ {
+		c := &b.chunks[i]
+		if int64(c.CompressedOffset) > cur {
+			return true
+		}
+		cur = max(cur, int64(c.CompressedOffset)+int64(c.CompressedSize))
+	}
+	return cur < end
+}
+
 // Awaited returns the runs of chunks lying wholly inside [off, off+n) that readers wait for, so
 // that whoever brings those bytes can verify them before the rest.
 func (b *Blob) Awaited(off, n int64) []blobstore.Range {

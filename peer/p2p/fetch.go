@@ -89,7 +89,7 @@ func (t *task) fill(ctx context.Context, off, n int64) error {
 					continue
 				}
 			}
-			err = t.fillFromParents(ctx, unc)
+			err = t.fillFromParents(ctx, t.sourceForGaps(ctx, unc))
 		} else {
 			err = t.fillFromSource(ctx, unc, false)
 			if err == nil && t.m.cfg.CompletePieces && t.toldBackToSource() {
@@ -111,6 +111,38 @@ func (t *task) fill(ctx context.Context, off, n int64) error {
 		return fmt.Errorf("task %s: [%d, +%d) not verified after 3 attempts: %w", t.id, off, n, lastErr)
 	}
 	return nil
+}
+
+// sourceForGaps takes from the source, for a waiting reader, the bytes of miss that lie in the
+// blob's last piece when it holds bytes no chunk covers (blob.meta, the ToC), and returns the rest. A parent
+// holds such a piece only once it has the whole blob and its digest matched, so asking a parent for
+// it whole makes the parent fetch the whole blob: a few chunks from the source cost far less.
+func (t *task) sourceForGaps(ctx context.Context, miss []blobstore.Range) []blobstore.Range {
+	if t.m.cfg.DisableBackToSource {
+		return miss
+	}
+	var rest, direct []blobstore.Range
+	for _, r := range miss {
+		_, last := t.lay.span(uint64(r.Off), uint64(r.Len))
+		gappy := false
+		// The blob's last piece only: a blob in tar form has gaps (tar headers) in every piece,
+		// and there parents are still the way (a parent fetches the whole blob once for all).
+		if tail := t.lay.count - 1; last == tail && !t.held(tail) {
+			off, l := t.lay.bounds(tail)
+			gappy = t.bl.HasGaps(int64(off), int64(l))
+		}
+		if gappy && len(t.bl.Awaited(r.Off, r.Len)) > 0 {
+			direct = append(direct, r)
+		} else {
+			rest = append(rest, r)
+		}
+	}
+	if len(direct) > 0 {
+		if err := t.fillFromSource(ctx, direct, false); err != nil {
+			return miss // the parents' way, then
+		}
+	}
+	return rest
 }
 
 // fillRange brings [off, off+n) in for a child of ours that asked for it as a range: as ranges

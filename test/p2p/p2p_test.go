@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -259,6 +260,14 @@ func (c *cluster) startRuns(t *testing.T, rep *report, names []string) {
 	rep.note("e. registry bytes with %d peers / one alone: %.2f (%.2f in blob data, without each peer's %.2f MB of manifest and bootstrap)",
 		len(names), float64(many.regBytes)/float64(alone.regBytes), float64(c.blobBytes(many))/float64(c.blobBytes(alone)), mb(c.metaBytes))
 	rep.note("e. the scheduler sent %d of the %d peers back to source", backToSource, len(names))
+	var cpu float64
+	for _, v := range many.cpu {
+		cpu += v
+	}
+	// The machine's own limit: every daemon shares its cores, so no start can end before the CPU
+	// they all spent has run (64 daemons on 2 cores; on a real rollout each node has its own).
+	rep.note("e. CPU floor of the %d-peer run on this machine: the daemons spent %.1f CPU-s, %.1f s of its %d cores; the alone peer spent %.2f CPU-s",
+		len(names), cpu, cpu/float64(runtime.NumCPU()), runtime.NumCPU(), alone.cpu[0])
 	// What the data path owes: no byte fetched twice by one peer, every other peer served by
 	// parents: the registry sends at most what one peer alone fetches for each peer the
 	// scheduler sent back to source (the goal, 1.1x overall, also needs the scheduler to send
