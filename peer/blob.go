@@ -200,22 +200,30 @@ func (b *Blob) overlappingLocked(off, end int64) (lo, hi int) {
 	return lo, hi
 }
 
-// HasGaps reports whether some byte of [off, off+n) lies in no chunk the mounted images describe
-// (tar headers, blob.meta, the ToC): such bytes are vouched for only by the whole blob's digest.
-func (b *Blob) HasGaps(off, n int64) bool {
-	end := off + n
+// ChunkBytes clips rs to the bytes chunks cover (merged runs of adjacent chunks), leaving out what
+// lies between chunks.
+func (b *Blob) ChunkBytes(rs []blobstore.Range) []blobstore.Range {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	lo, hi := b.overlappingLocked(off, end)
-	cur := off
-	for i := lo; i < hi; i++ {
-		c := &b.chunks[i]
-		if int64(c.CompressedOffset) > cur {
-			return true
+	var out []blobstore.Range
+	for _, r := range rs {
+		end := r.Off + r.Len
+		lo, hi := b.overlappingLocked(r.Off, end)
+		for i := lo; i < hi; i++ {
+			c := &b.chunks[i]
+			co := max(int64(c.CompressedOffset), r.Off)
+			ce := min(int64(c.CompressedOffset)+int64(c.CompressedSize), end)
+			if ce <= co {
+				continue
+			}
+			if k := len(out); k > 0 && out[k-1].Off+out[k-1].Len >= co {
+				out[k-1].Len = max(out[k-1].Len, ce-out[k-1].Off)
+				continue
+			}
+			out = append(out, blobstore.Range{Off: co, Len: ce - co})
 		}
-		cur = max(cur, int64(c.CompressedOffset)+int64(c.CompressedSize))
 	}
-	return cur < end
+	return out
 }
 
 // Awaited returns the runs of chunks lying wholly inside [off, off+n) that readers wait for, so

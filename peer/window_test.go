@@ -98,3 +98,34 @@ func TestAwaitedNamesTheChunksReadersWaitFor(t *testing.T) {
 		t.Fatalf("a range cutting chunk 1 in two: Awaited = %v, want none (a partial chunk cannot be verified)", got)
 	}
 }
+
+// ChunkBytes keeps the bytes chunks cover and leaves out what lies between them.
+func TestChunkBytesLeavesOutGaps(t *testing.T) {
+	fx := newBlobFixture(t)
+	got := fx.bl.ChunkBytes([]blobstore.Range{{Off: 0, Len: fx.bl.size}})
+	var want []blobstore.Range
+	for _, c := range fx.chunks {
+		co, ce := int64(c.CompressedOffset), int64(c.CompressedOffset)+int64(c.CompressedSize)
+		if k := len(want); k > 0 && want[k-1].Off+want[k-1].Len >= co {
+			want[k-1].Len = max(want[k-1].Len, ce-want[k-1].Off)
+			continue
+		}
+		want = append(want, blobstore.Range{Off: co, Len: ce - co})
+	}
+	if !equalRanges(got, want) {
+		t.Fatalf("ChunkBytes(whole blob) = %v, want the chunk runs %v", got, want)
+	}
+	var covered int64
+	for _, r := range got {
+		covered += r.Len
+	}
+	if covered >= fx.bl.size {
+		t.Fatalf("the chunks cover all %d bytes: the fixture has no gap (blob.meta, ToC) to leave out", fx.bl.size)
+	}
+	// A range that starts inside a chunk is clipped, not widened.
+	c := fx.chunks[1]
+	in := blobstore.Range{Off: int64(c.CompressedOffset) + 1, Len: int64(c.CompressedSize) - 1}
+	if got := fx.bl.ChunkBytes([]blobstore.Range{in}); !equalRanges(got, []blobstore.Range{in}) {
+		t.Fatalf("ChunkBytes(%v) = %v, want it unchanged", in, got)
+	}
+}

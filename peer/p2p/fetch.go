@@ -74,22 +74,23 @@ func (t *task) fill(ctx context.Context, off, n int64) error {
 		if len(t.candidates()) > 0 {
 			if aw := t.bl.Awaited(off, n); len(aw) > 0 {
 				// A reader waits: the chunks it needs, from a parent that holds them, before (and
-				// instead of) whole pieces; then the rest of the range the same way (a parent may
-				// hold the reader's chunks but not the window after them); the rest of those pieces
-				// follows in the background.
+				// instead of) whole pieces; then the other chunks of the range the same way (a
+				// parent may hold the reader's chunks but not the window after them). Only chunk
+				// bytes: what lies between chunks is never read through a mount, and a parent
+				// can vouch for it only with the whole blob.
 				var need []blobstore.Range
 				for _, r := range aw {
 					need = append(need, t.bl.Uncovered(r.Off, r.Len)...)
 				}
 				t.rangesFromParents(ctx, need)
-				if unc = t.rangesFromParents(ctx, t.bl.Uncovered(off, n)); len(unc) == 0 {
+				if unc = t.rangesFromParents(ctx, t.bl.ChunkBytes(t.bl.Uncovered(off, n))); len(unc) == 0 {
 					// Done, and no background completion: a peer served by parents holds what it
 					// read (and serves it as ranges); the rest of the pieces is a prefetch's job.
 					t.bl.Settle(off, n)
-					continue
+					return nil
 				}
 			}
-			err = t.fillFromParents(ctx, t.sourceForGaps(ctx, unc))
+			err = t.fillFromParents(ctx, unc)
 		} else {
 			err = t.fillFromSource(ctx, unc, false)
 			if err == nil && t.m.cfg.CompletePieces && t.toldBackToSource() {
@@ -111,38 +112,6 @@ func (t *task) fill(ctx context.Context, off, n int64) error {
 		return fmt.Errorf("task %s: [%d, +%d) not verified after 3 attempts: %w", t.id, off, n, lastErr)
 	}
 	return nil
-}
-
-// sourceForGaps takes from the source, for a waiting reader, the bytes of miss that lie in the
-// blob's last piece when it holds bytes no chunk covers (blob.meta, the ToC), and returns the rest. A parent
-// holds such a piece only once it has the whole blob and its digest matched, so asking a parent for
-// it whole makes the parent fetch the whole blob: a few chunks from the source cost far less.
-func (t *task) sourceForGaps(ctx context.Context, miss []blobstore.Range) []blobstore.Range {
-	if t.m.cfg.DisableBackToSource {
-		return miss
-	}
-	var rest, direct []blobstore.Range
-	for _, r := range miss {
-		_, last := t.lay.span(uint64(r.Off), uint64(r.Len))
-		gappy := false
-		// The blob's last piece only: a blob in tar form has gaps (tar headers) in every piece,
-		// and there parents are still the way (a parent fetches the whole blob once for all).
-		if tail := t.lay.count - 1; last == tail && !t.held(tail) {
-			off, l := t.lay.bounds(tail)
-			gappy = t.bl.HasGaps(int64(off), int64(l))
-		}
-		if gappy && len(t.bl.Awaited(r.Off, r.Len)) > 0 {
-			direct = append(direct, r)
-		} else {
-			rest = append(rest, r)
-		}
-	}
-	if len(direct) > 0 {
-		if err := t.fillFromSource(ctx, direct, false); err != nil {
-			return miss // the parents' way, then
-		}
-	}
-	return rest
 }
 
 // fillRange brings [off, off+n) in for a child of ours that asked for it as a range: as ranges

@@ -908,34 +908,3 @@ func TestRangeDemandTravelsUp(t *testing.T) {
 	a.storedMatches(t, fx)
 	b.storedMatches(t, fx)
 }
-
-// The blob's last piece holds bytes no chunk covers (blob.meta, the ToC): a parent holds it only
-// with the whole blob, so a reader of a chunk there takes that chunk from the source rather than
-// making its parent fetch the whole blob.
-func TestTailChunkDoesNotCostTheWholeBlob(t *testing.T) {
-	fx := newFixture(t)
-	a := startPeerWith(t, fx, "a", peerOpts{noComplete: true}) // no ranges: a Rust peer
-	b := startPeerWith(t, fx, "b", peerOpts{noComplete: true})
-	tk := b.task(t)
-	tail := tk.lay.count - 1
-	off, l := tk.lay.bounds(tail)
-	if !tk.bl.HasGaps(int64(off), int64(l)) {
-		t.Skip("the fixture blob's last piece has no bytes outside chunks")
-	}
-	cs := blobChunks(fx.img, 0)
-	c := cs[len(cs)-1]
-	if c.CompressedOffset < off {
-		t.Fatalf("the last chunk is not in the last piece")
-	}
-	b.useParents(a)
-	if _, err := b.im.ReadChunk(context.Background(), fx.img.Blobs[0], &c, nil); err != nil {
-		t.Fatal(err)
-	}
-	if got := a.src.bytes.Load(); got >= int64(len(fx.blob))/2 {
-		t.Errorf("the parent fetched %d bytes of the %d byte blob for one chunk of its tail", got, len(fx.blob))
-	}
-	if got := b.src.bytes.Load(); got == 0 || got > int64(l) {
-		t.Errorf("b took %d bytes from the source, want the chunk (and its window), at most the piece (%d)", got, l)
-	}
-	b.storedMatches(t, fx)
-}

@@ -126,7 +126,10 @@ func (m *Manager) ServeRange(ctx context.Context, id string, off, n uint64) (vor
 		// however many children ask; from this peer's parents or the source), then serve them.
 		fctx, cancel := context.WithTimeout(ctx, m.cfg.ParentTimeout)
 		done := m.f.OnDemand() // a child waits: background fetches step aside as for a reader
-		err := t.fillRange(fctx, int64(off), int64(n))
+		// Whole chunks: a child may ask for part of one (it holds the rest pending), and bytes of
+		// a chunk are verified only with all of it.
+		co, cn := t.bl.ChunkSpan(int64(off), int64(n))
+		err := t.fillRange(fctx, co, cn)
 		done()
 		cancel()
 		if err != nil || !t.bl.Store().Verified(int64(off), int64(n)) {
