@@ -21,6 +21,11 @@
 //   - Error (tag 255): code u8 (0 unknown, 1 invalid argument, 2 not found, 3 internal) | UTF-8
 //     message.
 //   - Close (tag 254): empty; the receiver closes the connection.
+//   - DownloadRange (tag 128) is ours, not the protocol's: task id (64 bytes) | offset u64 | length
+//     u64 asks a peer of ours for bytes of a task it holds verified, whole pieces or not (a
+//     container start reads a few chunks of many pieces). The answer is a PieceContent with number
+//     0 and the range's offset and length, or an Error; a Rust dfdaemon answers with an Error (or
+//     closes), and callers then use whole pieces. At most MaxRangeLength (16 MiB).
 //
 // All integers are big-endian. The Rust server answers one request per connection and then closes
 // it; the Rust client opens a connection per piece and reads exactly the piece length. Our Server
