@@ -159,7 +159,9 @@ func (c *committer) unreserve() {
 func (c *committer) push(op *indexOp) {
 	c.mu.Lock()
 	c.queue = append(c.queue, op)
-	if op.done != nil || len(c.queue) >= maxQueue/2 {
+	// Someone waits for the commit, or disk space does (an eviction punches its bytes only after
+	// the index forgot them): no lingering.
+	if op.done != nil || op.after != nil || len(c.queue) >= maxQueue/2 {
 		c.urgent = true
 		c.wake()
 	}
