@@ -581,7 +581,16 @@ func (t *task) blamed(origin string, off, n int64) {
 		return
 	}
 	first, _ := t.lay.span(uint64(off), uint64(max(n, 1)))
-	t.parentFailed(schedclient.Parent{PeerID: origin}, first, fmt.Errorf("bytes [%d, +%d): %w", off, n, ErrBadPiece))
+	p := schedclient.Parent{PeerID: origin}
+	t.mu.Lock()
+	for _, q := range t.parents {
+		if q.PeerID == origin {
+			p = q // its address, for the log
+			break
+		}
+	}
+	t.mu.Unlock()
+	t.parentFailed(p, first, fmt.Errorf("bytes [%d, +%d): %w", off, n, ErrBadPiece))
 }
 
 // parentFailed reports a parent that could not serve a piece or served bad bytes, avoids it from

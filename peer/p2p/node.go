@@ -165,7 +165,7 @@ func (n *Node) startServers(ctx context.Context, mgr *Manager, host schedclient.
 	}
 	n.vortex = vortex.NewServerWithOptions(handler, log.Named("vortex"), vortex.ServerOptions{IdleTimeout: uc.IdleTimeout,
 		IOTimeout: uc.IOTimeout, MaxConnections: uc.MaxConnections, MaxConcurrentPieces: uc.MaxConcurrentPieces, Limiter: lim,
-		Ranges: mgr.ServeRange})
+		Ranges: rangeFaults(mgr.ServeRange, log)})
 	go func() { _ = n.vortex.Serve(pieceLn) }()
 	return nil
 }
