@@ -39,6 +39,7 @@ func TestDefaultConfig(t *testing.T) {
 		{"scheduler.piecePort", c.Scheduler.PiecePort, 4005},
 		{"scheduler.pieceLength", c.Scheduler.PieceLength, ByteSize(0)},
 		{"scheduler.announceInterval", c.Scheduler.AnnounceInterval, 5 * time.Minute},
+		{"scheduler.scheduleTimeout", c.Scheduler.ScheduleTimeout, 10 * time.Second},
 		{"scheduler.tls", c.Scheduler.TLS, TLSConfig{}},
 		{"upload.maxConnections", c.Upload.MaxConnections, 1024},
 		{"upload.maxConcurrentPieces", c.Upload.MaxConcurrentPieces, 64},
@@ -109,6 +110,7 @@ scheduler:
   piecePort: 14005
   pieceLength: 16MiB
   announceInterval: 30s
+  scheduleTimeout: 4s
   tls: {caFile: /etc/sched-ca.pem, certFile: /etc/peer.pem, keyFile: /etc/peer.key}
 upload:
   maxConnections: 100
@@ -129,7 +131,7 @@ upload:
 				Registry: RegistryOptions{PlainHTTP: true, Insecure: true, CAFile: "/etc/ca.pem", DockerConfig: "/root/.docker/config.json"},
 				Log:      LogConfig{Level: "debug"},
 				Scheduler: SchedulerConfig{Addrs: []string{"10.0.0.1:8002", "sched.example:8002"}, Seed: true, AdvertiseIP: "10.0.0.9",
-					Hostname: "node-9", UploadPort: 14000, PiecePort: 14005, PieceLength: 16 << 20, AnnounceInterval: 30 * time.Second,
+					Hostname: "node-9", UploadPort: 14000, PiecePort: 14005, PieceLength: 16 << 20, AnnounceInterval: 30 * time.Second, ScheduleTimeout: 4 * time.Second,
 					TLS: TLSConfig{CAFile: "/etc/sched-ca.pem", CertFile: "/etc/peer.pem", KeyFile: "/etc/peer.key"}},
 				Upload: UploadConfig{MaxConnections: 100, MaxConcurrentPieces: 8, RateLimit: 100 << 20, IdleTimeout: 10 * time.Second,
 					IOTimeout: 5 * time.Second, AllowedCallers: []string{"10.1.0.0/16", "10.2.0.1"},

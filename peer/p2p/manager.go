@@ -45,7 +45,7 @@ type Config struct {
 
 	PieceTimeout        time.Duration // one piece fetch, all attempts (default 2 min)
 	ParentTimeout       time.Duration // one attempt at a parent (default 30 s)
-	ScheduleTimeout     time.Duration // how long first reads wait for the scheduler's answer (default 3 s)
+	ScheduleTimeout     time.Duration // how long first reads wait for the scheduler's answer (default 10 s)
 	ReadParallelism     int           // pieces of one read fetched at once (default 4)
 	DisableBackToSource bool
 	// CompletePieces makes a peer that read part of a piece from the source fetch the rest of it
@@ -72,7 +72,7 @@ func (c Config) withDefaults() Config {
 		c.ParentTimeout = 30 * time.Second
 	}
 	if c.ScheduleTimeout <= 0 {
-		c.ScheduleTimeout = 3 * time.Second
+		c.ScheduleTimeout = 10 * time.Second
 	}
 	if c.ReadParallelism <= 0 {
 		c.ReadParallelism = 4

@@ -100,7 +100,7 @@ func Start(ctx context.Context, d *daemon.Daemon, version string, log *zap.Logge
 	_ = os.Remove(filepath.Join(cfg.CacheDir, "pieces.db"))
 	uc := cfg.Upload
 	mgr, err := New(Config{HostID: host.ID, Fetcher: d.Fetcher(),
-		PieceLength: uint64(sc.PieceLength), Seed: sc.Seed, OpenURL: n.openURL,
+		PieceLength: uint64(sc.PieceLength), Seed: sc.Seed, OpenURL: n.openURL, ScheduleTimeout: sc.ScheduleTimeout,
 		MaxSeedTasks: uc.MaxSeedTasks, MaxSeedBytes: int64(uc.MaxSeedBytes), SeedTaskIdle: uc.SeedTaskIdle,
 		Log: log, Metrics: d.Metrics()})
 	if err != nil {
