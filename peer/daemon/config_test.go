@@ -198,6 +198,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"piece length under the scheduler's minimum", "scheduler: {pieceLength: 1MiB}\n", []string{"scheduler.pieceLength", "4194304"}},
 		{"piece length over the longest Rust peers cut", "scheduler: {pieceLength: 128MiB}\n", []string{"scheduler.pieceLength", "67108864"}},
 		{"zero announce interval", "scheduler: {announceInterval: 0s}\n", []string{"scheduler.announceInterval"}},
+		{"negative schedule timeout", "scheduler: {scheduleTimeout: -1s}\n", []string{"scheduler.scheduleTimeout"}},
 		{"a duration in words", "scheduler: {announceInterval: 5 minutes}\n", []string{"announceInterval"}},
 		{"not YAML", "cacheDir: [\n", []string{"yaml"}},
 		{"a list where a section goes", "store: [1, 2]\n", []string{"store"}},
