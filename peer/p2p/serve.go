@@ -136,7 +136,7 @@ func (m *Manager) ServeRange(ctx context.Context, id string, off, n uint64) (vor
 			return vortex.Piece{}, nil, fmt.Errorf("task %s [%d, +%d) not held: %w: %w", id, off, n, vortex.ErrPieceNotFound, err)
 		}
 	}
-	// Read whole (ranges are small, vortex.MaxRangeLength at most) for the crc32 the answer carries.
+	// Read whole (vortex.MaxRangeLength at most) for the crc32 the answer carries.
 	data := make([]byte, n)
 	if err := t.bl.Store().ReadAt(data, int64(off)); err != nil {
 		return vortex.Piece{}, nil, fmt.Errorf("task %s [%d, +%d): %w: %w", id, off, n, vortex.ErrPieceNotFound, err)

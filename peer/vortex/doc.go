@@ -25,7 +25,7 @@
 //     u64 asks a peer of ours for bytes of a task it holds verified, whole pieces or not (a
 //     container start reads a few chunks of many pieces). The answer is a PieceContent with number
 //     0 and the range's offset and length, or an Error; a Rust dfdaemon answers with an Error (or
-//     closes), and callers then use whole pieces. At most MaxRangeLength (16 MiB).
+//     closes), and callers then use whole pieces. At most MaxRangeLength (4 MiB).
 //
 // All integers are big-endian. The Rust server answers one request per connection and then closes
 // it; the Rust client opens a connection per piece and reads exactly the piece length. Our Server

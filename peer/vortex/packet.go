@@ -41,8 +41,10 @@ const (
 	// MaxErrorSize caps the value of an Error packet (code and message).
 	MaxErrorSize = 64 << 10
 	// MaxRangeLength caps a DownloadRange: ranges are what a reader waits for (a few chunks), not
-	// whole pieces.
-	MaxRangeLength = 16 << 20
+	// whole pieces. A range is served from memory (for its crc32), so this times the server's
+	// MaxConcurrentPieces bounds what callers can pin (4 MiB x 64 = 256 MiB); a longer chunk comes
+	// in two ranges, its halves verified together.
+	MaxRangeLength = 4 << 20
 )
 
 // Tag says what a packet's value holds (vortex-protocol src/tlv/mod.rs).
