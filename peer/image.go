@@ -21,6 +21,7 @@ type Image struct {
 	st    imageStats
 	blobs []*Blob // by blob index; nil for blobs no regular file uses
 
+	closeMu    sync.Mutex // guards replacing blobs at Close against Stats
 	prefetchMu sync.Mutex
 	prefetch   PrefetchStatus
 	trace      atomic.Pointer[traceReads] // set when a start trace is prefetched
@@ -73,10 +74,13 @@ func (f *Fetcher) NewImage(name string, img *rafs.Image, src source.Source) (*Im
 
 // Close releases the image's blobs.
 func (im *Image) Close() {
-	for i, bl := range im.blobs {
+	im.closeMu.Lock()
+	blobs := im.blobs
+	im.blobs = make([]*Blob, len(blobs)) // Stats after Close sees no blob, never a released one
+	im.closeMu.Unlock()
+	for _, bl := range blobs {
 		if bl != nil {
 			bl.Release()
-			im.blobs[i] = nil
 		}
 	}
 }
@@ -126,8 +130,11 @@ func (im *Image) Stats() Stats {
 		VerifyFailures: im.st.verifyFailures.Load(), ReadErrors: im.st.readErrors.Load(),
 		StoreRepairedEver: im.f.repaired.Load()}
 	s.BytesFetched = s.BytesOnDemand + s.BytesPrefetched
+	im.closeMu.Lock()
+	blobs := im.blobs
+	im.closeMu.Unlock()
 	for _, bc := range im.distinctChunks() {
-		bl := im.blobs[bc.index]
+		bl := blobs[bc.index]
 		for _, c := range bc.chunks {
 			s.Chunks++
 			s.BytesTotal += int64(c.UncompressedSize)
