@@ -1,11 +1,13 @@
 package peer
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 
 	"go.uber.org/zap"
 
@@ -88,8 +90,21 @@ func (b *Blob) Accept(off int64, data []byte, origin string) (AcceptResult, erro
 		if b.sb.Verified(co, ce-co) {
 			continue
 		}
-		out, err := b.decode(data[co-off:ce-off], c, nil, true)
+		// Most chunks that enter the node have no reader waiting (prefetch, the rest of a piece):
+		// their data is only hashed, so it is decoded into scratch memory that is reused.
+		var scratch *[]byte
+		if !b.awaited(c.CompressedOffset) {
+			scratch = decodeScratch.Get().(*[]byte)
+		}
+		var buf []byte
+		if scratch != nil {
+			buf = *scratch
+		}
+		out, err := b.decode(data[co-off:ce-off], c, buf, true)
 		if err != nil {
+			if scratch != nil {
+				decodeScratch.Put(scratch)
+			}
 			b.f.m.verifyFailed.WithLabelValues(originKind(origin)).Inc()
 			res.Bad = append(res.Bad, BadChunk{Index: c.Index, Off: co, Size: ce - co, Origins: []string{origin}, Err: err})
 			b.failFlight(c.CompressedOffset, err)
@@ -98,7 +113,11 @@ func (b *Blob) Accept(off int64, data []byte, origin string) (AcceptResult, erro
 		res.Verified++
 		addRun(&verified, co, ce)
 		b.markChecked(c.CompressedOffset)
-		b.deliver(c, out)
+		b.deliver(c, out, scratch == nil)
+		if scratch != nil {
+			*scratch = out[:cap(out)]
+			decodeScratch.Put(scratch)
+		}
 	}
 	if end > cursor {
 		addRun(&pending, cursor, end)
@@ -164,7 +183,7 @@ func (b *Blob) verifyAssembled(c *rafs.Chunk) (bad *BadChunk, ok bool) {
 		return nil, false
 	}
 	b.markChecked(c.CompressedOffset)
-	b.deliver(c, out)
+	b.deliver(c, out, true)
 	return nil, true
 }
 
@@ -177,8 +196,9 @@ func (b *Blob) markChecked(off uint64) {
 	b.mu.Unlock()
 }
 
-// deliver hands a verified chunk to the readers waiting for it (and so to the memory cache).
-func (b *Blob) deliver(c *rafs.Chunk, out []byte) {
+// deliver hands a verified chunk to the readers waiting for it (and so to the memory cache). out
+// is copied first unless owned: scratch memory goes back to its pool.
+func (b *Blob) deliver(c *rafs.Chunk, out []byte, owned bool) {
 	b.mu.Lock()
 	fl := b.flights[c.CompressedOffset]
 	if fl != nil {
@@ -187,10 +207,23 @@ func (b *Blob) deliver(c *rafs.Chunk, out []byte) {
 	k := memKey{b.dig, c.Digest}
 	b.mu.Unlock()
 	if fl != nil {
+		if !owned {
+			out = bytes.Clone(out) // a reader came while the chunk was decoded into scratch
+		}
 		b.f.mem.add(k, out)
 		fl.finish(out, nil)
 	}
 }
+
+// awaited reports whether a reader waits for the chunk at off.
+func (b *Blob) awaited(off uint64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.flights[off] != nil
+}
+
+// decodeScratch holds buffers for chunks decoded only to be verified.
+var decodeScratch = sync.Pool{New: func() any { return new([]byte) }}
 
 // failFlight fails the readers waiting for the chunk at off.
 func (b *Blob) failFlight(off uint64, err error) {

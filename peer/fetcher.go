@@ -136,8 +136,10 @@ func (f *Fetcher) readChunk(ctx context.Context, src source.Source, st *imageSta
 		// Another reader's fetch we joined was cancelled with its reader: try again on our own
 		// context unless ours is done too.
 		// Bytes that failed their digest were dropped and their sender blamed (a lying parent is
-		// avoided from then on): fetch again, from elsewhere, a few times before giving up.
-		if errors.Is(err, rafs.ErrCorrupt) && ctx.Err() == nil && attempt < 3 {
+		// avoided from then on): fetch again, from elsewhere, a few times before giving up. The
+		// bound is not 1: requests that went to the liar before it was caught fail too, and a
+		// reader may have joined any of them.
+		if errors.Is(err, rafs.ErrCorrupt) && ctx.Err() == nil && attempt < 8 {
 			continue
 		}
 		if (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) && ctx.Err() == nil && attempt < 8 {
