@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	d7y.io/api/v2 v2.2.32
 	d7y.io/dragonfly/v2 v2.5.1
+	github.com/distribution/reference v0.6.0
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/google/go-containerregistry v0.22.1
 	github.com/hanwen/go-fuse/v2 v2.12.1
@@ -59,7 +60,6 @@ require (
 	github.com/containerd/log v0.1.0 // indirect
 	github.com/containerd/platforms v0.2.1 // indirect
 	github.com/cpuguy83/go-md2man/v2 v2.0.7 // indirect
-	github.com/distribution/reference v0.6.0 // indirect
 	github.com/docker/distribution v2.8.3+incompatible // indirect
 	github.com/docker/docker v25.0.16+incompatible // indirect
 	github.com/docker/go-connections v0.7.0 // indirect
