@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	d7y.io/api/v2 v2.2.32
 	d7y.io/dragonfly/v2 v2.5.1
+	github.com/containerd/platforms v0.2.1
 	github.com/distribution/reference v0.6.0
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/google/go-containerregistry v0.22.1
@@ -58,7 +59,6 @@ require (
 	github.com/cloudwego/base64x v0.1.7 // indirect
 	github.com/containerd/containerd v1.7.34 // indirect
 	github.com/containerd/log v0.1.0 // indirect
-	github.com/containerd/platforms v0.2.1 // indirect
 	github.com/cpuguy83/go-md2man/v2 v2.0.7 // indirect
 	github.com/docker/distribution v2.8.3+incompatible // indirect
 	github.com/docker/docker v25.0.16+incompatible // indirect

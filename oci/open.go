@@ -92,31 +92,27 @@ func Open(ctx context.Context, c *registry.Client, ref registry.Ref, platform oc
 	return img, nil
 }
 
-// selectNydus picks the index entry for platform, preferring one marked as a nydus manifest.
+// selectNydus picks the index entry for platform, preferring one marked as a nydus manifest: a
+// nydus entry for an older variant the host runs beats an OCI entry for its own, since only a nydus
+// manifest has a bootstrap to mount.
 func selectNydus(index []byte, platform ocispec.Platform) (ocispec.Descriptor, error) {
 	var idx ocispec.Index
 	if err := json.Unmarshal(index, &idx); err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("index: %w", err)
 	}
-	var fallback *ocispec.Descriptor
-	for i, m := range idx.Manifests {
-		if m.Platform == nil || m.Platform.OS != platform.OS || m.Platform.Architecture != platform.Architecture {
-			continue
-		}
-		if platform.Variant != "" && m.Platform.Variant != "" && m.Platform.Variant != platform.Variant {
-			continue
-		}
+	var nydus []ocispec.Descriptor
+	for _, m := range idx.Manifests {
 		if IsNydusIndexEntry(m) {
-			return m, nil
-		}
-		if fallback == nil {
-			fallback = &idx.Manifests[i]
+			nydus = append(nydus, m)
 		}
 	}
-	if fallback != nil {
-		return *fallback, nil
+	if i := registry.BestPlatform(nydus, platform); i >= 0 {
+		return nydus[i], nil
 	}
-	return ocispec.Descriptor{}, fmt.Errorf("no manifest for platform %s/%s in the index", platform.OS, platform.Architecture)
+	if i := registry.BestPlatform(idx.Manifests, platform); i >= 0 {
+		return idx.Manifests[i], nil
+	}
+	return ocispec.Descriptor{}, registry.NoPlatformError(idx.Manifests, platform)
 }
 
 // DownloadBlobs makes every blob of img present in dir (named by blob id), fetching those missing;
