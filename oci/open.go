@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/dfnydus/dfnydus/internal/atomicfile"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/bootstrap"
 	"github.com/dfnydus/dfnydus/registry"
@@ -134,28 +135,20 @@ func DownloadBlobs(ctx context.Context, c *registry.Client, img *Image, dir stri
 }
 
 // DownloadBlob fetches one blob of repo into path: verified against desc, written to a temp file
-// beside path, synced and renamed, so path never holds a partial or wrong blob.
+// beside path and renamed into place (atomicfile), so path never holds a partial or wrong blob.
 func DownloadBlob(ctx context.Context, c *registry.Client, repo registry.Ref, desc ocispec.Descriptor, path string) error {
 	rc, err := c.FetchBlob(ctx, repo, desc)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".download-*")
+	f, err := atomicfile.Create(path, 0o600)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, rc); err != nil {
-		tmp.Close()
+	defer f.Close()
+	if _, err := io.Copy(f, rc); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return f.Commit()
 }
