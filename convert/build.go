@@ -12,6 +12,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
 
+	"github.com/dfnydus/dfnydus/internal/atomicfile"
 	"github.com/dfnydus/dfnydus/rafs/builder"
 )
 
@@ -112,32 +113,12 @@ func (cv *converter) cached(buildDir, blobDir, key string) *built {
 
 // saveBuild records a build: bootstrap first, then the JSON that makes the record valid.
 func (cv *converter) saveBuild(buildDir, key string, b *built) error {
-	if err := writeAtomic(filepath.Join(buildDir, key+".boot"), b.bootstrap); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(buildDir, key+".boot"), b.bootstrap, 0o600); err != nil {
 		return err
 	}
 	data, err := json.Marshal(b)
 	if err != nil {
 		return err
 	}
-	return writeAtomic(filepath.Join(buildDir, key+".json"), data)
-}
-
-func writeAtomic(p string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), p)
+	return atomicfile.WriteFile(filepath.Join(buildDir, key+".json"), data, 0o600)
 }

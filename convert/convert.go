@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/containerd/platforms"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
 
@@ -182,12 +183,19 @@ func (cv *converter) putManifestTag(ctx context.Context, desc ocispec.Descriptor
 	return nil
 }
 
+// wanted reports whether p is one of the platforms asked for, compared as containerd compares them
+// (x86_64 is amd64, arm64/v8 is arm64). One asked for without a variant takes every variant of its
+// OS and architecture ("linux/arm" converts arm/v6 and arm/v7): the user is choosing what to
+// convert, not what one host runs.
 func (cv *converter) wanted(p ocispec.Platform) bool {
 	if len(cv.opts.Platforms) == 0 {
 		return true
 	}
 	for _, w := range cv.opts.Platforms {
-		if w.OS == p.OS && w.Architecture == p.Architecture && (w.Variant == "" || w.Variant == p.Variant) {
+		if w.Variant == "" {
+			w.Variant = platforms.Normalize(p).Variant
+		}
+		if platforms.NewMatcher(w).Match(p) {
 			return true
 		}
 	}
@@ -198,11 +206,7 @@ func platformString(p *ocispec.Platform) string {
 	if p == nil {
 		return "unknown"
 	}
-	s := p.OS + "/" + p.Architecture
-	if p.Variant != "" {
-		s += "/" + p.Variant
-	}
-	return s
+	return platforms.Format(*p)
 }
 
 // platformResult carries the manifest bytes next to the public result.

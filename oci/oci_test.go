@@ -3,11 +3,14 @@ package oci
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/dfnydus/dfnydus/registry"
 )
 
 func TestPackBootstrapIsDeterministicAndReadable(t *testing.T) {
@@ -123,6 +126,51 @@ func TestIndexAndSelection(t *testing.T) {
 	}
 	if _, err := selectNydus(mixed, ocispec.Platform{OS: "linux", Architecture: "s390x"}); err == nil {
 		t.Error("a missing platform was selected")
+	}
+}
+
+func TestSelectNydus(t *testing.T) {
+	entry := func(d string, arch, variant string, nydus bool) ocispec.Descriptor {
+		e := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.Digest(d),
+			Platform: &ocispec.Platform{OS: "linux", Architecture: arch, Variant: variant}}
+		if nydus {
+			e.ArtifactType = ArtifactTypeNydusManifest
+		}
+		return e
+	}
+	armv7 := ocispec.Platform{OS: "linux", Architecture: "arm", Variant: "v7"}
+	tests := []struct {
+		name    string
+		entries []ocispec.Descriptor
+		want    ocispec.Platform
+		pick    string // "" for none
+	}{
+		{"nydus beats OCI for the same platform",
+			[]ocispec.Descriptor{entry("oci", "arm", "v7", false), entry("nydus", "arm", "v7", true)}, armv7, "nydus"},
+		{"a nydus entry for an older variant beats an OCI entry for the host's own",
+			[]ocispec.Descriptor{entry("oci", "arm", "v7", false), entry("nydus", "arm", "v6", true)}, armv7, "nydus"},
+		{"among nydus entries the closest variant wins",
+			[]ocispec.Descriptor{entry("v6", "arm", "v6", true), entry("v7", "arm", "v7", true)}, armv7, "v7"},
+		{"without a nydus entry the best OCI one is taken",
+			[]ocispec.Descriptor{entry("v6", "arm", "v6", false), entry("v7", "arm", "v7", false)}, armv7, "v7"},
+		{"a nydus entry the host cannot run is not taken",
+			[]ocispec.Descriptor{entry("oci", "arm", "v6", false), entry("nydus", "arm64", "", true)}, armv7, "oci"},
+		{"nothing for the platform", []ocispec.Descriptor{entry("nydus", "amd64", "", true)}, armv7, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			index, _ := json.Marshal(ocispec.Index{Manifests: tt.entries})
+			got, err := selectNydus(index, tt.want)
+			if tt.pick == "" {
+				if !errors.Is(err, registry.ErrPlatformNotFound) {
+					t.Fatalf("selectNydus = %s, %v; want ErrPlatformNotFound", got.Digest, err)
+				}
+				return
+			}
+			if err != nil || got.Digest != digest.Digest(tt.pick) {
+				t.Errorf("selectNydus = %s, %v; want %s", got.Digest, err, tt.pick)
+			}
+		})
 	}
 }
 

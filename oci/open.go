@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/dfnydus/dfnydus/internal/atomicfile"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/bootstrap"
 	"github.com/dfnydus/dfnydus/registry"
@@ -92,31 +93,27 @@ func Open(ctx context.Context, c *registry.Client, ref registry.Ref, platform oc
 	return img, nil
 }
 
-// selectNydus picks the index entry for platform, preferring one marked as a nydus manifest.
+// selectNydus picks the index entry for platform, preferring one marked as a nydus manifest: a
+// nydus entry for an older variant the host runs beats an OCI entry for its own, since only a nydus
+// manifest has a bootstrap to mount.
 func selectNydus(index []byte, platform ocispec.Platform) (ocispec.Descriptor, error) {
 	var idx ocispec.Index
 	if err := json.Unmarshal(index, &idx); err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("index: %w", err)
 	}
-	var fallback *ocispec.Descriptor
-	for i, m := range idx.Manifests {
-		if m.Platform == nil || m.Platform.OS != platform.OS || m.Platform.Architecture != platform.Architecture {
-			continue
-		}
-		if platform.Variant != "" && m.Platform.Variant != "" && m.Platform.Variant != platform.Variant {
-			continue
-		}
+	var nydus []ocispec.Descriptor
+	for _, m := range idx.Manifests {
 		if IsNydusIndexEntry(m) {
-			return m, nil
-		}
-		if fallback == nil {
-			fallback = &idx.Manifests[i]
+			nydus = append(nydus, m)
 		}
 	}
-	if fallback != nil {
-		return *fallback, nil
+	if i := registry.BestPlatform(nydus, platform); i >= 0 {
+		return nydus[i], nil
 	}
-	return ocispec.Descriptor{}, fmt.Errorf("no manifest for platform %s/%s in the index", platform.OS, platform.Architecture)
+	if i := registry.BestPlatform(idx.Manifests, platform); i >= 0 {
+		return idx.Manifests[i], nil
+	}
+	return ocispec.Descriptor{}, registry.NoPlatformError(idx.Manifests, platform)
 }
 
 // DownloadBlobs makes every blob of img present in dir (named by blob id), fetching those missing;
@@ -138,28 +135,20 @@ func DownloadBlobs(ctx context.Context, c *registry.Client, img *Image, dir stri
 }
 
 // DownloadBlob fetches one blob of repo into path: verified against desc, written to a temp file
-// beside path, synced and renamed, so path never holds a partial or wrong blob.
+// beside path and renamed into place (atomicfile), so path never holds a partial or wrong blob.
 func DownloadBlob(ctx context.Context, c *registry.Client, repo registry.Ref, desc ocispec.Descriptor, path string) error {
 	rc, err := c.FetchBlob(ctx, repo, desc)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".download-*")
+	f, err := atomicfile.Create(path, 0o600)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, rc); err != nil {
-		tmp.Close()
+	defer f.Close()
+	if _, err := io.Copy(f, rc); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return f.Commit()
 }

@@ -3,7 +3,6 @@ package peer
 import (
 	"context"
 	"fmt"
-	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -166,7 +165,7 @@ func (im *Image) distinctChunks() []blobChunks {
 // chunksOf collects the distinct chunks of the regular files under the given roots (nil: the whole
 // image), grouped by blob and sorted by compressed offset.
 func chunksOf(img *rafs.Image, roots []string) []blobChunks {
-	per := make([]map[uint64]rafs.Chunk, len(img.Blobs))
+	set := rafs.NewChunkSet(len(img.Blobs))
 	seen := map[*rafs.Inode]bool{}
 	visit := func(_ string, n *rafs.Node) error {
 		if seen[n.Inode] || !n.Inode.IsReg() {
@@ -174,13 +173,7 @@ func chunksOf(img *rafs.Image, roots []string) []blobChunks {
 		}
 		seen[n.Inode] = true
 		for _, c := range n.Inode.Chunks {
-			if int(c.BlobIndex) >= len(per) {
-				continue
-			}
-			if per[c.BlobIndex] == nil {
-				per[c.BlobIndex] = map[uint64]rafs.Chunk{}
-			}
-			per[c.BlobIndex][c.CompressedOffset] = c
+			set.Add(c)
 		}
 		return nil
 	}
@@ -194,16 +187,10 @@ func chunksOf(img *rafs.Image, roots []string) []blobChunks {
 		}
 	}
 	var out []blobChunks
-	for i, m := range per {
-		if len(m) == 0 {
-			continue
+	for i, chunks := range set.Blobs() {
+		if len(chunks) > 0 {
+			out = append(out, blobChunks{blob: img.Blobs[i], index: i, chunks: chunks})
 		}
-		bc := blobChunks{blob: img.Blobs[i], index: i}
-		for _, c := range m {
-			bc.chunks = append(bc.chunks, c)
-		}
-		sort.Slice(bc.chunks, func(a, b int) bool { return bc.chunks[a].CompressedOffset < bc.chunks[b].CompressedOffset })
-		out = append(out, bc)
 	}
 	return out
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/internal/transient"
 )
 
 // PushResult says how PushBlob made a blob present.
@@ -298,7 +300,7 @@ func resumable(err error) bool {
 		case http.StatusBadRequest:
 			return he.hasCode("BLOB_UPLOAD_INVALID") || he.hasCode("BLOB_UPLOAD_UNKNOWN") || he.hasCode("RANGE_INVALID")
 		}
-		return retryableStatus(he.StatusCode)
+		return transient.Status(he.StatusCode)
 	}
 	var ae *AuthError
 	if errors.As(err, &ae) {

@@ -18,6 +18,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/dfnydus/dfnydus/internal/transient"
 )
 
 // Client talks to OCI distribution registries. It is safe for concurrent use.
@@ -253,7 +255,7 @@ func (c *Client) send(ctx context.Context, host string, build func() (*http.Requ
 			continue
 		}
 		resp.Body = &countingReadCloser{rc: resp.Body, total: &c.stats.down}
-		if canRetry && retryableStatus(resp.StatusCode) {
+		if canRetry && transient.Status(resp.StatusCode) {
 			wait := retryAfter(resp.Header, time.Now())
 			drain(resp)
 			if werr := c.waitRetry(ctx, host, req, attempt, wait, resp.Status); werr != nil {

@@ -45,6 +45,9 @@ type HTTPError struct {
 	Body       string      // a printable prefix of the body when it is not
 }
 
+// HTTPStatus is the response's status, by which transient.Is decides whether to retry.
+func (e *HTTPError) HTTPStatus() int { return e.StatusCode }
+
 func (e *HTTPError) Error() string {
 	return fmt.Sprintf("registry %s: %s %s: %s", e.Registry, e.Method, e.Path, e.detail())
 }

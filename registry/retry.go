@@ -3,13 +3,12 @@ package registry
 import (
 	"context"
 	"errors"
-	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/dfnydus/dfnydus/internal/transient"
 )
 
 // sourceError marks a failure to read the caller's data (PushBlob's ReaderAt), which no retry fixes.
@@ -18,39 +17,13 @@ type sourceError struct{ err error }
 func (e *sourceError) Error() string { return "read source: " + e.err.Error() }
 func (e *sourceError) Unwrap() error { return e.err }
 
-// retryableError reports whether a transport error is worth retrying: resets, EOFs, timeouts,
-// refused connections. TLS and certificate errors, bad URLs and source read errors are not.
+// retryableError reports whether a failure is worth retrying (transient.Is), except a failure to
+// read the caller's data, which no retry fixes.
 func retryableError(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if _, ok := errors.AsType[*sourceError](err); ok {
 		return false
 	}
-	var se *sourceError
-	if errors.As(err, &se) {
-		return false
-	}
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ECONNREFUSED) {
-		return true
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	var oe *net.OpError
-	return errors.As(err, &oe)
-}
-
-// retryableStatus reports whether a response status is transient: 408, 429 and 5xx other than
-// 501 Not Implemented and 505 HTTP Version Not Supported.
-func retryableStatus(code int) bool {
-	switch code {
-	case http.StatusRequestTimeout, http.StatusTooManyRequests:
-		return true
-	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported:
-		return false
-	}
-	return code >= 500 && code <= 599
+	return transient.Is(err)
 }
 
 // retryAfter parses a Retry-After header (seconds or an HTTP date); 0 when absent or unusable.

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -51,35 +50,27 @@ func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
 	}
 }
 
-func TestRetryableStatus(t *testing.T) {
-	for code, want := range map[int]bool{
-		200: false, 400: false, 401: false, 403: false, 404: false, 408: true, 416: false, 429: true,
-		500: true, 501: false, 502: true, 503: true, 504: true, 505: false, 599: true,
-	} {
-		if got := retryableStatus(code); got != want {
-			t.Errorf("retryableStatus(%d) = %v, want %v", code, got, want)
-		}
-	}
-}
-
+// TestRetryableError: the registry retries what transient.Is retries, except failures to read the
+// caller's data.
 func TestRetryableError(t *testing.T) {
 	tests := []struct {
+		name string
 		err  error
 		want bool
 	}{
-		{io.EOF, true},
-		{io.ErrUnexpectedEOF, true},
-		{fmt.Errorf("read: %w", syscall.ECONNRESET), true},
-		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, true},
-		{context.Canceled, false},
-		{context.DeadlineExceeded, false},
-		{&sourceError{err: io.ErrUnexpectedEOF}, false},
-		{errors.New("x509: certificate signed by unknown authority"), false},
-		{nil, false},
+		{"body cut short", io.ErrUnexpectedEOF, true},
+		{"connection reset", fmt.Errorf("read: %w", syscall.ECONNRESET), true},
+		{"connection refused", &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, true},
+		{"HTTP 503", &HTTPError{StatusCode: 503}, true},
+		{"HTTP 404", &HTTPError{StatusCode: 404}, false},
+		{"context canceled", context.Canceled, false},
+		{"the caller's data cut short", &sourceError{err: io.ErrUnexpectedEOF}, false},
+		{"the caller's data cut short, wrapped", fmt.Errorf("push: %w", &sourceError{err: syscall.ECONNRESET}), false},
+		{"no error", nil, false},
 	}
 	for _, tt := range tests {
 		if got := retryableError(tt.err); got != tt.want {
-			t.Errorf("retryableError(%v) = %v, want %v", tt.err, got, tt.want)
+			t.Errorf("%s: retryableError(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
 		}
 	}
 }

@@ -5,14 +5,14 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
+	"github.com/prometheus/procfs"
+	"github.com/prometheus/procfs/sysfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,26 +97,20 @@ func (h Host) withDefaults() (Host, error) {
 	return h, nil
 }
 
-// userHZ is the unit of /proc/stat and /proc/PID/stat times (sysconf(_SC_CLK_TCK), 100 on Linux).
-const userHZ = 100
-
 // hostSampler builds the announced common.v2.Host; it keeps the previous counters so that
 // percentages and bandwidths cover the time since the last announce.
 type hostSampler struct {
-	host  Host
-	procs string // /proc, replaced in tests
+	host       Host
+	procs, sys string // /proc and /sys, replaced in tests
 
-	mu       sync.Mutex
-	lastAt   time.Time
-	lastCPU  cpuTimes
-	lastProc uint64 // utime+stime ticks of this process
-	lastRx   uint64
-	lastTx   uint64
-	lastRead uint64
-	lastWrit uint64
+	mu     sync.Mutex
+	lastAt time.Time
+	last   procStats
 }
 
-func newHostSampler(h Host) *hostSampler { return &hostSampler{host: h, procs: "/proc"} }
+func newHostSampler(h Host) *hostSampler {
+	return &hostSampler{host: h, procs: procfs.DefaultMountPoint, sys: sysfs.DefaultMountPoint}
+}
 
 // sample reads the current statistics. Unreadable sources leave their fields zero: the scheduler
 // only needs every message present (an AnnounceHost without cpu makes a v2.5.1 scheduler with
@@ -128,6 +122,8 @@ func (s *hostSampler) sample() *commonv2.Host {
 	now := time.Now()
 	elapsed := now.Sub(s.lastAt).Seconds()
 	first := s.lastAt.IsZero()
+	ifname := interfaceOf(h.IP)
+	ps := readProc(s.procs, h.Port, ifname)
 
 	platform, family, version := readOSRelease()
 	out := &commonv2.Host{
@@ -144,60 +140,56 @@ func (s *hostSampler) sample() *commonv2.Host {
 		Platform:        platform,
 		PlatformFamily:  family,
 		PlatformVersion: version,
-		KernelVersion:   strings.TrimSpace(s.read("sys/kernel/osrelease")),
+		KernelVersion:   ps.kernel,
 	}
 
 	// CPU.
-	logical, physical := parseCPUInfo(s.read("cpuinfo"))
+	logical, physical := ps.logicalCPUs, ps.physicalCPUs
 	if logical == 0 {
 		logical, physical = runtime.NumCPU(), runtime.NumCPU()
 	}
-	cpu := parseProcStat(s.read("stat"))
-	percent := cpu.busyPercent(s.lastCPU) // since boot on the first sample
-	procTicks := parseProcSelfStat(s.read("self/stat"))
+	percent := busyPercent(s.last.cpu, ps.cpu) // since boot on the first sample
 	var procPercent float64
-	if !first && elapsed > 0 && procTicks >= s.lastProc {
+	if !first && elapsed > 0 && ps.procCPU >= s.last.procCPU {
 		// Like gopsutil's process percent: 100 is one CPU busy for the whole interval.
-		procPercent = float64(procTicks-s.lastProc) / userHZ / elapsed * 100
+		procPercent = (ps.procCPU - s.last.procCPU) / elapsed * 100
 	}
+	c := ps.cpu
 	out.Cpu = &commonv2.CPU{
 		LogicalCount:   uint32(logical),
 		PhysicalCount:  uint32(physical),
 		Percent:        percent,
 		ProcessPercent: procPercent,
-		Times:          cpu.proto(),
+		Times: &commonv2.CPUTimes{
+			User: c.User, System: c.System, Idle: c.Idle, Nice: c.Nice, Iowait: c.Iowait, Irq: c.IRQ,
+			Softirq: c.SoftIRQ, Steal: c.Steal, Guest: c.Guest, GuestNice: c.GuestNice,
+		},
 	}
 
 	// Memory.
-	mem := parseMeminfo(s.read("meminfo"))
-	total, avail := mem["MemTotal"], mem["MemAvailable"]
+	total, avail := ps.memTotal, ps.memAvailable
 	used := total - min(avail, total)
-	memory := &commonv2.Memory{Total: total, Available: avail, Used: used, Free: mem["MemFree"]}
+	memory := &commonv2.Memory{Total: total, Available: avail, Used: used, Free: ps.memFree}
 	if total > 0 {
 		memory.UsedPercent = pct(used, total)
-		rss := parseStatmRSS(s.read("self/statm")) * uint64(os.Getpagesize())
-		memory.ProcessUsedPercent = min(pct(rss, total), 100)
+		memory.ProcessUsedPercent = min(pct(ps.rss, total), 100)
 	}
 	out.Memory = memory
 
 	// Network: connections, and the rates of the interface holding IP.
-	established, upload := countTCP(s.read("net/tcp"), h.Port)
-	e6, u6 := countTCP(s.read("net/tcp6"), h.Port)
-	ifname := interfaceOf(h.IP)
-	rx, tx := parseNetDev(s.read("net/dev"), ifname)
 	maxBW := h.MaxBandwidth
-	if speed := interfaceSpeed(ifname); speed > 0 {
+	if speed := interfaceSpeed(s.sys, ifname); speed > 0 {
 		maxBW = speed
 	}
 	var rxBW, txBW uint64
-	if !first && elapsed > 0 && rx >= s.lastRx && tx >= s.lastTx {
-		rxBW = uint64(float64(rx-s.lastRx) * 8 / elapsed)
-		txBW = uint64(float64(tx-s.lastTx) * 8 / elapsed)
+	if !first && elapsed > 0 && ps.rx >= s.last.rx && ps.tx >= s.last.tx {
+		rxBW = uint64(float64(ps.rx-s.last.rx) * 8 / elapsed)
+		txBW = uint64(float64(ps.tx-s.last.tx) * 8 / elapsed)
 	}
 	loc, idc := h.Location, h.IDC
 	out.Network = &commonv2.Network{
-		TcpConnectionCount:       uint32(established + e6),
-		UploadTcpConnectionCount: uint32(upload + u6),
+		TcpConnectionCount:       uint32(ps.established),
+		UploadTcpConnectionCount: uint32(ps.onPort),
 		Location:                 &loc,
 		Idc:                      &idc,
 		MaxRxBandwidth:           maxBW,
@@ -224,220 +216,119 @@ func (s *hostSampler) sample() *commonv2.Host {
 			disk.InodesUsedPercent = pct(disk.InodesUsed, st.Files)
 		}
 	}
-	rd, wr := parseProcIO(s.read("self/io"))
-	if !first && elapsed > 0 && rd >= s.lastRead && wr >= s.lastWrit {
-		disk.ReadBandwidth = uint64(float64(rd-s.lastRead) / elapsed)
-		disk.WriteBandwidth = uint64(float64(wr-s.lastWrit) / elapsed)
+	if !first && elapsed > 0 && ps.read >= s.last.read && ps.write >= s.last.write {
+		disk.ReadBandwidth = uint64(float64(ps.read-s.last.read) / elapsed)
+		disk.WriteBandwidth = uint64(float64(ps.write-s.last.write) / elapsed)
 	}
 	out.Disk = disk
 
 	goVersion, buildPlatform, commit := runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH, h.GitCommit
 	out.Build = &commonv2.Build{GitVersion: h.Version, GitCommit: &commit, GoVersion: &goVersion, Platform: &buildPlatform}
 
-	s.lastAt, s.lastCPU, s.lastProc = now, cpu, procTicks
-	s.lastRx, s.lastTx, s.lastRead, s.lastWrit = rx, tx, rd, wr
+	s.lastAt, s.last = now, ps
 	return out
-}
-
-func (s *hostSampler) read(name string) string {
-	b, err := os.ReadFile(filepath.Join(s.procs, name))
-	if err != nil {
-		return ""
-	}
-	return string(b)
 }
 
 func pct(part, whole uint64) float64 { return float64(part) / float64(whole) * 100 }
 
-// cpuTimes are the aggregate "cpu" line of /proc/stat, in ticks.
-type cpuTimes struct {
-	user, nice, system, idle, iowait, irq, softirq, steal, guest, guestNice uint64
+// procStats is what an announce reads from /proc; a field whose file is unreadable stays zero.
+type procStats struct {
+	kernel                    string
+	logicalCPUs, physicalCPUs int
+	cpu                       procfs.CPUStat // the aggregate "cpu" line of /proc/stat, in seconds
+	procCPU                   float64        // user+system seconds of this process
+	rss                       uint64         // bytes resident of this process
+	memTotal, memAvailable    uint64         // bytes
+	memFree                   uint64
+	established, onPort       int    // ESTABLISHED TCP sockets (v4 and v6), and those on the upload port
+	rx, tx                    uint64 // bytes through the interface holding the host's IP
+	read, write               uint64 // bytes this process read from and wrote to storage
 }
 
-func (c cpuTimes) total() uint64 {
+// readProc reads the statistics of an announce from the proc file system mounted at procs.
+func readProc(procs string, port int, ifname string) procStats {
+	var ps procStats
+	fs, err := procfs.NewFS(procs)
+	if err != nil {
+		return ps
+	}
+	if v, err := fs.SysctlStrings("kernel.osrelease"); err == nil && len(v) > 0 {
+		ps.kernel = v[0]
+	}
+	if cpus, err := fs.CPUInfo(); err == nil {
+		ps.logicalCPUs = len(cpus)
+		cores := map[[2]string]struct{}{}
+		for _, c := range cpus {
+			if c.CoreID != "" {
+				cores[[2]string{c.PhysicalID, c.CoreID}] = struct{}{}
+			}
+		}
+		// Without core ids (arm, VMs that hide the topology) every processor counts as a core.
+		if ps.physicalCPUs = len(cores); ps.physicalCPUs == 0 {
+			ps.physicalCPUs = ps.logicalCPUs
+		}
+	}
+	if st, err := fs.Stat(); err == nil {
+		ps.cpu = st.CPUTotal
+	}
+	if mem, err := fs.Meminfo(); err == nil {
+		ps.memTotal, ps.memAvailable, ps.memFree = deref(mem.MemTotalBytes), deref(mem.MemAvailableBytes), deref(mem.MemFreeBytes)
+	}
+	if self, err := fs.Self(); err == nil {
+		if st, err := self.Stat(); err == nil {
+			ps.procCPU = st.CPUTime()
+			ps.rss = uint64(max(st.ResidentMemory(), 0))
+		}
+		if io, err := self.IO(); err == nil {
+			ps.read, ps.write = io.ReadBytes, io.WriteBytes
+		}
+	}
+	for _, read := range []func() (procfs.NetTCP, error){fs.NetTCP, fs.NetTCP6} {
+		socks, err := read()
+		if err != nil {
+			continue
+		}
+		for _, sk := range socks {
+			if sk.St != tcpEstablished {
+				continue
+			}
+			ps.established++
+			if sk.LocalPort == uint64(port) {
+				ps.onPort++
+			}
+		}
+	}
+	if ifname != "" {
+		if dev, err := fs.NetDev(); err == nil {
+			ps.rx, ps.tx = dev[ifname].RxBytes, dev[ifname].TxBytes
+		}
+	}
+	return ps
+}
+
+// tcpEstablished is TCP_ESTABLISHED, the "st" of a connected socket in /proc/net/tcp.
+const tcpEstablished = 1
+
+func deref(p *uint64) uint64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// busyPercent is the share of non-idle time between prev and cur (since boot when prev is zero).
+func busyPercent(prev, cur procfs.CPUStat) float64 {
 	// guest and guest_nice are already counted in user and nice (proc(5)).
-	return c.user + c.nice + c.system + c.idle + c.iowait + c.irq + c.softirq + c.steal
-}
-
-// busyPercent is the share of non-idle time between prev and c (since boot when prev is zero).
-func (c cpuTimes) busyPercent(prev cpuTimes) float64 {
-	t, pt := c.total(), prev.total()
-	idle, pidle := c.idle+c.iowait, prev.idle+prev.iowait
+	total := func(c procfs.CPUStat) float64 {
+		return c.User + c.Nice + c.System + c.Idle + c.Iowait + c.IRQ + c.SoftIRQ + c.Steal
+	}
+	t, pt := total(cur), total(prev)
+	idle, pidle := cur.Idle+cur.Iowait, prev.Idle+prev.Iowait
 	if t <= pt || idle < pidle {
 		return 0
 	}
 	dt, di := t-pt, idle-pidle
-	return pct(dt-min(di, dt), dt)
-}
-
-func (c cpuTimes) proto() *commonv2.CPUTimes {
-	sec := func(ticks uint64) float64 { return float64(ticks) / userHZ }
-	return &commonv2.CPUTimes{
-		User: sec(c.user), System: sec(c.system), Idle: sec(c.idle), Nice: sec(c.nice),
-		Iowait: sec(c.iowait), Irq: sec(c.irq), Softirq: sec(c.softirq), Steal: sec(c.steal),
-		Guest: sec(c.guest), GuestNice: sec(c.guestNice),
-	}
-}
-
-// parseProcStat reads the aggregate "cpu" line of /proc/stat.
-func parseProcStat(data string) cpuTimes {
-	for _, line := range strings.Split(data, "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || f[0] != "cpu" {
-			continue
-		}
-		var v [10]uint64
-		for i := 1; i < len(f) && i <= len(v); i++ {
-			v[i-1], _ = strconv.ParseUint(f[i], 10, 64)
-		}
-		return cpuTimes{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]}
-	}
-	return cpuTimes{}
-}
-
-// parseProcSelfStat returns utime+stime (ticks) from /proc/PID/stat. The command name (field 2)
-// may hold spaces and parentheses, so fields are counted after its last ')'.
-func parseProcSelfStat(data string) uint64 {
-	i := strings.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(data[i+1:])
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseUint(f[11], 10, 64)
-	s, _ := strconv.ParseUint(f[12], 10, 64)
-	return u + s
-}
-
-// parseStatmRSS returns the resident pages from /proc/PID/statm.
-func parseStatmRSS(data string) uint64 {
-	f := strings.Fields(data)
-	if len(f) < 2 {
-		return 0
-	}
-	v, _ := strconv.ParseUint(f[1], 10, 64)
-	return v
-}
-
-// parseCPUInfo counts logical processors and distinct (physical id, core id) pairs.
-func parseCPUInfo(data string) (logical, physical int) {
-	cores := map[string]struct{}{}
-	var phys, core string
-	flush := func() {
-		if core != "" {
-			cores[phys+"/"+core] = struct{}{}
-		}
-		phys, core = "", ""
-	}
-	for _, line := range strings.Split(data, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			if strings.TrimSpace(line) == "" {
-				flush()
-			}
-			continue
-		}
-		switch strings.TrimSpace(k) {
-		case "processor":
-			logical++
-		case "physical id":
-			phys = strings.TrimSpace(v)
-		case "core id":
-			core = strings.TrimSpace(v)
-		}
-	}
-	flush()
-	physical = len(cores)
-	if physical == 0 {
-		physical = logical
-	}
-	return logical, physical
-}
-
-// parseMeminfo returns /proc/meminfo values in bytes.
-func parseMeminfo(data string) map[string]uint64 {
-	m := map[string]uint64{}
-	for _, line := range strings.Split(data, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			continue
-		}
-		n, err := strconv.ParseUint(f[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		if len(f) > 1 && f[1] == "kB" {
-			n *= 1024
-		}
-		m[k] = n
-	}
-	return m
-}
-
-// countTCP counts ESTABLISHED sockets in /proc/net/tcp{,6}, and those whose local port is port.
-func countTCP(data string, port int) (established, onPort int) {
-	for i, line := range strings.Split(data, "\n") {
-		f := strings.Fields(line)
-		if i == 0 || len(f) < 4 || f[3] != "01" { // header; st 01 = TCP_ESTABLISHED
-			continue
-		}
-		established++
-		if _, hexPort, ok := strings.Cut(f[1], ":"); ok {
-			if p, err := strconv.ParseUint(hexPort, 16, 16); err == nil && int(p) == port {
-				onPort++
-			}
-		}
-	}
-	return established, onPort
-}
-
-// parseNetDev returns the received and transmitted bytes of interface ifname from /proc/net/dev.
-func parseNetDev(data, ifname string) (rx, tx uint64) {
-	if ifname == "" {
-		return 0, 0
-	}
-	for _, line := range strings.Split(data, "\n") {
-		name, rest, ok := strings.Cut(line, ":")
-		if !ok || strings.TrimSpace(name) != ifname {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) < 9 {
-			return 0, 0
-		}
-		rx, _ = strconv.ParseUint(f[0], 10, 64)
-		tx, _ = strconv.ParseUint(f[8], 10, 64)
-		return rx, tx
-	}
-	return 0, 0
-}
-
-// parseProcIO returns read_bytes and write_bytes from /proc/PID/io.
-func parseProcIO(data string) (read, write uint64) {
-	for _, line := range strings.Split(data, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			continue
-		}
-		switch k {
-		case "read_bytes":
-			read = n
-		case "write_bytes":
-			write = n
-		}
-	}
-	return read, write
+	return (dt - min(di, dt)) / dt * 100
 }
 
 // parseOSRelease returns ID, ID_LIKE (or ID) and VERSION_ID of an os-release file.
@@ -496,17 +387,17 @@ func interfaceOf(ip string) string {
 
 // interfaceSpeed is the link speed of ifname in bits per second from /sys/class/net (0 when the
 // driver does not report one, like veth and loopback).
-func interfaceSpeed(ifname string) uint64 {
+func interfaceSpeed(sys, ifname string) uint64 {
 	if ifname == "" {
 		return 0
 	}
-	b, err := os.ReadFile(filepath.Join("/sys/class/net", ifname, "speed"))
+	fs, err := sysfs.NewFS(sys)
 	if err != nil {
 		return 0
 	}
-	mbps, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil || mbps <= 0 {
+	ifc, err := fs.NetClassByIface(ifname)
+	if err != nil || ifc.Speed == nil || *ifc.Speed <= 0 {
 		return 0
 	}
-	return uint64(mbps) * 1_000_000
+	return uint64(*ifc.Speed) * 1_000_000
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
+	"github.com/dfnydus/dfnydus/internal/atomicfile"
 	"github.com/dfnydus/dfnydus/internal/progress"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/bootstrap"
@@ -190,31 +191,11 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	return nil
 }
 
-// writeFileAtomic writes data to a temp file beside p, syncs it and renames it over p, so readers
-// never see a half-written file.
+// writeFileAtomic writes data to p, creating its directory, so that readers never see a
+// half-written file (atomicfile).
 func writeFileAtomic(p string, data []byte) error {
-	dir := filepath.Dir(p)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(p)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", p, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return os.Rename(tmp.Name(), p)
+	return atomicfile.WriteFile(p, data, 0o644)
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/containerd/platforms"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -45,6 +46,8 @@ are mounted across repositories when possible; a convert killed midway resumes w
 	return cmd
 }
 
+// parsePlatforms parses --platform: a comma-separated list of os/arch[/variant], where "all" or
+// nothing means every platform of the source.
 func parsePlatforms(s string) ([]ocispec.Platform, error) {
 	var out []ocispec.Platform
 	for _, p := range strings.Split(s, ",") {
@@ -52,13 +55,9 @@ func parsePlatforms(s string) ([]ocispec.Platform, error) {
 		if p == "" || p == "all" {
 			continue
 		}
-		parts := strings.Split(p, "/")
-		if len(parts) < 2 || len(parts) > 3 {
-			return nil, fmt.Errorf("--platform %q: want os/arch[/variant]", p)
-		}
-		pl := ocispec.Platform{OS: parts[0], Architecture: parts[1]}
-		if len(parts) == 3 {
-			pl.Variant = parts[2]
+		pl, err := registry.ParsePlatform(p)
+		if err != nil {
+			return nil, fmt.Errorf("--platform: %w", err)
 		}
 		out = append(out, pl)
 	}
@@ -108,7 +107,7 @@ func platformName(p *ocispec.Platform) string {
 	if p == nil {
 		return "single"
 	}
-	return p.OS + "/" + p.Architecture
+	return platforms.Format(*p)
 }
 
 // bars shows one progress line per layer being built or blob being pushed (terminals only).

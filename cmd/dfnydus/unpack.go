@@ -2,14 +2,12 @@ package main
 
 import (
 	"bufio"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/dfnydus/dfnydus/internal/atomicfile"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/blob"
 	"github.com/dfnydus/dfnydus/rafs/unpack"
@@ -48,21 +46,17 @@ func newUnpackCmd(g *globals) *cobra.Command {
 
 // unpackTar writes the tar beside output and renames it into place once complete.
 func unpackTar(cmd *cobra.Command, img *rafs.Image, src rafs.ChunkReader, output string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(output), "."+filepath.Base(output)+".*.tmp")
+	f, err := atomicfile.Create(output, 0o600)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", output, err)
+		return err
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	bw := bufio.NewWriterSize(tmp, 1<<20)
+	defer f.Close()
+	bw := bufio.NewWriterSize(f, 1<<20)
 	if err := unpack.ToTar(cmd.Context(), img, src, bw, unpack.Options{}); err != nil {
 		return err
 	}
 	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("write %s: %w", output, err)
+		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", output, err)
-	}
-	return os.Rename(tmp.Name(), output)
+	return f.Commit()
 }

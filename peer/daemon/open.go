@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
@@ -250,20 +251,17 @@ func (d *Daemon) registryClient(o RegistryOptions, retries int) (*registry.Clien
 	return c, nil
 }
 
-// ParsePlatform parses "os/arch[/variant]"; "" is this host's platform.
+// ParsePlatform parses "os/arch[/variant]" (registry.ParsePlatform), normalised; "" is this host's
+// platform.
 func ParsePlatform(s string) (ocispec.Platform, error) {
 	if s == "" {
 		return registry.HostPlatform(), nil
 	}
-	parts := strings.Split(s, "/")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return ocispec.Platform{}, fmt.Errorf("%w: platform %q: want os/arch[/variant]", ErrInvalidRequest, s)
+	p, err := registry.ParsePlatform(s)
+	if err != nil {
+		return ocispec.Platform{}, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
-	p := ocispec.Platform{OS: parts[0], Architecture: parts[1]}
-	if len(parts) == 3 {
-		p.Variant = parts[2]
-	}
-	return registry.NormalizePlatform(p), nil
+	return platforms.Normalize(p), nil
 }
 
 // checkRequest validates a mount request and returns it with the mountpoint cleaned.

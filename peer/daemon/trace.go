@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"github.com/dfnydus/dfnydus/internal/atomicfile"
 	"github.com/dfnydus/dfnydus/peer/trace"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/registry"
@@ -74,27 +73,8 @@ func writeTraceFile(p string, t *trace.Trace) error {
 	if err != nil {
 		return fmt.Errorf("start trace %s: %w", p, err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("start trace %s: %w", p, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("start trace %s: %w", p, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("start trace %s: %w", p, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("start trace %s: %w", p, err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("start trace %s: %w", p, err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("start trace %s: %w", p, err)
+	if err := atomicfile.WriteFile(p, data, 0o644); err != nil {
+		return fmt.Errorf("start trace: %w", err)
 	}
 	return nil
 }

@@ -6,16 +6,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 	"go.uber.org/zap"
 
-	"github.com/dfnydus/dfnydus/registry"
+	"github.com/dfnydus/dfnydus/internal/transient"
 )
 
 // RetryOptions configure NewRetrying.
@@ -191,44 +188,20 @@ func (rr *retryReader) Close() error {
 	return err
 }
 
-// Transient reports whether err is worth retrying: HTTP 408, 429 and 5xx (except 501 and 505)
-// from a registry or S3, connection resets, refused or timed-out connections, and bodies cut short
-// (io.ErrUnexpectedEOF). A missing blob, a bad range or blob id, refused credentials, a done
-// context and anything unrecognised are not.
+// Transient reports whether err is worth retrying: what transient.Is says, with the S3 status
+// codes minio reports judged like HTTP statuses, and never for a missing blob, a bad range or blob
+// id, or refused credentials, whatever their cause (a range refused by a body cut short is still a
+// bad range).
 func Transient(err error) bool {
 	switch {
-	case err == nil,
-		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, ErrNotFound), errors.Is(err, ErrRange), errors.Is(err, ErrInvalidBlobID),
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrRange), errors.Is(err, ErrInvalidBlobID),
 		errors.Is(err, ErrUnauthorized):
 		return false
 	}
-	var he *registry.HTTPError
-	if errors.As(err, &he) {
-		return transientStatus(he.StatusCode)
+	if er, ok := errors.AsType[minio.ErrorResponse](err); ok && er.StatusCode != 0 {
+		return transient.Status(er.StatusCode)
 	}
-	var er minio.ErrorResponse
-	if errors.As(err, &er) && er.StatusCode != 0 {
-		return transientStatus(er.StatusCode)
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, syscall.ESTALE) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne)
-}
-
-func transientStatus(code int) bool {
-	switch code {
-	case http.StatusRequestTimeout, http.StatusTooManyRequests:
-		return true
-	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported:
-		return false
-	}
-	return code >= 500 && code <= 599
+	return transient.Is(err)
 }
 
 // backoff is the wait before retry number attempt (0-based): base doubled attempt times, capped

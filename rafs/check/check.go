@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
 
 	"golang.org/x/sync/errgroup"
 
@@ -57,10 +56,7 @@ func Image(ctx context.Context, img *rafs.Image, blobDir string) (*Report, error
 
 // structure checks every inode's chunk records and returns the distinct chunks of each blob.
 func structure(img *rafs.Image, rep *Report) ([][]rafs.Chunk, error) {
-	perBlob := make([]map[uint64]rafs.Chunk, len(img.Blobs))
-	for i := range perBlob {
-		perBlob[i] = map[uint64]rafs.Chunk{}
-	}
+	set := rafs.NewChunkSet(len(img.Blobs))
 	seen := map[*rafs.Inode]bool{}
 	err := img.Walk(func(p string, n *rafs.Node) error {
 		rep.Inodes++
@@ -79,21 +75,14 @@ func structure(img *rafs.Image, rep *Report) ([][]rafs.Chunk, error) {
 					c.FileOffset, c.FileOffset+uint64(c.UncompressedSize), ino.Size, end))
 			}
 			end = c.FileOffset + uint64(c.UncompressedSize)
-			perBlob[c.BlobIndex][c.CompressedOffset] = c
+			set.Add(c)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	out := make([][]rafs.Chunk, len(perBlob))
-	for i, m := range perBlob {
-		for _, c := range m {
-			out[i] = append(out[i], c)
-		}
-		sort.Slice(out[i], func(a, b int) bool { return out[i][a].CompressedOffset < out[i][b].CompressedOffset })
-	}
-	return out, nil
+	return set.Blobs(), nil
 }
 
 func checkBlob(ctx context.Context, version int, path string, b *rafs.Blob, chunks []rafs.Chunk, rep *Report) error {
