@@ -52,7 +52,9 @@
 // because the scheduler answers afresh. Finished and Failed only queue the outcome; Session.Sync
 // waits until the queue is sent and the scheduler acknowledged the outcome by closing the stream.
 //
-// Ids are Dragonfly's (pkg/idgen): HostID, PeerID, TaskID.
+// Ids are Dragonfly's v2 ids (HostID, PeerID, TaskID, TaskIDByURL, TaskIDByContent), written out in
+// ids.go after d7y.io/dragonfly/v2 pkg/idgen rather than imported, which keeps the scheduler's
+// module out of ours.
 //
 // # What the v2.5.1 scheduler does with a session
 //

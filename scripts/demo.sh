@@ -3,13 +3,21 @@
 # toolchain, ~270 MB) converted to nydus, mounted lazily by dfnydus alone; a program runs from the
 # mount before the image is downloaded, and dfnydus reports what it fetched. Everything it starts is
 # stopped and removed at the end.
+#
+# Environment:
+#   DFNYDUS_BIN         the dfnydus binary (default bin/dfnydus, which `make demo` builds; test/readme
+#                       runs the script with one built elsewhere)
+#   DFNYDUS_DEMO_START  when the clock of the closing total started, in seconds since the epoch
+#                       (`make demo` sets it so that the total includes setup and build)
 set -euo pipefail
+demo_start=${DFNYDUS_DEMO_START:-$(date +%s.%N)}
 cd "$(dirname "$0")/.."
-bin=$PWD/bin/dfnydus
+bin=${DFNYDUS_BIN:-$PWD/bin/dfnydus}
+[ -x "$bin" ] || { echo "demo: no dfnydus binary at $bin (make build, or set DFNYDUS_BIN)" >&2; exit 1; }
 work=$(mktemp -d /var/tmp/dfnydus-demo.XXXXXX)
 regpid=""; mountpid=""
 cleanup() {
-  [ -n "$mountpid" ] && { $bin umount "$work/mnt" 2>/dev/null || true; wait "$mountpid" 2>/dev/null || true; }
+  [ -n "$mountpid" ] && { "$bin" umount "$work/mnt" 2>/dev/null || true; wait "$mountpid" 2>/dev/null || true; }
   [ -n "$regpid" ] && { kill "$regpid" 2>/dev/null || true; wait "$regpid" 2>/dev/null || true; }
   rm -rf "$work"
 }
@@ -33,11 +41,11 @@ tar --numeric-owner -C "$src" -cf "$work/go.tar" . && umoci raw add-layer --imag
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:go" "docker://$reg/go:latest"
 
 echo "== converting it to a nydus image in the same registry"
-$bin convert --log-level warn --work-dir "$work/convert" "$reg/go:latest" "$reg/go:nydus"
+"$bin" convert --log-level warn --work-dir "$work/convert" "$reg/go:latest" "$reg/go:nydus"
 
 echo "== mounting it lazily (no prefetch, so every byte read is fetched on demand)"
 mkdir -p "$work/mnt"
-$bin mount --log-level warn --cache-dir "$work/cache" --prefetch off --ready-file "$work/ready" "$reg/go:nydus" "$work/mnt" & mountpid=$!
+"$bin" mount --log-level warn --cache-dir "$work/cache" --prefetch off --ready-file "$work/ready" "$reg/go:nydus" "$work/mnt" & mountpid=$!
 for _ in $(seq 300); do [ -f "$work/ready" ] && break; sleep 0.1; done
 [ -f "$work/ready" ] || { echo "mount did not come up"; exit 1; }
 
@@ -47,4 +55,5 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 echo "   took $(python3 -c "print(f'{$end-$start:.2f}')") s from a cold cache"
 echo "== what dfnydus fetched"
-$bin stat --cache-dir "$work/cache" "$work/mnt"
+"$bin" stat --cache-dir "$work/cache" "$work/mnt"
+echo "== done in $(python3 -c "print(f'{$(date +%s.%N)-$demo_start:.0f}')") s${DFNYDUS_DEMO_START:+ (setup, build and demo)}"

@@ -3,7 +3,8 @@
 # Idempotent: a tool already built at the pinned version is not rebuilt.
 #
 #   versitygw  a real S3 gateway over a posix directory (peer/source S3 tests)
-#   scheduler  the real Dragonfly scheduler, into bin/scheduler (test/internal/schedtest)
+#   scheduler  the real Dragonfly scheduler, from the tools module (tools/go.mod), into bin/scheduler
+#              (test/internal/schedtest, scripts/cluster.sh)
 #
 # Progress goes to stderr; stdout is only the tools directory, so callers can do
 #   TOOLS=$(bash scripts/tools.sh)
@@ -44,23 +45,27 @@ install() {
 
 install versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 
-# The real Dragonfly scheduler (test/internal/schedtest), built from this module (go.mod has
-# `tool d7y.io/dragonfly/v2/cmd/scheduler`) into bin/scheduler. Up to date when the binary's
-# embedded module version and Go version match what the module selects now (`go version -m`).
+# The real Dragonfly scheduler (test/internal/schedtest, scripts/cluster.sh), built from the tools
+# module (tools/go.mod has `tool d7y.io/dragonfly/v2/cmd/scheduler`; a module of its own so the
+# scheduler's dependencies stay out of the product's) into bin/scheduler. Up to date when the
+# binary's Dragonfly version and Go version are what the tools module and toolchain select now,
+# and every module it was built from is at the version the tools module selects (`go version -m`).
 build_scheduler() {
-  local bin="$ROOT/bin/scheduler" want have
-  want="$("$GO" list -m -f '{{.Version}}' d7y.io/dragonfly/v2) $("$GO" env GOVERSION)"
+  local bin="$ROOT/bin/scheduler" mod="$ROOT/tools" want have stale=""
+  want="$(cd "$mod" && "$GO" list -m -f '{{.Version}}' d7y.io/dragonfly/v2) $("$GO" env GOVERSION)"
   have=""
   if [ -x "$bin" ]; then
     have="$("$GO" version -m "$bin" 2>/dev/null | awk '$1 == "mod" && $2 == "d7y.io/dragonfly/v2" {print $3}') $("$GO" version "$bin" 2>/dev/null | awk '{print $2}')"
+    stale=$(comm -23 <("$GO" version -m "$bin" | awk '$1 == "dep" {print $2, $3}' | sort) \
+      <(cd "$mod" && "$GO" list -m -f '{{.Path}} {{.Version}}' all | sort))
   fi
-  if [ "$have" = "$want" ]; then
+  if [ "$have" = "$want" ] && [ -z "$stale" ]; then
     echo "tools: scheduler $want already built" >&2
     return
   fi
   echo "tools: building scheduler $want (about 7 minutes cold)" >&2
   local start=$SECONDS
-  "$GO" build -o "$bin.tmp" d7y.io/dragonfly/v2/cmd/scheduler
+  (cd "$mod" && "$GO" build -o "$bin.tmp" d7y.io/dragonfly/v2/cmd/scheduler)
   mv "$bin.tmp" "$bin"
   echo "tools: built scheduler in $((SECONDS - start))s" >&2
 }

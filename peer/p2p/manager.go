@@ -15,8 +15,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"d7y.io/dragonfly/v2/pkg/idgen"
-
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/daemon"
 	"github.com/dfnydus/dfnydus/peer/source"
@@ -162,11 +160,7 @@ func (m *Manager) Close() error {
 // filtered query parameters, and the piece length only when one is forced (as the Rust dfdaemon
 // and the scheduler's preheat compute it).
 func TaskID(url string, forcedPieceLength uint64) string {
-	var pl *uint64
-	if forcedPieceLength > 0 {
-		pl = &forcedPieceLength
-	}
-	return idgen.TaskIDV2ByURLBased(url, pl, "", "", nil, "")
+	return schedclient.TaskID(url, forcedPieceLength)
 }
 
 func (m *Manager) pieceLength(size uint64) uint64 {

@@ -15,7 +15,6 @@ import (
 
 	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
 	dfdaemonv2 "d7y.io/api/v2/pkg/apis/dfdaemon/v2"
-	"d7y.io/dragonfly/v2/pkg/idgen"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,6 +22,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
 )
 
 // dialFrom connects to addr from the loopback address local.
@@ -174,7 +175,7 @@ func TestValidateDownload(t *testing.T) {
 	)
 	urlA := "https://registry.example.com/v2/library/app/blobs/" + blobA
 	urlB := "https://registry.example.com/v2/library/app/blobs/" + blobB
-	urlID := func(u string) string { return idgen.TaskIDV2ByURLBased(u, nil, "", "", nil, "") }
+	urlID := func(u string) string { return schedclient.TaskID(u, 0) }
 	pl := func(n uint64) *uint64 { return &n }
 	content := "anything"
 	for _, tc := range []struct {

@@ -6,7 +6,8 @@ import (
 	"strings"
 
 	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
-	"d7y.io/dragonfly/v2/pkg/idgen"
+
+	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
 )
 
 // blobURL matches OCI blob URLs, <scheme>://<registry>/v2/<repository>/blobs/<digest>
@@ -17,25 +18,25 @@ var blobURL = regexp.MustCompile(`^(.*)://(.*)/v2/(.*)/blobs/([^?]+)(?:\?.*)?$`)
 // DownloadTask (dragonfly-client/src/grpc/dfdaemon_upload.rs download_task and
 // dragonfly-client-util/src/id_generator/mod.rs task_id):
 //
-//   - content_for_calculating_task_id set: sha256 of that content (idgen.TaskIDV2ByContent);
+//   - content_for_calculating_task_id set: sha256 of that content (schedclient.TaskIDByContent);
 //   - enable_task_id_based_blob_digest and an OCI blob URL: the hex of the blob digest;
-//   - otherwise URL-based: idgen.TaskIDV2ByURLBased over the URL without the filtered query
+//   - otherwise URL-based: schedclient.TaskIDByURL over the URL without the filtered query
 //     parameters, tag, application, the Hugging Face or ModelScope revision, and the piece length
-//     when set. (The Go function sorts the remaining query parameters, as the scheduler does when it
-//     computes the id it asks a seed peer for.)
+//     when set. (It follows Dragonfly's Go idgen, which sorts the remaining query parameters, as
+//     the scheduler does when it computes the id it asks a seed peer for.)
 func TaskID(d *commonv2.Download) (string, error) {
 	if d == nil || d.GetUrl() == "" {
 		return "", fmt.Errorf("upload: task id: download has no url")
 	}
 	if d.ContentForCalculatingTaskId != nil {
-		return idgen.TaskIDV2ByContent(d.GetContentForCalculatingTaskId()), nil
+		return schedclient.TaskIDByContent(d.GetContentForCalculatingTaskId()), nil
 	}
 	if d.GetEnableTaskIdBasedBlobDigest() {
 		if m := blobURL.FindStringSubmatch(d.GetUrl()); m != nil {
 			return blobDigestHex(m[4])
 		}
 	}
-	return idgen.TaskIDV2ByURLBased(d.GetUrl(), d.PieceLength, d.GetTag(), d.GetApplication(), d.GetFilteredQueryParams(), revision(d)), nil
+	return schedclient.TaskIDByURL(d.GetUrl(), d.PieceLength, d.GetTag(), d.GetApplication(), d.GetFilteredQueryParams(), revision(d)), nil
 }
 
 // blobDigestHex returns the encoded part of a sha256 or sha512 digest

@@ -9,7 +9,8 @@ import (
 	"strings"
 
 	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
-	"d7y.io/dragonfly/v2/pkg/idgen"
+
+	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
 )
 
 // URLPolicy says which URLs a DownloadTask may name: what this peer would fetch on a remote
@@ -44,7 +45,7 @@ var blobPath = regexp.MustCompile(`^/v2/(` + repoName + `)/blobs/(sha256:[a-f0-9
 //
 //   - the URL is an OCI blob URL scheme://host/v2/<name>/blobs/sha256:<hex>, with no user info,
 //     query, fragment or percent-encoding, and the scheme the policy says registries use;
-//   - taskID is the URL-based id of d (idgen.TaskIDV2ByURLBased of its URL, piece length, tag,
+//   - taskID is the URL-based id of d (schedclient.TaskIDByURL of its URL, piece length, tag,
 //     application and filtered query parameters): whoever names a task id names the bytes behind
 //     it, so a request whose id would come from anything else (content_for_calculating_task_id,
 //     the blob-digest mode, a hub revision, another task type) is refused. Otherwise a caller
@@ -95,7 +96,7 @@ func ValidateDownload(d *commonv2.Download, taskID string, policy URLPolicy) (bl
 	if m == nil {
 		return bad("path %q is not /v2/<name>/blobs/sha256:<hex>", u.Path)
 	}
-	if urlID := idgen.TaskIDV2ByURLBased(d.GetUrl(), d.PieceLength, d.GetTag(), d.GetApplication(), d.GetFilteredQueryParams(), ""); taskID != urlID {
+	if urlID := schedclient.TaskIDByURL(d.GetUrl(), d.PieceLength, d.GetTag(), d.GetApplication(), d.GetFilteredQueryParams(), ""); taskID != urlID {
 		return bad("task id %s is not the URL-based id %s of its url", taskID, urlID)
 	}
 	return m[2], nil

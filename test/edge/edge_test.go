@@ -18,7 +18,6 @@ import (
 
 	commonv2 "d7y.io/api/v2/pkg/apis/common/v2"
 	dfdaemonv2 "d7y.io/api/v2/pkg/apis/dfdaemon/v2"
-	"d7y.io/dragonfly/v2/pkg/idgen"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,6 +25,7 @@ import (
 	"github.com/dfnydus/dfnydus/peer/daemon"
 	"github.com/dfnydus/dfnydus/peer/upload"
 	"github.com/dfnydus/dfnydus/peer/vortex"
+	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
 	"github.com/dfnydus/dfnydus/test/internal/schedtest"
 )
 
@@ -124,7 +124,7 @@ func TestEdge(t *testing.T) {
 		urlA, urlB := reg.blobURL(blobA), reg.blobURL(blobB)
 		// The exact id of blob A's task (URL-based, as the scheduler computes it), with blob B's URL.
 		hijack := urlA + commonv2.TaskType_STANDARD.String()
-		if idgen.TaskIDV2ByContent(hijack) != idgen.TaskIDV2ByURLBased(urlA, nil, "", "", nil, "") {
+		if schedclient.TaskIDByContent(hijack) != schedclient.TaskID(urlA, 0) {
 			t.Fatal("the hijack content does not produce blob A's task id")
 		}
 		other := "other"
@@ -154,7 +154,7 @@ func TestEdge(t *testing.T) {
 		if err := downloadTask(t, seed.dialUpload(t, allowed), d); !errors.Is(err, io.EOF) {
 			t.Fatalf("DownloadTask: %v", err)
 		}
-		taskA = idgen.TaskIDV2ByURLBased(d.GetUrl(), d.PieceLength, "", "", nil, "")
+		taskA = schedclient.TaskIDByURL(d.GetUrl(), d.PieceLength, "", "", nil, "")
 	})
 	if taskA == "" {
 		t.FailNow()

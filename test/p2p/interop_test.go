@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"d7y.io/dragonfly/v2/pkg/idgen"
 	"google.golang.org/grpc"
 
 	schedclient "github.com/dfnydus/dfnydus/scheduler-client"
@@ -35,7 +34,7 @@ func (c *cluster) observer(t *testing.T, ctx context.Context) *schedclient.Clien
 }
 
 // taskID is the Dragonfly task id of a blob URL when the piece length is not forced.
-func taskID(blobURL string) string { return idgen.TaskIDV2ByURLBased(blobURL, nil, "", "", nil, "") }
+func taskID(blobURL string) string { return schedclient.TaskID(blobURL, 0) }
 
 // checkInterop asserts what a Rust peer would see of our peers at the scheduler: task ids are
 // TaskIDV2ByURLBased of the blob URLs, the tasks succeeded with the blobs' sizes and were

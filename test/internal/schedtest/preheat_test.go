@@ -245,7 +245,7 @@ type stubSeed struct {
 	calls   chan *dfdaemonv2.DownloadTaskRequest
 }
 
-// taskID computes the task id the way a seed must: from the download's own fields (Go's idgen).
+// taskID computes the task id the way a seed must: from the download's own fields (Dragonfly's v2 URL-based id).
 func (s *stubSeed) taskID(d interface {
 	GetUrl() string
 	GetTag() string
