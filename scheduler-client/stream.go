@@ -313,9 +313,15 @@ func (s *Session) serve(st *stream) error {
 		if ok {
 			continue
 		}
+		// The signal is taken before the check: a scheduler that came back while this loop was
+		// sending is seen by the check, one that comes back later closes up.
+		up := s.c.upSignal()
+		if s.betterScheduler(st.sc) {
+			return errMoveBack
+		}
 		select {
 		case <-s.wake:
-		case <-s.c.upSignal():
+		case <-up:
 			if s.betterScheduler(st.sc) {
 				return errMoveBack
 			}
