@@ -108,6 +108,10 @@ func (f *buildFlags) options() (builder.Options, error) {
 		if err != nil {
 			return o, fmt.Errorf("--chunk-dict: %w", err)
 		}
+		// Its chunks would become the new image's, which could then not be read either.
+		if err := dict.Unsupported(); err != nil {
+			return o, fmt.Errorf("--chunk-dict: %w", err)
+		}
 		o.ChunkDict = dict
 	}
 	return o, nil
