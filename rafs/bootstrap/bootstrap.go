@@ -39,6 +39,13 @@ var ErrNotBootstrap = errors.New("not a RAFS bootstrap, bootstrap layer or blob 
 // Decode parses a bare v5 or v6 bootstrap. A v5 image's Merkle tree is verified too: it is the
 // integrity of v5 metadata, so no caller should use a v5 tree that fails it.
 func Decode(data []byte) (*rafs.Image, error) {
+	// Before the magics decide: a v6 bootstrap cut within its superblock no longer passes IsV6.
+	if err := v6.Truncated(data); err != nil {
+		return nil, err
+	}
+	if err := v5.Truncated(data); err != nil {
+		return nil, err
+	}
 	switch {
 	case v6.IsV6(data):
 		return v6.Decode(data)
@@ -196,7 +203,8 @@ func layerOrBare(r io.ReaderAt, size int64) ([]byte, error) {
 	case isTar(head):
 		return fromTar(sr)
 	}
-	if size >= 1024+4 && (v6.IsV6(head) || v5.IsV5(head)) {
+	// HasMagic, not IsV6: a v6 bootstrap cut inside its superblock is read to be named truncated.
+	if v6.HasMagic(head) || v5.IsV5(head) {
 		if size > MaxSize {
 			return nil, fmt.Errorf("bootstrap of %d bytes exceeds the %d limit", size, MaxSize)
 		}
@@ -206,7 +214,23 @@ func layerOrBare(r io.ReaderAt, size int64) ([]byte, error) {
 		}
 		return data, nil
 	}
+	switch {
+	case size == 0:
+		return nil, fmt.Errorf("%w: the file is empty", ErrNotBootstrap)
+	case size <= int64(len(head)) && allZero(head):
+		// A v6 bootstrap starts with 1024 zero bytes; its superblock follows.
+		return nil, fmt.Errorf("%w: its %d bytes are all zero, as a RAFS v6 bootstrap cut before its superblock at byte 1024 would be", ErrNotBootstrap, size)
+	}
 	return nil, ErrNotBootstrap
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // fromBlob returns the bootstrap inlined in a nydus blob; ok is false when r is not such a blob.
