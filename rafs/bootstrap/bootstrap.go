@@ -100,7 +100,7 @@ func Load(p string) ([]byte, *rafs.Image, error) {
 // (br, the file f at p) that blob's id, size and ToC. They are those with INLINED_FS_META and, as
 // nydusd also takes them for the container (set_blob_id_from_meta_path), one without
 // CAP_TAR_TOC: bootstraps inlined by nydus-image builds from before the feature bits existed
-// name their blob by an id of its chunk data alone. Only a sole blob is taken for the container
+// name their blob by an id that is not the file's sha256. Only a sole blob is taken for the container
 // that way, as such builds had one, so a multi-blob image never has two entries renamed alike.
 func adoptContainer(img *rafs.Image, p string, f io.ReaderAt, br *blob.Reader) error {
 	var self []*rafs.Blob

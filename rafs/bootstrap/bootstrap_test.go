@@ -274,7 +274,7 @@ func TestLoadInlinedBootstrapEveryCompressor(t *testing.T) {
 }
 
 // The blob with an inlined bootstrap that upstream's own ToC tests use, made by nydus-image:
-// it starts with a zstd chunk, and its bootstrap names it by an id of its chunk data alone
+// it starts with a zstd chunk, and its bootstrap names it by an id that is not its sha256
 // (built before INLINED_FS_META existed); read through --bootstrap it names itself and checks.
 func TestLoadUpstreamInlinedBootstrap(t *testing.T) {
 	const id = "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"
