@@ -4,11 +4,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,15 +40,22 @@ type MountInfo struct {
 	Images     []Stats   `json:"images"`
 }
 
-// APIServer serves /api/v1/stat (JSON) and /metrics on a unix socket.
+// ErrNoMountAPI is wrapped by QueryStat and RequestUmount when nothing answers on the socket: no
+// mount of a process using that cache dir is at that mountpoint.
+var ErrNoMountAPI = errors.New("no dfnydus mount answers")
+
+// APIServer serves GET /api/v1/stat (JSON), POST /api/v1/umount and GET /metrics on a unix socket.
 type APIServer struct {
 	srv  *http.Server
 	ln   net.Listener
 	path string
 }
 
-// ServeAPI starts the API on a unix socket at path (a stale socket file is replaced).
-func ServeAPI(path, mountpoint string, images func() []*Image, reg *prometheus.Registry) (*APIServer, error) {
+// ServeAPI starts the API on a unix socket at path (a stale socket file is replaced). umount, when
+// not nil, unmounts the mount (not waiting for it to be released: releasing it closes this API,
+// which waits for the request in flight); its error goes back to the caller, with 409 Conflict
+// for a busy mount (EBUSY).
+func ServeAPI(path, mountpoint string, images func() []*Image, reg *prometheus.Registry, umount func(context.Context) error) (*APIServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("api socket dir: %w", err)
 	}
@@ -63,6 +74,19 @@ func ServeAPI(path, mountpoint string, images func() []*Image, reg *prometheus.R
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(info)
 	})
+	if umount != nil {
+		mux.HandleFunc("POST /api/v1/umount", func(w http.ResponseWriter, r *http.Request) {
+			if err := umount(r.Context()); err != nil {
+				code := http.StatusInternalServerError
+				if errors.Is(err, syscall.EBUSY) {
+					code = http.StatusConflict
+				}
+				http.Error(w, err.Error(), code)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		})
+	}
 	if reg != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
@@ -80,19 +104,23 @@ func (s *APIServer) Close() error {
 	return err
 }
 
-// QueryStat asks the mount behind socket for its stats.
-func QueryStat(ctx context.Context, socket string) (*MountInfo, error) {
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+// apiClient talks HTTP to the mount API on socket.
+func apiClient(socket string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", socket)
 	}}}
+}
+
+// QueryStat asks the mount behind socket for its stats.
+func QueryStat(ctx context.Context, socket string) (*MountInfo, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dfnydus/api/v1/stat", nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.Do(req)
+	resp, err := apiClient(socket).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("no dfnydus mount answers at %s: %w", socket, err)
+		return nil, fmt.Errorf("%w at %s: %w", ErrNoMountAPI, socket, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -103,4 +131,41 @@ func QueryStat(ctx context.Context, socket string) (*MountInfo, error) {
 		return nil, fmt.Errorf("stat: %w", err)
 	}
 	return &info, nil
+}
+
+// RequestUmount asks the mount behind socket to unmount itself, as the process serving it does
+// it (through fusermount when that process is not root), and waits until the mount is released,
+// which removes the socket: a start trace the mount records is written by then. It wraps
+// ErrNoMountAPI when nothing answers on socket.
+func RequestUmount(ctx context.Context, socket string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://dfnydus/api/v1/umount", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := apiClient(socket).Do(req)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %w", ErrNoMountAPI, socket, err)
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return fmt.Errorf("%w at %s to umount: its API has none (an older dfnydus)", ErrNoMountAPI, socket)
+	case http.StatusNoContent:
+	default:
+		if text := strings.TrimSpace(string(msg)); text != "" {
+			return errors.New(text)
+		}
+		return fmt.Errorf("umount: %s", resp.Status)
+	}
+	for {
+		if _, err := os.Lstat(socket); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("unmounted, but the mount was not released in time: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

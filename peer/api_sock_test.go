@@ -14,7 +14,7 @@ func TestServeAPISocketPrivateUnderUmask000(t *testing.T) {
 	defer syscall.Umask(old)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "m.sock")
-	s, err := ServeAPI(sock, "/mnt", func() []*Image { return nil }, nil)
+	s, err := ServeAPI(sock, "/mnt", func() []*Image { return nil }, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

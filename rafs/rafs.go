@@ -237,6 +237,8 @@ const (
 	BlobFeatureBatch              uint32 = 0x80
 	BlobFeatureEncrypted          uint32 = 0x100
 	BlobFeatureChunkdictGenerated uint32 = 0x200
+	BlobFeatureSeparatedPrefetch  uint32 = 0x400 // prefetch files' chunks in a blob of their own
+	BlobFeatureExternal           uint32 = 0x800 // chunks in an external storage backend
 	BlobFeatureHasTarHeader       uint32 = 0x1000_0000
 	BlobFeatureHasTOC             uint32 = 0x2000_0000
 	BlobFeatureCapTarTOC          uint32 = 0x4000_0000

@@ -232,11 +232,16 @@ func writeReadyFile(path, mountpoint string, log *zap.Logger) {
 }
 
 func newUmountCmd(g *globals) *cobra.Command {
-	var socket string
+	var socket, cacheDir string
 	cmd := &cobra.Command{
 		Use:   "umount MOUNTPOINT",
 		Short: "Unmount a dfnydus mount (through the daemon when it serves it; a foreground mount process then exits)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Umount asks the daemon on --daemon-socket when one serves MOUNTPOINT. Otherwise it asks the
+mount's own API socket under --cache-dir (that of a foreground mount): the process serving the
+mount unmounts it (through fusermount when it is not root's) and umount returns once the mount is
+released, its start trace (--record-trace) written. When neither answers it unmounts MOUNTPOINT
+as umount(8) does.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mp, err := filepath.Abs(args[0])
 			if err != nil {
@@ -253,6 +258,11 @@ func newUmountCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
+			defer cancel()
+			if err := peer.RequestUmount(ctx, peer.SocketPath(cacheDir, mp)); !errors.Is(err, peer.ErrNoMountAPI) {
+				return err
+			}
 			if err := unix.Unmount(mp, 0); err != nil {
 				if errors.Is(err, unix.EINVAL) {
 					return fmt.Errorf("%s is not a mount point", args[0])
@@ -262,6 +272,7 @@ func newUmountCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&cacheDir, "cache-dir", DefaultCacheDir, "the --cache-dir of a foreground mount, whose API socket is asked to unmount it")
 	addDaemonSocketFlag(cmd.Flags(), &socket)
 	return cmd
 }

@@ -75,7 +75,15 @@ func (s *imageSource) load(ctx context.Context, g *globals, needBlobs bool) (img
 			return nil, "", cleanup, fmt.Errorf("--blob-dir is required with --bootstrap")
 		}
 		_, img, err := bootstrap.Load(s.bootstrap)
-		return img, s.blobDir, cleanup, err
+		if err != nil {
+			return nil, "", cleanup, err
+		}
+		// Refused before any chunk is read: inspect would list files nothing can read, and
+		// check and unpack would fail at the first chunk of such a blob.
+		if err := img.Unsupported(); err != nil {
+			return nil, "", cleanup, fmt.Errorf("bootstrap %s: %w", s.bootstrap, err)
+		}
+		return img, s.blobDir, cleanup, nil
 	}
 	ref, err := registry.ParseRef(s.image)
 	if err != nil {
@@ -88,6 +96,10 @@ func (s *imageSource) load(ctx context.Context, g *globals, needBlobs bool) (img
 	oimg, err := oci.Open(ctx, c, ref, registry.HostPlatform())
 	if err != nil {
 		return nil, "", cleanup, err
+	}
+	// Before any blob is downloaded.
+	if err := oimg.RAFS.Unsupported(); err != nil {
+		return nil, "", cleanup, fmt.Errorf("%s: %w", oimg.Ref, err)
 	}
 	if !needBlobs {
 		return oimg.RAFS, "", cleanup, nil

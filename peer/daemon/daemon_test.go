@@ -421,3 +421,44 @@ func TestNewFails(t *testing.T) {
 		newTestDaemon(t, cfg, Options{})
 	})
 }
+
+// The mount's own API socket unmounts it when asked (what `dfnydus umount --cache-dir` does for a
+// foreground mount): a busy mount refuses and keeps serving, an idle one is unmounted, and the
+// request returns once the mount is released, with its start trace written.
+func TestUmountThroughTheMountAPI(t *testing.T) {
+	requireFUSE(t)
+	ctx := context.Background()
+	d := newTestDaemon(t, testConfig(t), Options{})
+	img := buildTestImage(t, 3)
+	mp := newMountpoint(t)
+	req := img.request(mp)
+	req.RecordTrace = filepath.Join(t.TempDir(), "start.trace")
+	info, err := d.Mount(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.checkFiles(t, mp)
+
+	busy, err := os.Open(mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = peer.RequestUmount(ctx, info.APISocket)
+	if err == nil || errors.Is(err, peer.ErrNoMountAPI) || !strings.Contains(err.Error(), "busy") {
+		t.Errorf("umount of a busy mount: %v, want a refusal saying it is busy", err)
+	}
+	img.checkFiles(t, mp)
+	busy.Close()
+
+	if err := peer.RequestUmount(ctx, info.APISocket); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(req.RecordTrace); err != nil {
+		t.Errorf("the start trace is not written when umount returns: %v", err)
+	}
+	// The socket goes just before the daemon drops its entry.
+	if err := d.Wait(ctx, mp); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, d, mp)
+}

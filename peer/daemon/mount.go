@@ -231,8 +231,14 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}
 	sock := peer.SocketPath(d.cfg.CacheDir, mp)
+	// Set before the API serves: its umount reads it.
+	m.info = MountInfo{Mountpoint: mp, Image: oi.name, Source: oi.src.String(), APISocket: sock, Started: time.Now(),
+		P2P: m.attached != nil, Prefetch: string(mode)}
 	im := m.im
-	if m.api, err = peer.ServeAPI(sock, mp, func() []*peer.Image { return []*peer.Image{im} }, d.reg); err != nil {
+	// `dfnydus umount --cache-dir` asks here when no daemon answers for the mount (a foreground
+	// mount): the process that serves it unmounts it as the daemon's Umount does.
+	umount := func(context.Context) error { return m.detach(false) }
+	if m.api, err = peer.ServeAPI(sock, mp, func() []*peer.Image { return []*peer.Image{im} }, d.reg, umount); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}
 	if err := ctx.Err(); err != nil { // the caller gave up, or the daemon is closing
@@ -242,8 +248,6 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 	m.stopPrefetch = stop
 	first, firstName := traceFirst(oi, m.log)
 	m.im.StartPrefetch(pctx, peer.PrefetchOptions{Mode: mode, Rate: rate, First: first, FirstName: firstName})
-	m.info = MountInfo{Mountpoint: mp, Image: oi.name, Source: oi.src.String(), APISocket: sock, Started: time.Now(),
-		P2P: m.attached != nil, Prefetch: string(mode)}
 	return m, nil
 }
 
@@ -316,27 +320,7 @@ func (d *Daemon) Umount(ctx context.Context, mountpoint string) error {
 // unmount unmounts m and waits until it is released. With force a mount that stays busy is
 // detached lazily (it leaves the mount table; its FUSE connection is aborted if fusectl is there).
 func (d *Daemon) unmount(ctx context.Context, m *mount, force bool) error {
-	m.umu.Lock()
-	var err error
-	if !m.unmounted {
-		if force {
-			// Cancels the reads in flight, so blocked readers let go, then retries a while.
-			err = m.srv.Unmount()
-		} else {
-			err = plainUnmount(m)
-		}
-		if err != nil && !isFUSEMount(m.info.Mountpoint) {
-			err = nil // unmounted from outside meanwhile: watch releases it
-		}
-		if err != nil && force {
-			m.log.Warn("mount busy, detaching lazily", zap.Error(err))
-			forceDetach(m.info.Mountpoint, m.log)
-			err = nil
-		}
-		m.unmounted = err == nil
-	}
-	m.umu.Unlock()
-	if err != nil {
+	if err := m.detach(force); err != nil {
 		return err
 	}
 	select {
@@ -345,6 +329,34 @@ func (d *Daemon) unmount(ctx context.Context, m *mount, force bool) error {
 	case <-ctx.Done():
 		return fmt.Errorf("umount %s: waiting for the mount to go: %w", m.info.Mountpoint, ctx.Err())
 	}
+}
+
+// detach takes m out of the mount table, once; watch releases it then. Without force a busy
+// mount stays mounted and serving, and the error says so (it wraps unix.EBUSY); with force it is
+// detached lazily.
+func (m *mount) detach(force bool) error {
+	m.umu.Lock()
+	defer m.umu.Unlock()
+	if m.unmounted {
+		return nil
+	}
+	var err error
+	if force {
+		// Cancels the reads in flight, so blocked readers let go, then retries a while.
+		err = m.srv.Unmount()
+	} else {
+		err = plainUnmount(m)
+	}
+	if err != nil && !isFUSEMount(m.info.Mountpoint) {
+		err = nil // unmounted from outside meanwhile: watch releases it
+	}
+	if err != nil && force {
+		m.log.Warn("mount busy, detaching lazily", zap.Error(err))
+		forceDetach(m.info.Mountpoint, m.log)
+		err = nil
+	}
+	m.unmounted = err == nil
+	return err
 }
 
 // plainUnmount unmounts as umount(8) does: a busy mount stays mounted and keeps serving.

@@ -30,7 +30,7 @@ func withBlobFeature(t *testing.T, img testImage, feature uint32) {
 }
 
 // A local mount of an image whose blob uses zran is refused with the blob and the feature
-// named, before anything is mounted; the same bootstrap still loads, for inspect and check.
+// named, before anything is mounted; the bootstrap itself still loads (refusing is the caller's).
 func TestMountRefusesZranBlob(t *testing.T) {
 	img := buildTestImage(t, 7)
 	withBlobFeature(t, img, rafs.BlobFeatureZran)

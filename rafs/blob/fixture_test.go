@@ -20,6 +20,9 @@ const (
 	v6FixtureID   = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
 	v5FixtureID   = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
 	v5FixturePath = "../../testdata/fixtures/nydus/v5-repeatable/blobs/" + v5FixtureID
+	// inlineFixturePath is a blob with an inlined bootstrap made by nydus-image (upstream
+	// tests/texture/toc), named by its sha256.
+	inlineFixturePath = "../../testdata/fixtures/nydus/v6-inlined-bootstrap/2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"
 )
 
 func hexDigest(t testing.TB, s string) rafs.Digest {
@@ -260,5 +263,45 @@ func TestTarChainReadableByArchiveTar(t *testing.T) {
 		if fmt.Sprint(names) != fmt.Sprint(want) {
 			t.Errorf("sections from the end: %v, want %v", names, want)
 		}
+	}
+}
+
+// The blob with an inlined bootstrap that upstream's ToC tests read (storage/src/meta/toc.rs
+// test_read_toc_list): four sections, a 1024-byte ToC with the digest upstream pins, blob.meta of
+// 0x30 bytes, a zstd image.boot; it verifies although its blob.meta header predates the
+// HAS_TAR_HEADER bit that its tar headers would set today.
+func TestFixtureInlinedBootstrap(t *testing.T) {
+	data, err := os.ReadFile(inlineFixturePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, err := Open(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range rd.TOC() {
+		names = append(names, e.Name)
+	}
+	if got := fmt.Sprint(names); got != "[image.blob blob.meta blob.meta.header image.boot]" {
+		t.Errorf("ToC names %s", got)
+	}
+	if rd.TOCSize() != 1024 || rd.TOCDigest() != hexDigest(t, "4fdfbb36ef74a3c63a28e2abafa54044c7594155beb6ddad9f36825cfe58286c") {
+		t.Errorf("ToC of %d bytes, digest %s; upstream pins 1024 bytes, 4fdfbb36…", rd.TOCSize(), rd.TOCDigest())
+	}
+	if e := rd.entry(NameMeta); e == nil || e.UncompressedSize != 0x30 {
+		t.Errorf("blob.meta entry %+v, want 0x30 bytes", e)
+	}
+	if h, ok := rd.MetaHeader(); !ok || h.Features&FeatureHasTarHeader != 0 {
+		t.Errorf("blob.meta header %+v: the case wants one without HAS_TAR_HEADER", h)
+	}
+	if e := rd.entry(NameBootstrap); e == nil || e.Flags != TOCCompressZstd {
+		t.Errorf("image.boot entry %+v, want a zstd one", e)
+	}
+	if err := rd.Verify(nil); err != nil {
+		t.Errorf("Verify: %v", err)
+	}
+	if _, err := rd.Bootstrap(); err != nil {
+		t.Errorf("Bootstrap: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package blob
 import (
 	"bytes"
 	"errors"
+	"os"
 	"testing"
 
 	"github.com/dfnydus/dfnydus/rafs"
@@ -23,8 +24,13 @@ func fuzzSeeds(t testing.TB) [][]byte {
 	boot := textBytes(700)
 	hdr := tarHeader(NameBootstrap, uint64(len(boot)))
 	inlineNoTOC := append(append(textBytes(300), boot...), hdr[:]...)
+	inlineFixture, err := os.ReadFile(inlineFixturePath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return [][]byte{
 		fixture,
+		inlineFixture,
 		fixture[len(fixture)-1024:],
 		small(WriterOptions{Compressor: rafs.CompressZstd, ChunkSize: rafs.MinChunkSize}, 3, textBytes(2000)),
 		small(WriterOptions{Compressor: rafs.CompressLZ4Block, ChunkSize: rafs.MinChunkSize}, 40, nil),

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"strings"
 
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/compress"
@@ -227,6 +228,13 @@ func (w *Writer) write(b []byte) error {
 	return w.err
 }
 
+// InlinedBlobID is the blob id a bootstrap inlined in its own blob records for that blob:
+// the blob's real id is the sha256 of a file that contains the bootstrap, so nydus-image writes
+// this placeholder instead (builder/src/lib.rs dump_bootstrap), and readers put the id of the
+// blob they found the bootstrap in in its place (rafs/src/metadata/mod.rs
+// set_blob_id_from_meta_path).
+var InlinedBlobID = strings.Repeat("x", 64)
+
 // Finish writes the sections after the chunk data and returns the blob's table entry. For v6:
 // the chunk data's tar header, blob.meta (chunk infos, compressed like the chunks when that
 // shrinks them, plus the 4096-byte header), blob.digest, the inlined bootstrap when bootstrap is
@@ -240,6 +248,30 @@ func (w *Writer) write(b []byte) error {
 // MetaSize stay zero, as nydus-image leaves them for blobs that hold their own chunk data.
 // Output is deterministic. The Writer is unusable afterwards.
 func (w *Writer) Finish(bootstrap []byte) (*rafs.Blob, error) {
+	var encode func(*rafs.Blob) ([]byte, error)
+	if bootstrap != nil {
+		if len(bootstrap) == 0 {
+			return nil, errors.New("finish blob: empty bootstrap (pass nil for none)")
+		}
+		encode = func(*rafs.Blob) ([]byte, error) { return bootstrap, nil }
+	}
+	return w.finish(encode)
+}
+
+// FinishInline finishes a v6 blob that inlines the bootstrap of its own image, as nydus-image
+// --blob-inline-meta does. Once the sections before the bootstrap are written, encode is called
+// with this blob's table entry as the bootstrap records it: ID is InlinedBlobID, CompressedSize
+// the bytes written so far (what nydus-image records before it appends the bootstrap), TOCSize
+// and TOCDigest zero; every other field is final. encode returns the bootstrap, which is written
+// with the ToC after it. The entry returned is the finished blob's, as Finish returns it.
+func (w *Writer) FinishInline(encode func(self *rafs.Blob) ([]byte, error)) (*rafs.Blob, error) {
+	if encode == nil {
+		return nil, errors.New("finish blob: FinishInline without a bootstrap encoder")
+	}
+	return w.finish(encode)
+}
+
+func (w *Writer) finish(encode func(*rafs.Blob) ([]byte, error)) (*rafs.Blob, error) {
 	if w.err != nil {
 		return nil, w.err
 	}
@@ -257,7 +289,7 @@ func (w *Writer) Finish(bootstrap []byte) (*rafs.Blob, error) {
 		UncompressedSize: w.uoff,
 	}
 	if w.opts.Version == 5 {
-		if bootstrap != nil {
+		if encode != nil {
 			return nil, errors.New("finish blob: only the v6 layout can inline a bootstrap")
 		}
 		// builder/src/core/context.rs BuildContext::new: CAP_TAR_TOC marks nydus-image >= 2.2.
@@ -265,7 +297,7 @@ func (w *Writer) Finish(bootstrap []byte) (*rafs.Blob, error) {
 		if w.opts.AlignedChunk {
 			b.Features |= FeatureAligned
 		}
-	} else if err := w.finishV6(b, bootstrap); err != nil {
+	} else if err := w.finishV6(b, encode); err != nil {
 		return nil, err
 	}
 	b.CompressedSize = w.off
@@ -273,12 +305,9 @@ func (w *Writer) Finish(bootstrap []byte) (*rafs.Blob, error) {
 	return b, nil
 }
 
-func (w *Writer) finishV6(b *rafs.Blob, bootstrap []byte) error {
-	if bootstrap != nil && len(bootstrap) == 0 {
-		return errors.New("finish blob: empty bootstrap (pass nil for none)")
-	}
+func (w *Writer) finishV6(b *rafs.Blob, encode func(*rafs.Blob) ([]byte, error)) error {
 	features := FeatureAligned | FeatureHasTarHeader | FeatureHasTOC | FeatureCapTarTOC
-	if bootstrap != nil {
+	if encode != nil {
 		features |= FeatureInlinedFSMeta
 	}
 	var toc []TOCEntry
@@ -307,8 +336,18 @@ func (w *Writer) finishV6(b *rafs.Blob, bootstrap []byte) error {
 		toc = append(toc, TOCEntry{Name: NameDigest, Flags: TOCCompressNone, Digest: sha256.Sum256(w.digests),
 			CompressedOffset: off, CompressedSize: uint64(len(w.digests)), UncompressedSize: uint64(len(w.digests))})
 	}
+	b.Features = features
 
-	if bootstrap != nil {
+	if encode != nil {
+		self := *b
+		self.ID, self.CompressedSize = InlinedBlobID, w.off
+		bootstrap, err := encode(&self)
+		if err != nil {
+			return fmt.Errorf("finish blob: bootstrap to inline: %w", err)
+		}
+		if len(bootstrap) == 0 {
+			return errors.New("finish blob: empty bootstrap to inline")
+		}
 		e, err := w.writeBootstrap(bootstrap)
 		if err != nil {
 			return err
@@ -328,7 +367,6 @@ func (w *Writer) finishV6(b *rafs.Blob, bootstrap []byte) error {
 	}
 	b.TOCDigest = sha256.Sum256(tb)
 	b.TOCSize = uint32(len(tb))
-	b.Features = features
 	return nil
 }
 

@@ -118,6 +118,53 @@ func TestWriterInlinedBootstrap(t *testing.T) {
 	}
 }
 
+// FinishInline hands the bootstrap encoder the blob's entry as a bootstrap inlined in it must
+// record it (placeholder id, the size before image.boot, no ToC: builder/src/lib.rs
+// dump_bootstrap), every other field final; an encoder's error fails the blob.
+func TestWriterFinishInline(t *testing.T) {
+	opts := WriterOptions{Compressor: rafs.CompressLZ4Block, Digester: rafs.DigestSHA256}
+	var buf bytes.Buffer
+	w := NewWriter(&buf, opts)
+	for _, c := range sampleChunks(rafs.DefaultChunkSize)[:3] {
+		if _, err := w.AddChunk(c, rafs.Digest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var self rafs.Blob
+	b, err := w.FinishInline(func(s *rafs.Blob) ([]byte, error) {
+		self = *s
+		return textBytes(5000), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, err := Open(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rd.Verify(b); err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	boot := rd.entry(NameBootstrap)
+	if boot == nil {
+		t.Fatal("no image.boot")
+	}
+	want := *b
+	want.ID, want.CompressedSize, want.TOCSize, want.TOCDigest = InlinedBlobID, boot.CompressedOffset, 0, rafs.Digest{}
+	if self != want {
+		t.Errorf("encoder got\n%+v\nwant\n%+v", self, want)
+	}
+	if b.Features&FeatureInlinedFSMeta == 0 {
+		t.Errorf("features %#x lack INLINED_FS_META", b.Features)
+	}
+
+	failing := NewWriter(&bytes.Buffer{}, opts)
+	if _, err := failing.FinishInline(func(*rafs.Blob) ([]byte, error) { return nil, errors.New("encoder broke") }); err == nil ||
+		!strings.Contains(err.Error(), "encoder broke") {
+		t.Errorf("encoder error surfaced as %v", err)
+	}
+}
+
 // checkRoundTrip writes chunks twice (the files must be identical), then reads everything back.
 func checkRoundTrip(t *testing.T, opts WriterOptions, chunks [][]byte, boot []byte) []byte {
 	t.Helper()

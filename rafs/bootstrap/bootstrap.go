@@ -11,10 +11,14 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/blob"
@@ -35,6 +39,13 @@ var ErrNotBootstrap = errors.New("not a RAFS bootstrap, bootstrap layer or blob 
 // Decode parses a bare v5 or v6 bootstrap. A v5 image's Merkle tree is verified too: it is the
 // integrity of v5 metadata, so no caller should use a v5 tree that fails it.
 func Decode(data []byte) (*rafs.Image, error) {
+	// Before the magics decide: a v6 bootstrap cut within its superblock no longer passes IsV6.
+	if err := v6.Truncated(data); err != nil {
+		return nil, err
+	}
+	if err := v5.Truncated(data); err != nil {
+		return nil, err
+	}
 	switch {
 	case v6.IsV6(data):
 		return v6.Decode(data)
@@ -52,6 +63,13 @@ func Decode(data []byte) (*rafs.Image, error) {
 }
 
 // Load reads the file at p in any accepted form and returns the bare bootstrap bytes and the image.
+//
+// When p is a blob that inlines the bootstrap, the blob entry that names it the way
+// nydus-image --blob-inline-meta does (feature INLINED_FS_META, by a placeholder id and its size
+// before the bootstrap) is given p's id, size and ToC, as nydusd does when it loads such a blob
+// (rafs/src/metadata/mod.rs load_from_file, builder/src/core/context.rs BlobContext::from). The
+// id is p's name without extensions when that is a blob id (nydusd's rule), else the sha256 of p.
+// The bytes returned are the bootstrap as stored.
 func Load(p string) ([]byte, *rafs.Image, error) {
 	f, err := os.Open(p)
 	if err != nil {
@@ -62,7 +80,7 @@ func Load(p string) ([]byte, *rafs.Image, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("stat bootstrap: %w", err)
 	}
-	data, err := Extract(f, fi.Size())
+	data, br, err := extract(f, fi.Size())
 	if err != nil {
 		return nil, nil, fmt.Errorf("bootstrap %s: %w", p, err)
 	}
@@ -70,7 +88,67 @@ func Load(p string) ([]byte, *rafs.Image, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("bootstrap %s: %w", p, err)
 	}
+	if br != nil {
+		if err := adoptContainer(img, p, f, br); err != nil {
+			return nil, nil, fmt.Errorf("bootstrap %s: %w", p, err)
+		}
+	}
 	return data, img, nil
+}
+
+// adoptContainer gives the blob entries that stand for the blob the bootstrap was inlined in
+// (br, the file f at p) that blob's id, size and ToC. They are those with INLINED_FS_META and, as
+// nydusd also takes them for the container (set_blob_id_from_meta_path), one without
+// CAP_TAR_TOC: bootstraps inlined by nydus-image builds from before the feature bits existed
+// name their blob by an id that is not the file's sha256. Only a sole blob is taken for the container
+// that way, as such builds had one, so a multi-blob image never has two entries renamed alike.
+func adoptContainer(img *rafs.Image, p string, f io.ReaderAt, br *blob.Reader) error {
+	var self []*rafs.Blob
+	for _, b := range img.Blobs {
+		if b.Features&rafs.BlobFeatureInlinedFSMeta != 0 ||
+			(len(img.Blobs) == 1 && b.Features&rafs.BlobFeatureCapTarTOC == 0) {
+			self = append(self, b)
+		}
+	}
+	if len(self) == 0 {
+		return nil
+	}
+	id, err := containerID(p, f, br.Size())
+	if err != nil {
+		return err
+	}
+	for _, b := range self {
+		b.ID, b.CompressedSize = id, uint64(br.Size())
+		b.TOCSize, b.TOCDigest = br.TOCSize(), br.TOCDigest()
+	}
+	return nil
+}
+
+// containerID is the id of the blob file f at p: its name without extensions when that is a
+// blob id (rafs/src/metadata/mod.rs set_blob_id_from_meta_path), else its sha256.
+func containerID(p string, f io.ReaderAt, size int64) (string, error) {
+	name, _, _ := strings.Cut(filepath.Base(p), ".")
+	if isBlobID(name) {
+		return name, nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
+		return "", fmt.Errorf("hash blob to name it: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// isBlobID reports whether s is a blob id: 64 lower-case hex digits (a sha256).
+func isBlobID(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Extract returns the bare bootstrap held by r in any accepted form.
@@ -79,9 +157,22 @@ func Load(p string) ([]byte, *rafs.Image, error) {
 // chunk data, which nydus-image compresses with zstd by default, so a blob with an inlined
 // bootstrap usually starts with the zstd magic of a compressed tar.
 func Extract(r io.ReaderAt, size int64) ([]byte, error) {
-	if data, ok, err := fromBlob(r, size); ok {
-		return data, err
+	data, _, err := extract(r, size)
+	return data, err
+}
+
+// extract is Extract that also returns the blob the bootstrap was inlined in, if it was.
+func extract(r io.ReaderAt, size int64) ([]byte, *blob.Reader, error) {
+	if data, br, ok, err := fromBlob(r, size); ok {
+		return data, br, err
 	}
+	data, err := layerOrBare(r, size)
+	return data, nil, err
+}
+
+// layerOrBare returns the bootstrap of a bootstrap layer (tar, tar.gz, tar.zst) or a bare
+// bootstrap, told apart by their first bytes.
+func layerOrBare(r io.ReaderAt, size int64) ([]byte, error) {
 	head := make([]byte, 4096)
 	n, err := r.ReadAt(head, 0)
 	if err != nil && err != io.EOF {
@@ -112,7 +203,8 @@ func Extract(r io.ReaderAt, size int64) ([]byte, error) {
 	case isTar(head):
 		return fromTar(sr)
 	}
-	if size >= 1024+4 && (v6.IsV6(head) || v5.IsV5(head)) {
+	// HasMagic, not IsV6: a v6 bootstrap cut inside its superblock is read to be named truncated.
+	if v6.HasMagic(head) || v5.IsV5(head) {
 		if size > MaxSize {
 			return nil, fmt.Errorf("bootstrap of %d bytes exceeds the %d limit", size, MaxSize)
 		}
@@ -122,7 +214,23 @@ func Extract(r io.ReaderAt, size int64) ([]byte, error) {
 		}
 		return data, nil
 	}
+	switch {
+	case size == 0:
+		return nil, fmt.Errorf("%w: the file is empty", ErrNotBootstrap)
+	case size <= int64(len(head)) && allZero(head):
+		// A v6 bootstrap starts with 1024 zero bytes; its superblock follows.
+		return nil, fmt.Errorf("%w: its %d bytes are all zero, as a RAFS v6 bootstrap cut before its superblock at byte 1024 would be", ErrNotBootstrap, size)
+	}
 	return nil, ErrNotBootstrap
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // fromBlob returns the bootstrap inlined in a nydus blob; ok is false when r is not such a blob.
@@ -130,25 +238,25 @@ func Extract(r io.ReaderAt, size int64) ([]byte, error) {
 // storage/src/meta/toc.rs) or, without a ToC, of the bootstrap itself ("image.boot",
 // builder/src/lib.rs dump_bootstrap). A bootstrap layer ends in a tar's zero blocks and a
 // compressed one in compressed bytes, so neither is mistaken for a blob.
-func fromBlob(r io.ReaderAt, size int64) (data []byte, ok bool, err error) {
+func fromBlob(r io.ReaderAt, size int64) (data []byte, br *blob.Reader, ok bool, err error) {
 	if size < 0 || size > blob.MaxFileSize {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
-	br, err := blob.Open(r, size)
+	br, err = blob.Open(r, size)
 	if err != nil {
 		// Either the tail could not be read, or it is a GNU tar header (the one a blob ends in)
 		// that is damaged or names a damaged section: the blob's own error says more than the
 		// tar or zstd error that sniffing its first bytes would give.
-		return nil, true, fmt.Errorf("blob: %w", err)
+		return nil, nil, true, fmt.Errorf("blob: %w", err)
 	}
 	if !br.HasTOC() && !br.HasBootstrap() {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	data, err = br.Bootstrap()
 	if err != nil {
-		return nil, true, fmt.Errorf("blob with no inlined bootstrap: %w", err)
+		return nil, nil, true, fmt.Errorf("blob with no inlined bootstrap: %w", err)
 	}
-	return data, true, nil
+	return data, br, true, nil
 }
 
 // Bounds on a compressed bootstrap layer, so that neither its decoder's memory nor the bytes it

@@ -4,16 +4,20 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/blob"
+	"github.com/dfnydus/dfnydus/rafs/builder"
+	"github.com/dfnydus/dfnydus/rafs/check"
 )
 
 var fixtures = filepath.Join("..", "..", "testdata", "fixtures", "nydus")
@@ -190,4 +194,110 @@ func withTarHeader(t testing.TB, data []byte, name string, size int) []byte {
 		t.Fatal(err)
 	}
 	return append(bytes.Clone(data), buf.Bytes()[:512]...)
+}
+
+// A blob that inlines its own image's bootstrap (builder.Options.InlineBootstrap, as nydus-image
+// --blob-inline-meta lays it out) is read through its tail whatever its first chunk looks like,
+// and names itself: the bootstrap's placeholder entry gets the blob's id (from its name, or its
+// sha256 when the name is not an id), size and ToC, so every chunk reads back and verifies.
+func TestLoadInlinedBootstrapEveryCompressor(t *testing.T) {
+	// The first file's chunk comes first in the blob: with no compressor it is stored as is, so
+	// a bootstrap layer tar holding another image's bootstrap is what sniffing would find.
+	decoy := layerTar(t, LayerPath, mustRead(t, filepath.Join(fixtures, "v5-repeatable", "sha256-nocompress-repeatable")))
+	src := t.TempDir()
+	for name, body := range map[string][]byte{
+		"a-first":   decoy,
+		"b/text":    bytes.Repeat([]byte("compressible file data\n"), 4000),
+		"b/another": []byte("small"),
+	} {
+		p := filepath.Join(src, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		comp rafs.Compressor
+		head []byte // how the blob starts: what sniffing the first bytes alone would see
+	}{
+		{rafs.CompressNone, decoy[:512]},                    // a tar
+		{rafs.CompressZstd, []byte{0x28, 0xb5, 0x2f, 0xfd}}, // a zstd frame, as nydus-image's default makes
+		{rafs.CompressGzip, []byte{0x1f, 0x8b}},             // a gzip member
+		{rafs.CompressLZ4Block, nil},                        // a raw LZ4 block has no magic
+	}
+	for _, tc := range tests {
+		t.Run(tc.comp.String(), func(t *testing.T) {
+			opts := builder.DefaultOptions()
+			opts.Compressor, opts.InlineBootstrap = tc.comp, true
+			dir := t.TempDir()
+			res, err := builder.Build(context.Background(), opts, dir, []builder.Layer{builder.PathLayer(src)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := res.LayerBlobs[0]
+			p := filepath.Join(dir, want.ID)
+			if head := mustRead(t, p); !bytes.HasPrefix(head, tc.head) {
+				t.Fatalf("blob starts with % x, want % x: the case would prove nothing", head[:8], tc.head)
+			}
+			renamed := filepath.Join(t.TempDir(), "layer.blob")
+			if err := os.Link(p, renamed); err != nil {
+				t.Fatal(err)
+			}
+			for _, path := range []string{p, renamed} {
+				data, img, err := Load(path)
+				if err != nil {
+					t.Fatalf("%s: %v", filepath.Base(path), err)
+				}
+				if !bytes.Equal(data, res.Bootstrap) {
+					t.Fatalf("%s: extracted %d bytes, want the %d-byte bootstrap", filepath.Base(path), len(data), len(res.Bootstrap))
+				}
+				if len(img.Blobs) != 1 {
+					t.Fatalf("%d blobs, want 1", len(img.Blobs))
+				}
+				if got := img.Blobs[0]; got.ID != want.ID || got.CompressedSize != want.CompressedSize ||
+					got.TOCSize != want.TOCSize || got.TOCDigest != want.TOCDigest {
+					t.Errorf("%s: blob named %s (%d bytes, ToC %d %s), want %s (%d bytes, ToC %d %s)", filepath.Base(path),
+						got.ID, got.CompressedSize, got.TOCSize, got.TOCDigest, want.ID, want.CompressedSize, want.TOCSize, want.TOCDigest)
+				}
+				rep, err := check.Image(context.Background(), img, dir)
+				if err != nil {
+					t.Fatalf("%s: check: %v", filepath.Base(path), err)
+				}
+				if rep.Chunks == 0 {
+					t.Errorf("%s: check read no chunks", filepath.Base(path))
+				}
+			}
+		})
+	}
+}
+
+// The blob with an inlined bootstrap that upstream's own ToC tests use, made by nydus-image:
+// it starts with a zstd chunk, and its bootstrap names it by an id that is not its sha256
+// (built before INLINED_FS_META existed); read through --bootstrap it names itself and checks.
+func TestLoadUpstreamInlinedBootstrap(t *testing.T) {
+	const id = "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"
+	dir := filepath.Join(fixtures, "v6-inlined-bootstrap")
+	p := filepath.Join(dir, id)
+	if head := mustRead(t, p); !bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}) {
+		t.Fatalf("fixture starts with % x, not the zstd magic", head[:4])
+	}
+	_, img, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Version != 6 || len(img.Blobs) != 1 || img.Blobs[0].ID != id {
+		t.Fatalf("v%d image with blobs %v, want v6 naming %s", img.Version, img.Blobs, id)
+	}
+	var files []string
+	for _, c := range img.Root.Children {
+		files = append(files, c.Name)
+	}
+	if got := strings.Join(files, " "); got != "error.rs lib.rs logger.rs" {
+		t.Errorf("files %s, want error.rs lib.rs logger.rs", got)
+	}
+	if _, err := check.Image(context.Background(), img, dir); err != nil {
+		t.Errorf("check: %v", err)
+	}
 }

@@ -29,13 +29,14 @@ func TestMain(m *testing.M) {
 
 // FuzzExtract feeds Extract and Decode every form a bootstrap arrives in, damaged: a bare v5 or v6
 // bootstrap, a bootstrap layer tar, its gzip and zstd forms, and a blob with an inlined bootstrap
-// (with a raw and with a zstd first chunk). They must return an error, never panic, hang or
+// (with a raw and with a zstd first chunk, and one nydus-image made). They must return an error, never panic, hang or
 // allocate without bound.
 func FuzzExtract(f *testing.F) {
 	v6 := mustRead(f, filepath.Join(fixtures, "v6-zstd-blake3", "rafs-v6-2.2.boot"))
 	v5 := mustRead(f, filepath.Join(fixtures, "v5-repeatable", "sha256-nocompress-repeatable"))
 	for _, seed := range [][]byte{v6, v5, layerTar(f, LayerPath, v6), gz(layerTar(f, LayerPath, v6)),
-		zst(layerTar(f, "./"+LayerPath, v5)), blobWithBootstrap(f, v6), blobWithBootstrap(f, v6, zstdChunk)} {
+		zst(layerTar(f, "./"+LayerPath, v5)), blobWithBootstrap(f, v6), blobWithBootstrap(f, v6, zstdChunk),
+		mustRead(f, filepath.Join(fixtures, "v6-inlined-bootstrap", "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"))} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {

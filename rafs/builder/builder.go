@@ -94,17 +94,21 @@ type Stats struct {
 
 // Result is a finished build.
 type Result struct {
+	// Image is the image as a reader sees it. With Options.InlineBootstrap that includes the blob
+	// holding the bootstrap by its real id and size, which Bootstrap itself cannot record.
 	Image     *rafs.Image
 	Bootstrap []byte
 	// LayerBlobs[i] is the blob written for layer i, or nil when every chunk of the layer was found
-	// elsewhere (or it had no file data).
+	// elsewhere (or it had no file data). With Options.InlineBootstrap the last layer always has
+	// one: it holds the bootstrap.
 	LayerBlobs []*rafs.Blob
 	Stats      Stats
 	Warnings   []string
 }
 
 // Build reads the layers, writes one blob per layer into blobDir (named by blob id) and returns the
-// merged image and its encoded bootstrap.
+// merged image and its encoded bootstrap. With opts.InlineBootstrap the bootstrap is also written
+// into the last layer's blob.
 func Build(ctx context.Context, opts Options, blobDir string, layers []Layer) (*Result, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -122,9 +126,25 @@ func Build(ctx context.Context, opts Options, blobDir string, layers []Layer) (*
 		b.loadDict(opts.ChunkDict)
 	}
 	res := &Result{}
+	var inline *layerBlob
+	defer func() {
+		if inline != nil {
+			inline.discard()
+		}
+	}()
 	for i, l := range layers {
-		blb, err := b.layer(ctx, i, l)
+		lb, err := b.layer(ctx, i, l)
 		if err != nil {
+			return nil, fmt.Errorf("layer %d (%s): %w", i, l.Name, err)
+		}
+		var blb *rafs.Blob
+		if opts.InlineBootstrap && i == len(layers)-1 {
+			// Finished once the bootstrap exists: the blob holds it, whether or not the layer
+			// had chunks of its own (builder/src/lib.rs dump_bootstrap creates the blob).
+			inline = lb
+		} else if lb.w.ChunkCount() == 0 {
+			lb.discard()
+		} else if blb, err = lb.commit(nil); err != nil {
 			return nil, fmt.Errorf("layer %d (%s): %w", i, l.Name, err)
 		}
 		res.LayerBlobs = append(res.LayerBlobs, blb)
@@ -133,19 +153,51 @@ func Build(ctx context.Context, opts Options, blobDir string, layers []Layer) (*
 		}
 	}
 	b.tree.finish()
-	img, warnings := b.image()
-	res.Warnings = warnings
-	var err error
-	if opts.FSVersion == 5 {
-		res.Bootstrap, err = v5.Encode(img)
+	if inline == nil {
+		img, warnings := b.image()
+		bootstrap, err := b.encode(img)
+		if err != nil {
+			return nil, err
+		}
+		res.Image, res.Bootstrap, res.Warnings = img, bootstrap, warnings
 	} else {
-		res.Bootstrap, err = v6.Encode(img)
+		// The bootstrap names its own blob as nydus-image --blob-inline-meta does: by a
+		// placeholder id and the size the blob has before the bootstrap (blob.FinishInline).
+		var self *rafs.Blob
+		blb, err := inline.commit(func(s *rafs.Blob) ([]byte, error) {
+			self = s
+			b.blobs[inline.index] = s
+			img, warnings := b.image()
+			bootstrap, err := b.encode(img)
+			res.Image, res.Bootstrap, res.Warnings = img, bootstrap, warnings
+			return bootstrap, err
+		})
+		inline = nil
+		if err != nil {
+			return nil, fmt.Errorf("layer %d (%s): %w", len(layers)-1, layers[len(layers)-1].Name, err)
+		}
+		// The image describes the blob as a reader that found the bootstrap in it sees it: by its
+		// real id and size.
+		*self = *blb
+		res.LayerBlobs[len(layers)-1] = blb
+	}
+	res.Stats = b.stats
+	return res, nil
+}
+
+// encode writes img as a bootstrap of the build's RAFS version.
+func (b *build) encode(img *rafs.Image) ([]byte, error) {
+	var data []byte
+	var err error
+	if b.opts.FSVersion == 5 {
+		data, err = v5.Encode(img)
+	} else {
+		data, err = v6.Encode(img)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("encode v%d bootstrap: %w", opts.FSVersion, err)
+		return nil, fmt.Errorf("encode v%d bootstrap: %w", b.opts.FSVersion, err)
 	}
-	res.Image, res.Stats = img, b.stats
-	return res, nil
+	return data, nil
 }
 
 type build struct {
@@ -173,8 +225,52 @@ func (b *build) loadDict(d *rafs.Image) {
 	})
 }
 
-// layer merges one source into the tree and writes its blob.
-func (b *build) layer(ctx context.Context, i int, l Layer) (*rafs.Blob, error) {
+// layerBlob is a layer's blob, written to a temporary file in the blob dir until it is committed
+// under its id or discarded.
+type layerBlob struct {
+	b     *build
+	tmp   *os.File
+	bw    *bufio.Writer
+	w     *blob.Writer
+	index uint32 // its slot in build.blobs
+}
+
+// discard removes the temporary file.
+func (lb *layerBlob) discard() {
+	lb.tmp.Close()
+	os.Remove(lb.tmp.Name())
+}
+
+// commit finishes the blob (inlining the bootstrap encode returns, when encode is not nil), syncs
+// it and renames it to its id.
+func (lb *layerBlob) commit(encode func(self *rafs.Blob) ([]byte, error)) (*rafs.Blob, error) {
+	defer lb.discard() // a no-op for the file once renamed
+	var blb *rafs.Blob
+	var err error
+	if encode == nil {
+		blb, err = lb.w.Finish(nil)
+	} else {
+		blb, err = lb.w.FinishInline(encode)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("finish blob: %w", err)
+	}
+	if err := lb.bw.Flush(); err != nil {
+		return nil, fmt.Errorf("write blob: %w", err)
+	}
+	if err := lb.tmp.Sync(); err != nil {
+		return nil, fmt.Errorf("sync blob: %w", err)
+	}
+	if err := os.Rename(lb.tmp.Name(), filepath.Join(lb.b.blobDir, blb.ID)); err != nil {
+		return nil, fmt.Errorf("commit blob: %w", err)
+	}
+	lb.b.blobs[lb.index] = blb
+	return blb, nil
+}
+
+// layer merges one source into the tree and writes its chunks into a new blob, which the caller
+// commits or discards.
+func (b *build) layer(ctx context.Context, i int, l Layer) (_ *layerBlob, err error) {
 	src, err := l.open()
 	if err != nil {
 		return nil, err
@@ -189,13 +285,16 @@ func (b *build) layer(ctx context.Context, i int, l Layer) (*rafs.Blob, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create blob: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // a no-op once renamed
-	defer tmp.Close()
 	bw := bufio.NewWriterSize(tmp, 1<<20)
-	w := blob.NewWriter(bw, blob.WriterOptions{Compressor: b.opts.Compressor, Digester: b.opts.Digester, ChunkSize: b.opts.ChunkSize})
-	blobIndex := uint32(len(b.blobs))
+	lb := &layerBlob{b: b, tmp: tmp, bw: bw, index: uint32(len(b.blobs)),
+		w: blob.NewWriter(bw, blob.WriterOptions{Compressor: b.opts.Compressor, Digester: b.opts.Digester, ChunkSize: b.opts.ChunkSize})}
+	defer func() {
+		if err != nil {
+			lb.discard()
+		}
+	}()
 	b.blobs = append(b.blobs, nil)
-	p := newPipeline(b.opts, b.idx, w, blobIndex, &b.stats, b.pool)
+	p := newPipeline(b.opts, b.idx, lb.w, lb.index, &b.stats, b.pool)
 	readErr := b.readEntries(ctx, src, i, p)
 	if err := p.close(); err != nil && readErr == nil {
 		readErr = err
@@ -207,24 +306,7 @@ func (b *build) layer(ctx context.Context, i int, l Layer) (*rafs.Blob, error) {
 	if err := src.Close(); err != nil {
 		return nil, err
 	}
-	if w.ChunkCount() == 0 {
-		return nil, nil
-	}
-	blb, err := w.Finish(nil)
-	if err != nil {
-		return nil, fmt.Errorf("finish blob: %w", err)
-	}
-	if err := bw.Flush(); err != nil {
-		return nil, fmt.Errorf("write blob: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return nil, fmt.Errorf("sync blob: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(b.blobDir, blb.ID)); err != nil {
-		return nil, fmt.Errorf("commit blob: %w", err)
-	}
-	b.blobs[blobIndex] = blb
-	return blb, nil
+	return lb, nil
 }
 
 func (b *build) readEntries(ctx context.Context, src source, layer int, p *pipeline) error {

@@ -117,6 +117,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"chunk size not a power of two", func(o *Options) { o.ChunkSize = 0x3000 }, "chunk size"},
 		{"chunk size too large", func(o *Options) { o.ChunkSize = 0x2000000 }, "chunk size"},
 		{"dict with another digester", func(o *Options) { o.ChunkDict = dict }, "digester"},
+		{"inline bootstrap in a v5 blob", func(o *Options) { o.FSVersion, o.InlineBootstrap = 5, true }, "inline bootstrap"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -154,5 +155,81 @@ func TestStreamLayerErrorAtEOFFailsBuild(t *testing.T) {
 	_, err := Build(context.Background(), DefaultOptions(), t.TempDir(), []Layer{layer})
 	if !errors.Is(err, bad) {
 		t.Fatalf("err = %v, want the stream's error", err)
+	}
+}
+
+// With InlineBootstrap the last layer's blob holds the bootstrap, which names that blob as
+// nydus-image --blob-inline-meta does (placeholder id, the size before the bootstrap, no ToC
+// yet), while Result.Image names it by its real id and size; a last layer without chunks of its
+// own still gets a blob, and earlier layers' blobs are written as usual.
+func TestBuildInlineBootstrap(t *testing.T) {
+	lower := writeTree(t, map[string]string{"a": strings.Repeat("lower layer data ", 1000)})
+	tests := []struct {
+		name       string
+		upper      map[string]string
+		upperBlobs int // blobs the bootstrap's table has for the upper layer
+	}{
+		{"upper layer with data", map[string]string{"b": strings.Repeat("upper layer data ", 1000)}, 1},
+		// Its blob holds only the bootstrap; no chunk names it, so the table does not either.
+		{"upper layer without data", map[string]string{"dir/empty": ""}, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := DefaultOptions()
+			opts.InlineBootstrap = true
+			blobDir := t.TempDir()
+			res, err := Build(context.Background(), opts, blobDir, []Layer{PathLayer(lower), PathLayer(writeTree(t, tc.upper))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.LayerBlobs) != 2 || res.LayerBlobs[0] == nil || res.LayerBlobs[1] == nil {
+				t.Fatalf("layer blobs %v, want one per layer", res.LayerBlobs)
+			}
+			if res.LayerBlobs[0].Features&blob.FeatureInlinedFSMeta != 0 {
+				t.Error("the lower layer's blob says it inlines the bootstrap")
+			}
+			top := res.LayerBlobs[1]
+			file, err := os.ReadFile(filepath.Join(blobDir, top.ID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rd, err := blob.Open(bytes.NewReader(file), int64(len(file)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			boot, err := rd.Bootstrap()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(boot, res.Bootstrap) {
+				t.Fatal("the blob inlines another bootstrap than Result.Bootstrap")
+			}
+			if err := rd.Verify(top); err != nil {
+				t.Errorf("the blob does not match its entry: %v", err)
+			}
+			img, err := v6.Decode(boot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(img.Blobs) != 1+tc.upperBlobs || len(res.Image.Blobs) != len(img.Blobs) {
+				t.Fatalf("bootstrap names %d blobs, Result.Image %d, want %d", len(img.Blobs), len(res.Image.Blobs), 1+tc.upperBlobs)
+			}
+			if img.Blobs[0].ID != res.LayerBlobs[0].ID {
+				t.Errorf("lower blob named %s, want its id %s", img.Blobs[0].ID, res.LayerBlobs[0].ID)
+			}
+			if tc.upperBlobs == 0 {
+				return
+			}
+			self, want := img.Blobs[1], rd.TOC()
+			bootOff := want[len(want)-1].CompressedOffset // image.boot is the last section before the ToC
+			if self.ID != blob.InlinedBlobID || self.CompressedSize != bootOff || self.TOCSize != 0 ||
+				self.Features&blob.FeatureInlinedFSMeta == 0 {
+				t.Errorf("bootstrap names its own blob %s, %d bytes, ToC %d, features %#x; want the placeholder, %d bytes, no ToC, INLINED_FS_META",
+					self.ID, self.CompressedSize, self.TOCSize, self.Features, bootOff)
+			}
+			if got := res.Image.Blobs[1]; got.ID != top.ID || got.CompressedSize != uint64(len(file)) {
+				t.Errorf("Result.Image names the blob %s (%d bytes), want %s (%d bytes)", got.ID, got.CompressedSize, top.ID, len(file))
+			}
+		})
 	}
 }

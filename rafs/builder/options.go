@@ -18,6 +18,10 @@ type Options struct {
 	ChunkDict *rafs.Image
 	// Prefetch lists absolute paths the runtime should fetch first (a directory means its subtree).
 	Prefetch []string
+	// InlineBootstrap also writes the bootstrap into the last layer's blob, which is then written
+	// even when the layer has no chunks of its own (nydus-image --blob-inline-meta): the blob
+	// alone is the image. v6 only. The bootstrap names that blob by blob.InlinedBlobID.
+	InlineBootstrap bool
 	// Workers compress and digest chunks in parallel; 0 means GOMAXPROCS.
 	Workers int
 	// Progress, when set, is called after each source with the number of bytes of file data read so far.
@@ -32,6 +36,9 @@ func DefaultOptions() Options {
 func (o *Options) validate() error {
 	if o.FSVersion != 5 && o.FSVersion != 6 {
 		return fmt.Errorf("fs-version %d: want 5 or 6", o.FSVersion)
+	}
+	if o.InlineBootstrap && o.FSVersion != 6 {
+		return fmt.Errorf("inline bootstrap: fs-version %d blobs have no place for it, want 6", o.FSVersion)
 	}
 	if !rafs.ValidChunkSize(uint64(o.ChunkSize)) {
 		return fmt.Errorf("chunk size %#x: want a power of two between %#x and %#x", o.ChunkSize, rafs.MinChunkSize, rafs.MaxChunkSize)

@@ -24,6 +24,10 @@ func IsV5(data []byte) bool {
 // Inode.Digest holds the stored digest and Verify checks it. Hard links (records sharing an i_ino)
 // share one *rafs.Inode. Every failure caused by the bytes wraps rafs.ErrCorrupt.
 func Decode(data []byte) (*rafs.Image, error) {
+	// A cut download is named as such, not by the first table or record found missing.
+	if err := Truncated(data); err != nil {
+		return nil, err
+	}
 	sb, regions, err := parseSuperblock(data)
 	if err != nil {
 		return nil, err

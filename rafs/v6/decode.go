@@ -22,6 +22,12 @@ func IsV6(data []byte) bool {
 	return le.Uint32(data[superOffset:]) == erofsMagic && le.Uint32(data[superOffset+8:])&featureCompatRafsV6 != 0
 }
 
+// HasMagic reports whether data has the EROFS magic where a v6 bootstrap has it, which is all a
+// bootstrap cut inside its superblock may have left of it.
+func HasMagic(data []byte) bool {
+	return len(data) >= superOffset+4 && le.Uint32(data[superOffset:]) == erofsMagic
+}
+
 // Decode parses a RAFS v6 bootstrap into the model. Every offset and count is checked against the
 // length of data before use; malformed input yields an error wrapping rafs.ErrCorrupt.
 //
@@ -76,6 +82,10 @@ type decoder struct {
 }
 
 func newDecoder(data []byte) (*decoder, error) {
+	// A cut download is named as such, not by the first table found missing.
+	if err := Truncated(data); err != nil {
+		return nil, err
+	}
 	d := &decoder{data: data, inodes: map[uint64]*rafs.Inode{}, budget: uint64(len(data))}
 	if err := d.readSuperBlock(); err != nil {
 		return nil, err

@@ -29,12 +29,19 @@ var (
 	resultFile = v5SHA256 + ".result"
 )
 
+// A blob with an inlined bootstrap: --bootstrap takes the blob itself.
+var (
+	v6InlineDir  = filepath.Join(testenv.Fixtures(), "v6-inlined-bootstrap")
+	v6InlineBlob = filepath.Join(v6InlineDir, "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca")
+)
+
 // Every upstream image passes check.
 func TestFixturesCheck(t *testing.T) {
 	for _, tc := range []struct{ name, boot, blobs, want string }{
 		{"v5 sha256", v5SHA256, v5BlobDir, "OK: RAFS v5"},
 		{"v5 blake3", v5Blake3, v5BlobDir, "OK: RAFS v5"},
 		{"v6 zstd blake3", v6Boot, v6BlobDir, "OK: RAFS v6"},
+		{"v6 blob with inlined bootstrap", v6InlineBlob, v6InlineDir, "OK: RAFS v6, 4 entries, 1 blobs, 3 chunks"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := testenv.MustRun(t, "check", "--bootstrap", tc.boot, "--blob-dir", tc.blobs)

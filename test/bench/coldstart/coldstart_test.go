@@ -1,4 +1,4 @@
-// Package coldstart_test measures cold start over a slow link (issue 4): the time until a program
+// Package coldstart_test measures cold start over a slow link: the time until a program
 // run by chroot from the image has finished, for a nydus image mounted lazily by dfnydus versus the
 // same OCI image pulled and unpacked with skopeo + umoci, all in the same run, with the bytes each
 // moved over the link. The registry and the client sit in network namespaces joined by a bridge;
