@@ -10,7 +10,8 @@ echo
 echo "== micro-benchmarks"
 go test -run='^$' -bench=. -benchtime=3x ./rafs/... 2>&1 | grep -E '^(Benchmark|ok|PASS|FAIL)' || true
 echo
-echo "== convert registry->registry vs skopeo+umoci pull+unpack (issue: registry round trip)"
+echo "== convert registry->registry vs its CPU limit, and the bytes it pushes vs the OCI image's (skopeo+umoci pull+unpack as node-side context) (issue: registry round trip)"
+uptime
 go test -run '^$' -bench BenchmarkConvertVsPullUnpack -benchtime=1x ./test/bench/ 2>&1 | grep -vE '^(time=|goos|goarch|pkg|cpu)'
 echo
 echo "== FUSE: warm sequential reads vs a plain go-fuse file, from memory and through fetcher + store; metadata walk vs kernel EROFS (issue: lazy mount)"
