@@ -27,6 +27,8 @@ import (
 // TestPerformanceReport prints the mount's figures next to baselines measured in the same run:
 //   - sequential read of a 256 MiB file whose chunks are already in memory, against a minimal
 //     go-fuse file served from a []byte with the same mount options, for several option variants;
+//   - the same read with the chunks coming through the real read path (fetcher, blob store, zstd
+//     decode), next to the plain file, the in-memory chunks and the limits of each (readpath_bench_test.go);
 //   - a metadata walk (readdir + lstat of every entry) of a 50k-entry tree, against the kernel's
 //     EROFS mounting the same v6 bootstrap over the blob's uncompressed view.
 //
@@ -39,6 +41,7 @@ func TestPerformanceReport(t *testing.T) {
 	}
 	requireFUSE(t)
 	t.Run("sequential-read", benchSequentialRead)
+	t.Run("read-path", benchReadPath)
 	t.Run("metadata-walk", benchMetadataWalk)
 }
 

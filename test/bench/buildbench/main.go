@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dfnydus/dfnydus/rafs"
@@ -36,19 +37,25 @@ func main() {
 
 	data, ends := loadTree(*tree)
 	files := len(ends)
-	fmt.Printf("tree %s: %d files, %.1f MB of file data\n\n", *tree, files, mb(int64(len(data))))
-	fmt.Printf("%-10s %-7s %12s %12s %7s %12s\n", "compressor", "digest", "build MB/s", "limit MB/s", "ratio", "peak RSS")
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("tree %s: %d files, %.1f MB of file data; medians of %d, build and limit alternating; %d CPUs, load %s\n\n",
+		*tree, files, mb(int64(len(data))), *runs, runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "))
+	fmt.Printf("%-10s %-7s %12s %12s %7s %12s %12s %7s %12s\n", "compressor", "digest", "build MB/s", "limit MB/s", "ratio",
+		"build CPU-s", "limit CPU-s", "ratio", "peak RSS")
 	for _, name := range splitComma(*comps) {
 		comp, err := rafs.ParseCompressor(name)
 		check(err)
-		limit := median(*runs, func() float64 { return limitRate(data, ends, comp, rafs.DigestBlake3) })
+		var rate, limit, cpu, limitCPU []float64
 		var rss int64
-		rate := median(*runs, func() float64 {
-			r, m := buildRate(*bin, *tree, name, int64(len(data)))
+		for range *runs { // alternating, so drift on a shared machine affects both alike
+			l, lc := limitRate(data, ends, comp, rafs.DigestBlake3)
+			r, c, m := buildRate(*bin, *tree, name, int64(len(data)))
+			limit, limitCPU = append(limit, l), append(limitCPU, lc)
+			rate, cpu = append(rate, r), append(cpu, c)
 			rss = max(rss, m)
-			return r
-		})
-		fmt.Printf("%-10s %-7s %12.1f %12.1f %7.2f %9.1f MiB\n", name, "blake3", rate, limit, rate/limit, float64(rss)/(1<<20))
+		}
+		r, l, c, lc := median(rate), median(limit), median(cpu), median(limitCPU)
+		fmt.Printf("%-10s %-7s %12.1f %12.1f %7.2f %12.2f %12.2f %7.2f %9.1f MiB\n", name, "blake3", r, l, r/l, c, lc, c/lc, float64(rss)/(1<<20))
 	}
 	if *bigMB > 0 {
 		fmt.Println()
@@ -79,8 +86,9 @@ func loadTree(root string) ([]byte, []int) {
 }
 
 // limitRate cuts every file into the builder's chunks (1 MiB pieces, a file's last piece shorter),
-// then digests and compresses them on every CPU as fast as it can, from memory. It returns MB/s.
-func limitRate(data []byte, ends []int, comp rafs.Compressor, dig rafs.Digester) float64 {
+// then digests and compresses them on every CPU as fast as it can, from memory. It returns MB/s and
+// the CPU-seconds it took.
+func limitRate(data []byte, ends []int, comp rafs.Compressor, dig rafs.Digester) (float64, float64) {
 	const cs = rafs.DefaultChunkSize
 	type span struct{ off, end int }
 	var spans []span
@@ -98,7 +106,7 @@ func limitRate(data []byte, ends []int, comp rafs.Compressor, dig rafs.Digester)
 		}
 		close(next)
 	}()
-	t0 := time.Now()
+	c0, t0 := selfCPU(), time.Now()
 	var wg sync.WaitGroup
 	for range runtime.GOMAXPROCS(0) {
 		wg.Add(1)
@@ -115,11 +123,19 @@ func limitRate(data []byte, ends []int, comp rafs.Compressor, dig rafs.Digester)
 		}()
 	}
 	wg.Wait()
-	return mb(int64(len(data))) / time.Since(t0).Seconds()
+	return mb(int64(len(data))) / time.Since(t0).Seconds(), selfCPU() - c0
 }
 
-// buildRate runs dfnydus build on the tree and returns MB/s of file data and the peak RSS in bytes.
-func buildRate(bin, tree, comp string, bytes int64) (float64, int64) {
+// selfCPU is this process's CPU-seconds so far, user and system, all threads.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// buildRate runs dfnydus build on the tree and returns MB/s of file data, the build's CPU-seconds
+// and its peak RSS in bytes.
+func buildRate(bin, tree, comp string, bytes int64) (float64, float64, int64) {
 	dir, err := os.MkdirTemp("/var/tmp", "buildbench-")
 	check(err)
 	defer os.RemoveAll(dir)
@@ -129,7 +145,9 @@ func buildRate(bin, tree, comp string, bytes int64) (float64, int64) {
 	check(cmd.Start())
 	hwm := watchHWM(cmd.Process.Pid)
 	check(cmd.Wait())
-	return mb(bytes) / time.Since(start).Seconds(), <-hwm
+	wall := time.Since(start)
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return mb(bytes) / wall.Seconds(), cpu.Seconds(), <-hwm
 }
 
 // bigMemory builds a generated tar of size bytes (compressible, few large files and many small
@@ -210,11 +228,8 @@ func writeTar(w io.Writer, size int64) error {
 	return tw.Close()
 }
 
-func median(n int, f func() float64) float64 {
-	var xs []float64
-	for range n {
-		xs = append(xs, f())
-	}
+func median(xs []float64) float64 {
+	xs = append([]float64(nil), xs...)
 	sort.Float64s(xs)
 	return xs[len(xs)/2]
 }
