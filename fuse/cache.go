@@ -20,12 +20,17 @@ type chunkKey struct {
 // chunkCache keeps recently fetched chunks under a byte budget and lets concurrent reads of one
 // chunk share a single fetch.
 //
+// Fetches decode into buffers from the cache's pool; a chunk's buffer goes back to the pool once
+// the chunk has left the cache and the last read using its bytes let go (a hold). A read that
+// never lets go (a reply the kernel interrupted) only keeps its buffer from being reused.
+//
 // A fetch runs in its own goroutine under the mount's context, not under the context of the read
 // that started it: it lasts as long as at least one read waits for it. When the last waiting read
 // is interrupted, the fetch is cancelled and forgotten. Failed fetches are not cached.
 type chunkCache struct {
 	base  context.Context // the mount's; cancelling it cancels every fetch
 	limit int64
+	pool  *bufPool // nil: no recycling
 
 	mu      sync.Mutex
 	entries map[chunkKey]*cacheEntry // fetched (in lru) or in flight
@@ -41,10 +46,47 @@ type cacheEntry struct {
 	waiters int                // reads waiting while in flight
 	cancel  context.CancelFunc // of the fetch
 	elem    *list.Element      // set once cached
+	refs    int                // holds on data, plus one while in lru
+	pooled  bool               // data is a buffer of the pool, used by nobody else
 }
+
+// fetcher fetches a chunk, decoding into buf when it can (buf may be nil).
+type fetcher func(ctx context.Context, buf []byte) ([]byte, error)
 
 func newChunkCache(base context.Context, limit int64) *chunkCache {
 	return &chunkCache{base: base, limit: limit, entries: map[chunkKey]*cacheEntry{}}
+}
+
+// hold is a read's use of a chunk's bytes; release ends it. The zero hold releases nothing.
+type hold struct {
+	c *chunkCache
+	e *cacheEntry
+}
+
+func (h hold) release() {
+	if h.e != nil {
+		h.c.mu.Lock()
+		h.c.unrefLocked(h.e)
+		h.c.mu.Unlock()
+	}
+}
+
+// unrefLocked drops one reference to e's bytes, recycling them with the last.
+func (c *chunkCache) unrefLocked(e *cacheEntry) {
+	e.refs--
+	if e.refs == 0 && e.pooled {
+		e.pooled = false
+		c.pool.put(e.data)
+		e.data = nil
+	}
+}
+
+// evictLocked takes e out of the cache (it was in lru).
+func (c *chunkCache) evictLocked(e *cacheEntry) {
+	c.lru.Remove(e.elem)
+	delete(c.entries, e.key)
+	c.size -= int64(len(e.data))
+	c.unrefLocked(e)
 }
 
 // claim is a read's interest in one chunk, from start until wait or release.
@@ -56,12 +98,13 @@ type claim struct {
 // start returns a claim on the chunk named key: the cached bytes, or a fetch in flight (started
 // now with fetch unless another read already started it). hit reports whether no new fetch was
 // started. Every claim must end with wait or release.
-func (c *chunkCache) start(key chunkKey, fetch func(context.Context) ([]byte, error)) (cl claim, hit bool) {
+func (c *chunkCache) start(key chunkKey, fetch fetcher) (cl claim, hit bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.entries[key]
 	if e != nil && e.elem != nil {
 		c.lru.MoveToFront(e.elem)
+		e.refs++ // the claim's, handed to its hold by wait
 		return claim{e: e, cached: true}, true
 	}
 	hit = e != nil
@@ -75,33 +118,46 @@ func (c *chunkCache) start(key chunkKey, fetch func(context.Context) ([]byte, er
 	return claim{e: e}, hit
 }
 
-// wait returns the claimed chunk's bytes, or ctx's error if ctx ends first (then the claim is
-// released). The returned slice is shared: callers must not modify it.
-func (c *chunkCache) wait(ctx context.Context, cl claim) ([]byte, error) {
+// wait returns the claimed chunk's bytes and a hold on them, or ctx's error if ctx ends first
+// (then the claim is released). The returned slice is shared: callers must not modify it, and
+// must not use it after releasing the hold.
+func (c *chunkCache) wait(ctx context.Context, cl claim) ([]byte, hold, error) {
 	e := cl.e
 	if cl.cached {
-		return e.data, nil
+		return e.data, hold{c, e}, nil
 	}
 	select {
 	case <-e.done:
-		return e.data, e.err
+		return c.result(e)
 	case <-ctx.Done():
 	}
 	if c.leave(e) {
-		return e.data, e.err // finished meanwhile: use it
+		return c.result(e) // finished meanwhile: use it
 	}
-	return nil, ctx.Err()
+	return nil, hold{}, ctx.Err()
+}
+
+// result is a finished entry's outcome for one of its waiters, who was counted in its refs.
+func (c *chunkCache) result(e *cacheEntry) ([]byte, hold, error) {
+	if e.err != nil {
+		return nil, hold{}, e.err
+	}
+	return e.data, hold{c, e}, nil
 }
 
 // release gives up a claim without waiting for it.
 func (c *chunkCache) release(cl claim) {
-	if !cl.cached {
-		c.leave(cl.e)
+	if cl.cached || c.leave(cl.e) {
+		c.mu.Lock()
+		if cl.e.err == nil {
+			c.unrefLocked(cl.e)
+		}
+		c.mu.Unlock()
 	}
 }
 
 // leave drops one waiter of e, cancelling and forgetting the fetch when it was the last. It
-// reports whether e had already finished.
+// reports whether e had already finished (the waiter then holds a reference if it succeeded).
 func (c *chunkCache) leave(e *cacheEntry) (finished bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -121,33 +177,44 @@ func (c *chunkCache) leave(e *cacheEntry) (finished bool) {
 }
 
 // get is start then wait, for one chunk.
-func (c *chunkCache) get(ctx context.Context, key chunkKey, fetch func(context.Context) ([]byte, error)) (data []byte, hit bool, err error) {
+func (c *chunkCache) get(ctx context.Context, key chunkKey, fetch fetcher) (data []byte, h hold, hit bool, err error) {
 	cl, hit := c.start(key, fetch)
-	data, err = c.wait(ctx, cl)
-	return data, hit, err
+	data, h, err = c.wait(ctx, cl)
+	return data, h, hit, err
 }
 
 // load runs one fetch and publishes its result.
-func (c *chunkCache) load(ctx context.Context, e *cacheEntry, fetch func(context.Context) ([]byte, error)) {
-	data, err := fetch(ctx)
+func (c *chunkCache) load(ctx context.Context, e *cacheEntry, fetch fetcher) {
+	var buf []byte
+	if c.pool != nil {
+		buf = c.pool.get(int(e.key.size))
+	}
+	data, err := fetch(ctx, buf)
+	pooled := err == nil && buf != nil && sameArray(data, buf)
+	if buf != nil && !pooled {
+		c.pool.put(buf)
+	}
 	e.cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e.data, e.err = data, err
+	e.data, e.err, e.pooled = data, err, pooled
+	e.refs = e.waiters // each waiter left holds one: wait or release ends it
 	close(e.done)
-	if c.entries[e.key] != e { // abandoned by every reader
-		return
-	}
-	if err != nil {
-		delete(c.entries, e.key)
+	if c.entries[e.key] != e || err != nil { // abandoned by every reader, or failed
+		if c.entries[e.key] == e {
+			delete(c.entries, e.key)
+		}
+		if e.refs == 0 {
+			e.refs = 1
+			c.unrefLocked(e)
+		}
 		return
 	}
 	e.elem = c.lru.PushFront(e)
+	e.refs++
 	c.size += int64(len(data))
 	for c.size > c.limit && c.lru.Len() > 1 {
-		old := c.lru.Remove(c.lru.Back()).(*cacheEntry)
-		delete(c.entries, old.key)
-		c.size -= int64(len(old.data))
+		c.evictLocked(c.lru.Back().Value.(*cacheEntry))
 	}
 }
 
@@ -161,9 +228,7 @@ func (c *chunkCache) drop(keys func(yield func(chunkKey) bool)) {
 	}
 	for k := range keys {
 		if e := c.entries[k]; e != nil && e.elem != nil {
-			c.lru.Remove(e.elem)
-			delete(c.entries, k)
-			c.size -= int64(len(e.data))
+			c.evictLocked(e)
 		}
 	}
 }

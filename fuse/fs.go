@@ -53,6 +53,7 @@ func newFilesystem(img *rafs.Image, r rafs.ChunkReader, opts Options) (*filesyst
 		renumbered: map[*rafs.Inode]uint64{}, badChunks: map[*rafs.Inode]error{}}
 	fs.ctx, fs.cancel = context.WithCancel(context.Background())
 	fs.cache = newChunkCache(fs.ctx, opts.ChunkCacheBytes)
+	fs.cache.pool = &bufPool{}
 	var err error
 	if fs.m, err = newMetrics(opts.Metrics); err != nil {
 		return fs, err

@@ -154,6 +154,10 @@ func GoFuseOptions(opts Options) *gofuse.Options {
 		// The kernel enforces the image's POSIX ACLs (system.posix_acl_* xattrs), as it does
 		// for the filesystem the image was built from.
 		EnableAcl: true,
+		// Replies come from memory, never from a file descriptor: go-fuse would still set up a
+		// pipe and write every reply's header into it before falling back to writev (4% of a
+		// whole-image read's CPU).
+		DisableSplice: true,
 	}
 	if !haveFusermount() {
 		mo.DirectMountStrict = true

@@ -38,15 +38,32 @@ func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	fs := f.n.fs
 	start := time.Now()
-	data, err := fs.readAt(ctx, f.n.inode(), dest, off)
+	data, h, err := fs.readAt(ctx, f.n.inode(), dest, off)
 	fs.m.reads.Inc()
 	fs.m.readSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return nil, fs.readErrno(ctx, f.n, off, len(dest), err)
 	}
 	fs.m.readBytes.Add(float64(len(data)))
-	return fuse.ReadResultData(data), 0
+	if h.e == nil {
+		return fuse.ReadResultData(data), 0
+	}
+	return &heldResult{data: data, h: h}, 0
 }
+
+// heldResult is a reply made of a cached chunk's bytes: the hold on them ends once go-fuse has
+// written the reply to the kernel (Done), so the chunk's buffer is not reused under it.
+type heldResult struct {
+	data []byte
+	h    hold
+}
+
+func (r *heldResult) Bytes([]byte) ([]byte, fuse.Status) { return r.data, fuse.OK }
+func (r *heldResult) Size() int                          { return len(r.data) }
+func (r *heldResult) Done()                              { r.h.release(); r.h = hold{} }
+
+// Slices lets go-fuse write the bytes with writev, without copying them into its buffer.
+func (r *heldResult) Slices() ([][]byte, fuse.Status) { return [][]byte{r.data}, fuse.OK }
 
 // chunkError is a failed chunk read, naming the chunk for the log.
 type chunkError struct {
@@ -95,15 +112,15 @@ type span struct {
 
 // readAt reads in's bytes at off and returns them: len(dest) bytes, fewer only at the end of the
 // file. Gaps between chunks and hole chunks read as zeros. When one chunk holds the whole range,
-// the result is a slice of the chunk's cached bytes (no copy; callers must not modify it);
-// otherwise it is dest's prefix.
-func (fs *filesystem) readAt(ctx context.Context, in *rafs.Inode, dest []byte, off int64) ([]byte, error) {
+// the result is a slice of the chunk's cached bytes (no copy; callers must not modify it, and
+// must release the hold when done with it); otherwise it is dest's prefix and the hold is zero.
+func (fs *filesystem) readAt(ctx context.Context, in *rafs.Inode, dest []byte, off int64) ([]byte, hold, error) {
 	if off < 0 {
-		return nil, fmt.Errorf("negative offset %d", off)
+		return nil, hold{}, fmt.Errorf("negative offset %d", off)
 	}
 	start := uint64(off)
 	if start >= in.Size || len(dest) == 0 {
-		return dest[:0], nil
+		return dest[:0], hold{}, nil
 	}
 	end := start + min(uint64(len(dest)), in.Size-start)
 	out := dest[:end-start]
@@ -133,16 +150,16 @@ func (fs *filesystem) readAt(ctx context.Context, in *rafs.Inode, dest []byte, o
 
 	if len(spans) == 1 && len(spans[0].dst) == len(out) {
 		s := spans[0]
-		data, err := fs.waitChunk(ctx, s.c, fs.startChunk(s.c))
+		data, h, err := fs.waitChunk(ctx, s.c, fs.startChunk(s.c))
 		if err != nil {
-			return nil, err
+			return nil, hold{}, err
 		}
-		return data[s.from : s.from+uint64(len(out))], nil
+		return data[s.from : s.from+uint64(len(out))], h, nil
 	}
 	if err := fs.copySpans(ctx, spans); err != nil {
-		return nil, err
+		return nil, hold{}, err
 	}
-	return out, nil
+	return out, hold{}, nil
 }
 
 // copySpans gets the spans' chunks and copies the needed bytes out. Up to ReadParallelism chunk
@@ -161,12 +178,13 @@ func (fs *filesystem) copySpans(ctx context.Context, spans []span) error {
 			claims = append(claims, fs.startChunk(spans[len(claims)].c))
 		}
 		s := spans[next]
-		data, err := fs.waitChunk(ctx, s.c, claims[next])
+		data, h, err := fs.waitChunk(ctx, s.c, claims[next])
 		if err != nil {
 			next++ // waitChunk ended this claim
 			return err
 		}
 		copy(s.dst, data[s.from:])
+		h.release()
 	}
 	return nil
 }
@@ -192,12 +210,12 @@ func (fs *filesystem) chunkKeys(in *rafs.Inode) func(yield func(chunkKey) bool) 
 // then fails with the unmount's error.
 func (fs *filesystem) startChunk(c *rafs.Chunk) claim {
 	b := fs.img.Blobs[c.BlobIndex] // checkChunks made sure it exists
-	cl, hit := fs.cache.start(keyOf(c), func(ctx context.Context) ([]byte, error) {
+	cl, hit := fs.cache.start(keyOf(c), func(ctx context.Context, buf []byte) ([]byte, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("filesystem is unmounting: %w", err)
 		}
 		fs.m.fetches.Inc()
-		data, err := fs.reader.ReadChunk(ctx, b, c, nil)
+		data, err := fs.reader.ReadChunk(ctx, b, c, buf)
 		if err == nil && len(data) != int(c.UncompressedSize) { // not cached
 			return nil, rafs.Corruptf("chunk reader returned %d bytes, the record says %d", len(data), c.UncompressedSize)
 		}
@@ -209,15 +227,16 @@ func (fs *filesystem) startChunk(c *rafs.Chunk) claim {
 	return cl
 }
 
-// waitChunk returns the verified bytes of c for a claim from startChunk.
-func (fs *filesystem) waitChunk(ctx context.Context, c *rafs.Chunk, cl claim) ([]byte, error) {
-	data, err := fs.cache.wait(ctx, cl)
+// waitChunk returns the verified bytes of c for a claim from startChunk, and the hold on them.
+func (fs *filesystem) waitChunk(ctx context.Context, c *rafs.Chunk, cl claim) ([]byte, hold, error) {
+	data, h, err := fs.cache.wait(ctx, cl)
 	if err == nil && len(data) != int(c.UncompressedSize) {
 		// Never wrong data: copySpans copies exactly the record's size out of data.
-		err = rafs.Corruptf("chunk reader returned %d bytes, the record says %d", len(data), c.UncompressedSize)
+		h.release()
+		h, err = hold{}, rafs.Corruptf("chunk reader returned %d bytes, the record says %d", len(data), c.UncompressedSize)
 	}
 	if err != nil {
-		return nil, &chunkError{blob: fs.img.Blobs[c.BlobIndex].ID, chunk: c, err: err}
+		return nil, hold{}, &chunkError{blob: fs.img.Blobs[c.BlobIndex].ID, chunk: c, err: err}
 	}
-	return data, nil
+	return data, h, nil
 }

@@ -95,7 +95,8 @@ func TestReadAtMapsRangesToChunks(t *testing.T) {
 	}
 	for _, tc := range cases {
 		dest := bytes.Repeat([]byte{0xee}, tc.size) // garbage where zeros must be written
-		got, err := fs.readAt(context.Background(), in, dest, int64(tc.off))
+		got, h, err := fs.readAt(context.Background(), in, dest, int64(tc.off))
+		defer h.release()
 		if err != nil {
 			t.Fatalf("read [%d, +%d): %v", tc.off, tc.size, err)
 		}

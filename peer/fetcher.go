@@ -347,7 +347,11 @@ func (bl *Blob) readStored(c *rafs.Chunk, buf []byte) ([]byte, bool, error) {
 	if verify {
 		bl.markChecked(c.CompressedOffset)
 	}
-	bl.f.mem.add(bl.key(c), out)
+	// Bytes decoded into the caller's buffer are the caller's (it caches and recycles them);
+	// only memory of our own may enter the memory cache.
+	if cap(buf) == 0 || &out[:1][0] != &buf[:1][0] {
+		bl.f.mem.add(bl.key(c), out)
+	}
 	return out, true, nil
 }
 

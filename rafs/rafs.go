@@ -435,7 +435,9 @@ func (img *Image) BlobByID(id string) int {
 
 // ChunkReader returns the verified, uncompressed bytes of one chunk of a blob. The local blob
 // directory (rafs/blob), the peer's store and fetcher, and tests all implement it; unpack, check and
-// the FUSE filesystem consume it.
+// the FUSE filesystem consume it. buf, when not nil, is memory the result may be decoded into
+// (when its capacity suffices); a result in buf belongs to the caller, who may reuse it, so a
+// reader keeps no reference to it.
 type ChunkReader interface {
 	ReadChunk(ctx context.Context, blob *Blob, c *Chunk, buf []byte) ([]byte, error)
 }

@@ -164,10 +164,12 @@ func TestLazyMountScenario(t *testing.T) {
 		const budget = 64 << 20
 		bm := startMount(t, cache, mp, "--prefetch", "off", "--cache-budget", "67108864", "--memory-cache", "0", ref)
 		testenv.AssertSameTree(t, want, testenv.Snapshot(t, mp))
+		// Measured once the mount stopped: an eviction's bytes are punched out of the file right
+		// after the index forgets them, so a busy machine can see them on disk a moment longer.
+		bm.stop(t)
 		if used := dataBytes(t, filepath.Join(cache, "store")); used > budget+(2<<20) {
 			t.Errorf("store holds %d bytes of chunk files, budget %d", used, budget)
 		}
-		bm.stop(t)
 	})
 }
 
