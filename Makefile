@@ -22,7 +22,7 @@ help:
 	@echo "make bench-p2p P2P scenarios a-g on a 400 MB real-file image (Debian + Go), peers in network namespaces,"
 	@echo "              registry behind 100 Mbit/s: alone vs 8 peers with and without P2P, 64-peer start, scheduler"
 	@echo "              outage, forced piece lengths; table in bin/p2p-report.txt (docs/p2p.md; ~40 min, quiet machine)"
-	@echo "make bench-p2p-large  scenario h: an 8.8 GB blob (32 MiB pieces) read by 2 peers over P2P, unshaped link;"
+	@echo "make bench-p2p-large  scenario h: a 9.2 GB blob (32 MiB pieces) read by 2 peers over P2P, unshaped link;"
 	@echo "              needs 50 GB free in /var/tmp; table in bin/p2p-large-report.txt"
 	@echo "make fuzz      run every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make lint      gofmt + go vet"
