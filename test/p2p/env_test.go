@@ -171,7 +171,11 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 	os.RemoveAll(work) // convert keeps built blobs there: as large as the image
 	c.loadImage(t)
 	c.pushProbe(t)
+	// The upstream retryInterval (500ms), not schedtest's quicker 100ms: peers that start together
+	// wait for the first to hold a piece, and 4 pauses of 100ms under CI load were too short for
+	// that (the scheduler sent 3 of 8 peers back to source and the registry sent 2x the blob).
 	c.sched = schedtest.Start(t, schedtest.Options{ListenIP: c.schedNode.Addr.String(), Port: 8002, Redis: true,
+		RetryInterval: 500 * time.Millisecond,
 		Command: func(name string, args ...string) *exec.Cmd {
 			return c.schedNode.Command(context.Background(), name, args...)
 		},
