@@ -619,23 +619,14 @@ func (p *peerProc) kill9() {
 // what the daemon costs.
 func (p *peerProc) cpuSeconds(t *testing.T) float64 {
 	t.Helper()
-	s, err := processCPU(p.cmd.Process.Pid)
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
 	if err != nil {
 		t.Fatalf("peer %s: %v", p.name, err)
-	}
-	return s
-}
-
-// processCPU is a process's utime + stime so far, in seconds (/proc/PID/stat).
-func processCPU(pid int) (float64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
 	}
 	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:])) // the name may hold spaces
 	utime, _ := strconv.ParseFloat(f[11], 64)
 	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / clockTicks, nil
+	return (utime + stime) / clockTicks
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every Linux architecture Go runs.
