@@ -93,7 +93,7 @@ func (b *Blob) Accept(off int64, data []byte, origin string) (AcceptResult, erro
 		// Most chunks that enter the node have no reader waiting (prefetch, the rest of a piece):
 		// their data is only hashed, so it is decoded into scratch memory that is reused.
 		var scratch *[]byte
-		if !b.awaited(c.CompressedOffset) {
+		if len(b.Awaited(co, ce-co)) == 0 {
 			scratch = decodeScratch.Get().(*[]byte)
 		}
 		var buf []byte
@@ -213,13 +213,6 @@ func (b *Blob) deliver(c *rafs.Chunk, out []byte, owned bool) {
 		b.f.mem.add(k, out)
 		fl.finish(out, nil)
 	}
-}
-
-// awaited reports whether a reader waits for the chunk at off.
-func (b *Blob) awaited(off uint64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.flights[off] != nil
 }
 
 // decodeScratch holds buffers for chunks decoded only to be verified.

@@ -600,6 +600,7 @@ func (p *peerProc) stop(t *testing.T) {
 		select {
 		case <-p.done:
 		case <-time.After(20 * time.Second):
+			t.Logf("peer %s ignored SIGTERM for 20 s: killed", p.name)
 			_ = p.cmd.Process.Kill()
 			<-p.done
 		}
@@ -619,14 +620,23 @@ func (p *peerProc) kill9() {
 // what the daemon costs.
 func (p *peerProc) cpuSeconds(t *testing.T) float64 {
 	t.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	s, err := processCPU(p.cmd.Process.Pid)
 	if err != nil {
 		t.Fatalf("peer %s: %v", p.name, err)
+	}
+	return s
+}
+
+// processCPU is a process's utime + stime so far, in seconds (/proc/PID/stat).
+func processCPU(pid int) (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
 	}
 	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:])) // the name may hold spaces
 	utime, _ := strconv.ParseFloat(f[11], 64)
 	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / clockTicks
+	return (utime + stime) / clockTicks, nil
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every Linux architecture Go runs.
@@ -722,14 +732,16 @@ func tail(s string, n int) string {
 // run is one scenario's run: peers mount the image at the same moment and each reads the
 // workload as soon as its mount is up.
 type run struct {
-	w        workload
-	durs     []time.Duration // from the mount request to the workload's end, per peer
-	sums     []string        // workload digests, per peer
-	regBytes int64           // what the registry's link sent from the run's start until it was quiet again
-	cpu      []float64       // CPU-seconds of each daemon during the run
-	rss      []int64         // VmRSS of each daemon at the end
-	rate     float64         // the registry link's rate measured just before, bytes/s
-	start    time.Time       // when the mounts were asked for
+	w         workload
+	durs      []time.Duration // from the mount request to the workload's end, per peer
+	sums      []string        // workload digests, per peer
+	regBytes  int64           // what the registry's link sent from the run's start until it was quiet again
+	regByPeer []int64         // what the registry's access log says it sent each peer during the run
+	sentBack  []bool          // which peers the scheduler sent back to source during the run
+	cpu       []float64       // CPU-seconds of each daemon during the run
+	rss       []int64         // VmRSS of each daemon at the end
+	rate      float64         // the registry link's rate measured just before, bytes/s
+	start     time.Time       // when the mounts were asked for
 }
 
 // mountAndRead measures the link from the first peer's node, then mounts the image on every peer
@@ -749,7 +761,7 @@ func (c *cluster) mountAndReadDuring(t *testing.T, peers []*peerProc, w workload
 	for i, p := range peers {
 		r.cpu[i] = -p.cpuSeconds(t)
 	}
-	b0 := c.registryBytes(t)
+	b0, sent0 := c.registryBytes(t), c.reg.SentTo()
 	errs := make([]error, len(peers))
 	start := time.Now()
 	r.start = start
@@ -776,6 +788,13 @@ func (c *cluster) mountAndReadDuring(t *testing.T, peers []*peerProc, w workload
 		r.rss[i] = p.rss(t)
 	}
 	r.regBytes = c.settledRegistryBytes(t) - b0
+	sent := c.reg.SentTo()
+	r.regByPeer, r.sentBack = make([]int64, len(peers)), make([]bool, len(peers))
+	for i, p := range peers {
+		ip := p.node.Addr.String()
+		r.regByPeer[i] = sent[ip] - sent0[ip]
+		r.sentBack[i] = strings.Contains(p.stderr.String(), "scheduler: back to source")
+	}
 	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
@@ -789,9 +808,45 @@ func (c *cluster) mountAndReadDuring(t *testing.T, peers []*peerProc, w workload
 	return r
 }
 
+// explainRegistry says where a run's registry bytes went: per peer, what the registry's access log
+// sent it and, when peers are the run's (still running), the piece bytes it counted from the source
+// and from parents and whether the scheduler sent it back to source.
+func (c *cluster) explainRegistry(t *testing.T, r run, peers []*peerProc, live bool) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("registry bytes by peer:")
+	for i, p := range peers {
+		if i >= len(r.regByPeer) {
+			break
+		}
+		fmt.Fprintf(&b, " %s %.1f MB", p.name, mb(r.regByPeer[i]))
+		if i < len(r.sentBack) && r.sentBack[i] {
+			b.WriteString(" (sent back to source)")
+		}
+		if live {
+			fmt.Fprintf(&b, " (pieces %.1f MB from source, %.1f MB from parents)",
+				p.metricLabel(t, "dfnydus_p2p_piece_bytes_total", `from="source"`)/1e6,
+				p.metricLabel(t, "dfnydus_p2p_piece_bytes_total", `from="parent"`)/1e6)
+		}
+		b.WriteString(";")
+	}
+	return b.String()
+}
+
 // blobBytes is what the registry sent during r minus what each peer fetches itself to mount (the
 // manifest, the config and the bootstrap layer, which do not go through P2P): the blob data.
 func (c *cluster) blobBytes(r run) int64 { return r.regBytes - int64(len(r.durs))*c.metaBytes }
+
+// backToSource is how many peers of r the scheduler sent back to source.
+func (r run) backToSource() int {
+	n := 0
+	for _, b := range r.sentBack {
+		if b {
+			n++
+		}
+	}
+	return n
+}
 
 func (r run) slowest() time.Duration { return sortedDurs(r.durs)[len(r.durs)-1] }
 func (r run) median() time.Duration  { return sortedDurs(r.durs)[len(r.durs)/2] }

@@ -72,6 +72,7 @@ func (c *cluster) parentKilled(t *testing.T, want string) {
 	// Restarted with its cache, p2 serves everything from its own store.
 	dir := p2.dir
 	p2.stop(t)
+	firstLog := p2.stderr.String()
 	p2 = c.startPeer(t, "p2", peerOpts{p2p: true, dir: dir})
 	p2.mount(t, c.ref)
 	sum, err = p2.read(w)
@@ -79,7 +80,8 @@ func (c *cluster) parentKilled(t *testing.T, want string) {
 		t.Fatalf("restarted p2: md5 %s (%v), want %s", sum, err, want)
 	}
 	if got := p2.metricLabel(t, "dfnydus_p2p_piece_bytes_total", `from="source"`) + p2.metricLabel(t, "dfnydus_p2p_piece_bytes_total", `from="parent"`); got != 0 {
-		t.Errorf("restarted p2 downloaded %.0f bytes, want 0", got)
+		t.Errorf("restarted p2 downloaded %.0f bytes, want 0 (chunks fetched by reads: %.0f, store chunks that failed their digest: %.0f); before the restart:\n%s\nafter:\n%s",
+			got, p2.metric(t, "dfnydus_fetch_chunks_total"), p2.metric(t, "dfnydus_store_repaired_total"), tail(firstLog, 40), tail(p2.stderr.String(), 60))
 	}
 	p2.stop(t)
 }

@@ -146,19 +146,14 @@ func (c *cluster) sourceOf(p string) string {
 	return filepath.Join(c.srcs[0].dir, p)
 }
 
-// procCPU is a process's utime+stime in seconds.
+// procCPU is processCPU failing t.
 func procCPU(t *testing.T, pid int) float64 {
 	t.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	s, err := processCPU(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Fields after the command name, which is in parentheses and may hold spaces.
-	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-	var u, s float64
-	fmt.Sscan(f[11], &u)
-	fmt.Sscan(f[12], &s)
-	return (u + s) / 100 // USER_HZ
+	return s
 }
 
 // decodeFloor decodes and verifies every distinct chunk w's files need, once, on one locked
@@ -277,18 +272,10 @@ func serveFloorFS(specPath string) error {
 	if err := os.WriteFile(ready, nil, 0o600); err != nil {
 		return err
 	}
-	ctx, stop := signalContext()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	<-ctx.Done()
 	return srv.Unmount()
-}
-
-func signalContext() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGTERM, os.Interrupt)
-	go func() { <-ch; cancel() }()
-	return ctx, cancel
 }
 
 // memTree is the floor file system's root: directories and read-only files held in memory.

@@ -385,6 +385,14 @@ func TestRegistryServesOtherNodes(t *testing.T) {
 	if err := json.Unmarshal(body, &cat); err != nil {
 		t.Fatalf("catalog %q: %v", body, err)
 	}
+	// The access log is written after the response: wait for it to count the catalog's bytes.
+	deadline := time.Now().Add(10 * time.Second)
+	for reg.SentTo()[client.Addr.String()] < int64(len(body)) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := reg.SentTo(); got[client.Addr.String()] != int64(len(body)) {
+		t.Errorf("SentTo = %v, want %d bytes to %s", got, len(body), client.Addr)
+	}
 	reg.Close()
 	reg.Close()
 	if _, err := client.DialContext(ctxT(t), "tcp", reg.Host); err == nil {

@@ -1,16 +1,22 @@
 package netns
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"github.com/dfnydus/dfnydus/test/internal/testenv"
+	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"sync"
 	"time"
+
+	"github.com/dfnydus/dfnydus/test/internal/testenv"
 )
 
 // RegistryBinary is the registry program (Debian package docker-registry, distribution 2.8).
@@ -21,10 +27,11 @@ type Registry struct {
 	Node *Node
 	Host string // "ADDR:PORT" on the node
 
-	root string
-	cmd  *exec.Cmd
-	done chan struct{}
-	logs *testenv.LogBuffer
+	root   string
+	cmd    *exec.Cmd
+	done   chan struct{}
+	logs   *testenv.LogBuffer
+	access *accessLog
 }
 
 // Ref is "HOST/repo:tag" (or "HOST/repo" when tag is "").
@@ -50,12 +57,13 @@ func StartRegistry(ctx context.Context, nd *Node, port int, dir string) (*Regist
 	}
 	host := net.JoinHostPort(nd.Addr.String(), strconv.Itoa(port))
 	r := &Registry{Node: nd, Host: host, root: filepath.Join(dir, "storage"), logs: &testenv.LogBuffer{}, done: make(chan struct{})}
+	r.access = &accessLog{sent: map[string]int64{}, other: r.logs}
 	cfg := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfg, []byte(testenv.RegistryConfig(r.root, host, "")), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(testenv.RegistryConfigWithAccessLog(r.root, host, "")), 0o600); err != nil {
 		return nil, fmt.Errorf("registry config: %w", err)
 	}
 	r.cmd = nd.Command(context.Background(), bin, "serve", cfg) // lives until Close, not until ctx ends
-	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	r.cmd.Stdout, r.cmd.Stderr = r.access, r.logs
 	if err := r.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start registry in %s: %w", nd.Name, err)
 	}
@@ -108,4 +116,51 @@ func (r *Registry) Close() {
 // measurements that need a blob's bytes without sending them over the registry's link.
 func (r *Registry) BlobPath(id string) string {
 	return filepath.Join(r.root, "docker/registry/v2/blobs/sha256", id[:2], id, "data")
+}
+
+// SentTo is how many response bytes the registry has sent to each client address so far, by its
+// access log: what each node cost the registry, including responses a client abandoned.
+func (r *Registry) SentTo() map[string]int64 { return r.access.snapshot() }
+
+// accessLog takes the registry's stdout: access-log lines (Apache combined format,
+// `IP - - [time] "GET /v2/... HTTP/1.1" 206 4194304 "-" "agent"`) add their byte count to their
+// client's total; other lines go to other.
+type accessLog struct {
+	mu      sync.Mutex
+	partial []byte
+	sent    map[string]int64
+	other   io.Writer
+}
+
+var accessLine = regexp.MustCompile(`^(\S+) \S+ \S+ \[[^\]]*\] "[^"]*" \d{3} (\d+)`)
+
+func (a *accessLog) Write(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.partial = append(a.partial, p...)
+	for {
+		i := bytes.IndexByte(a.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := a.partial[:i+1]
+		if m := accessLine.FindSubmatch(line); m != nil {
+			n, _ := strconv.ParseInt(string(m[2]), 10, 64)
+			a.sent[string(m[1])] += n
+		} else {
+			_, _ = a.other.Write(line)
+		}
+		a.partial = a.partial[i+1:]
+	}
+	if len(a.partial) > 64<<10 { // no line is that long: pass it on rather than grow
+		_, _ = a.other.Write(a.partial)
+		a.partial = nil
+	}
+	return len(p), nil
+}
+
+func (a *accessLog) snapshot() map[string]int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.sent)
 }

@@ -177,9 +177,18 @@ func Start(t testing.TB, opts Options) *Scheduler {
 	if opts.LogLevel == "" {
 		opts.LogLevel = "info"
 	}
-	s := &Scheduler{t: t, opts: opts, dir: t.TempDir(), bin: Binary(t), logs: &testenv.LogBuffer{}}
+	dir := t.TempDir()
+	// DFNYDUS_SCHEDTEST_KEEP=DIR keeps each scheduler's directory (config, and its whole console
+	// log as console.log) under DIR after the test: the test prints only a failing run's tail.
+	if keep := os.Getenv("DFNYDUS_SCHEDTEST_KEEP"); keep != "" {
+		dir, _ = os.MkdirTemp(keep, "sched-")
+	}
+	s := &Scheduler{t: t, opts: opts, dir: dir, bin: Binary(t), logs: &testenv.LogBuffer{}}
 	t.Cleanup(func() {
 		s.stopAll()
+		if os.Getenv("DFNYDUS_SCHEDTEST_KEEP") != "" {
+			_ = os.WriteFile(filepath.Join(s.dir, "console.log"), []byte(s.Log()), 0o644)
+		}
 		if t.Failed() {
 			t.Logf("scheduler %s log:\n%s", s.addr, s.Log())
 		}

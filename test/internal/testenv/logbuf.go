@@ -32,12 +32,20 @@ func (l *LogBuffer) String() string {
 // RegistryConfig is the docker-registry (distribution 2.8) configuration the suites run: filesystem
 // storage under root, deletes on, no upload purging or access log, listening on addr; extra (YAML
 // at top level, e.g. an auth section) is appended.
-func RegistryConfig(root, addr, extra string) string {
+func RegistryConfig(root, addr, extra string) string { return registryConfig(root, addr, extra, false) }
+
+// RegistryConfigWithAccessLog is RegistryConfig with the access log on: one Apache combined-format
+// line per request on stdout, with the bytes its response carried.
+func RegistryConfigWithAccessLog(root, addr, extra string) string {
+	return registryConfig(root, addr, extra, true)
+}
+
+func registryConfig(root, addr, extra string, accessLog bool) string {
 	return fmt.Sprintf(`version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: %t
 storage:
   filesystem:
     rootdirectory: %s
@@ -49,5 +57,5 @@ storage:
 http:
   addr: %s
   secret: dfnydus-test-secret
-%s`, root, addr, extra)
+%s`, !accessLog, root, addr, extra)
 }
