@@ -203,10 +203,10 @@ func (c *cluster) wholeImageRuns(t *testing.T, rep *report, s scale) string {
 	// What the data path owes: a peer the scheduler did not send back to source takes its blob
 	// bytes from parents (the registry's access log sent it its manifest and bootstrap, and at most
 	// a sliver of the blob: a piece no parent could give); the registry sends at most 1.05x the
-	// unique bytes for each peer the scheduler did send back. The scheduler sends one in most runs;
-	// peers whose registrations race the first one's (service_v2.go handleRegisterPeerRequest reads
-	// the task's state before the first registration changes it) are sent back too, as Rust peers
-	// would be: the report counts them.
+	// unique bytes for each peer the scheduler did send back. The scheduler sends one in most runs
+	// but is free to send more (scheduler.backToSourceCount, default 200: a peer that finds no
+	// parent within retryBackToSourceLimit tries goes back to source), and every peer it sends
+	// fetches from the source as a Rust peer would: the report counts them.
 	sentBack, mostServed := 0, int64(0)
 	for i, r := range many {
 		n := r.backToSource()
