@@ -12,6 +12,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/internal/transient"
 )
 
 func blobPath(repo Ref, d digest.Digest) string {
@@ -273,7 +275,7 @@ func (b *blobReader) failed(err error) bool {
 		b.err = fmt.Errorf("fetch blob %s at offset %d: giving up after %d retries: %w", b.what(), b.off, b.failures, err)
 		return false
 	}
-	wait := backoff(b.failures, b.c.opts.RetryBaseDelay, b.c.opts.RetryMaxDelay)
+	wait := transient.Backoff(b.failures, b.c.opts.RetryBaseDelay, b.c.opts.RetryMaxDelay)
 	b.failures++
 	b.c.stats.retries.Add(1)
 	b.c.log.Warn("blob transfer interrupted; resuming", zap.String("blob", b.what()),

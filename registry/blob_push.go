@@ -206,7 +206,7 @@ func (c *Client) upload(ctx context.Context, repo Ref, desc ocispec.Descriptor, 
 		if failures >= c.opts.Retries {
 			return fmt.Errorf("giving up after %d retries: %w", failures, err)
 		}
-		wait := backoff(failures, c.opts.RetryBaseDelay, c.opts.RetryMaxDelay)
+		wait := transient.Backoff(failures, c.opts.RetryBaseDelay, c.opts.RetryMaxDelay)
 		failures++
 		c.stats.retries.Add(1)
 		c.log.Warn("blob upload interrupted; asking the registry how far it got", zap.String("repo", repo.Context()),

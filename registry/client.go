@@ -100,7 +100,7 @@ func New(opts Options) (*Client, error) {
 		log:   opts.Logger,
 		creds: creds,
 		hosts: map[string]*hostState{},
-		sleep: sleepCtx,
+		sleep: transient.Sleep,
 	}
 	c.http = &http.Client{Transport: tr, CheckRedirect: c.checkRedirect}
 	return c, nil
@@ -279,7 +279,7 @@ func unwrapURLError(err error) error {
 
 func (c *Client) waitRetry(ctx context.Context, host string, req *http.Request, attempt int, wait time.Duration, why string) error {
 	if wait <= 0 {
-		wait = backoff(attempt, c.opts.RetryBaseDelay, c.opts.RetryMaxDelay)
+		wait = transient.Backoff(attempt, c.opts.RetryBaseDelay, c.opts.RetryMaxDelay)
 	}
 	c.stats.retries.Add(1)
 	c.log.Warn("registry request failed; retrying", zap.String("registry", host),

@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
+
+	"github.com/dfnydus/dfnydus/internal/transient"
 )
 
 // MaxManifestSize is the largest manifest or index we read or write (the limit registries apply).
@@ -81,7 +83,7 @@ func (c *Client) GetManifest(ctx context.Context, ref Ref) ([]byte, ocispec.Desc
 		}
 		c.stats.retries.Add(1)
 		c.log.Warn("manifest read failed; retrying", zap.String("ref", ref.String()), zap.Error(err))
-		if err := c.sleep(ctx, backoff(attempt, c.opts.RetryBaseDelay, c.opts.RetryMaxDelay)); err != nil {
+		if err := c.sleep(ctx, transient.Backoff(attempt, c.opts.RetryBaseDelay, c.opts.RetryMaxDelay)); err != nil {
 			return nil, ocispec.Descriptor{}, err
 		}
 	}

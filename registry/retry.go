@@ -1,9 +1,7 @@
 package registry
 
 import (
-	"context"
 	"errors"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"time"
@@ -48,36 +46,4 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 		return 0
 	}
 	return min(d, maxRetryAfter)
-}
-
-// backoff is the delay before retry number attempt (0-based): exponential from base, capped at max,
-// with "equal jitter" (a random point in the upper half) so clients do not retry in lockstep.
-func backoff(attempt int, base, max time.Duration) time.Duration {
-	d := base
-	for i := 0; i < attempt && d < max; i++ {
-		d *= 2
-	}
-	if d > max {
-		d = max
-	}
-	half := d / 2
-	if half <= 0 {
-		return d
-	}
-	return half + rand.N(half+1)
-}
-
-// sleepCtx waits d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

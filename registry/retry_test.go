@@ -37,19 +37,6 @@ func TestRetryAfter(t *testing.T) {
 	}
 }
 
-func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
-	base, maxDelay := 100*time.Millisecond, time.Second
-	for attempt := 0; attempt < 10; attempt++ {
-		ceiling := min(base<<attempt, maxDelay)
-		for i := 0; i < 50; i++ {
-			d := backoff(attempt, base, maxDelay)
-			if d < ceiling/2 || d > ceiling {
-				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", attempt, d, ceiling/2, ceiling)
-			}
-		}
-	}
-}
-
 // TestRetryableError: the registry retries what transient.Is retries, except failures to read the
 // caller's data.
 func TestRetryableError(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -63,7 +62,7 @@ func NewRetrying(s Source, opts RetryOptions) *RetryingSource {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &RetryingSource{src: s, opts: opts, log: log, sleep: sleepCtx}
+	return &RetryingSource{src: s, opts: opts, log: log, sleep: transient.Sleep}
 }
 
 // Retries is how many retries have been made so far.
@@ -131,7 +130,7 @@ func (rr *retryReader) again(err error) bool {
 		rr.err = err
 		return false
 	}
-	wait := backoff(rr.tries-1, rr.r.opts.Base, rr.r.opts.Max)
+	wait := transient.Backoff(rr.tries-1, rr.r.opts.Base, rr.r.opts.Max)
 	rr.r.retries.Add(1)
 	rr.r.log.Warn("source read failed; retrying", zap.String("source", rr.r.src.String()),
 		zap.String("blob", rr.id), zap.Int64("offset", rr.off), zap.Int64("left", rr.end-rr.off),
@@ -202,31 +201,4 @@ func Transient(err error) bool {
 		return transient.Status(er.StatusCode)
 	}
 	return transient.Is(err)
-}
-
-// backoff is the wait before retry number attempt (0-based): base doubled attempt times, capped
-// at max, with "equal jitter" so clients do not retry in lockstep.
-func backoff(attempt int, base, max time.Duration) time.Duration {
-	d := base
-	for i := 0; i < attempt && d < max; i++ {
-		d *= 2
-	}
-	d = min(d, max)
-	half := d / 2
-	if half <= 0 {
-		return d
-	}
-	return half + rand.N(half+1)
-}
-
-// sleepCtx waits d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

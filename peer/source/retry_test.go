@@ -52,18 +52,6 @@ func TestTransient(t *testing.T) {
 	}
 }
 
-func TestBackoffGrowsWithJitterUpToMax(t *testing.T) {
-	base, max := 10*time.Millisecond, 100*time.Millisecond
-	for attempt, full := range []time.Duration{10, 20, 40, 80, 100, 100} {
-		full *= time.Millisecond
-		for range 50 {
-			if d := backoff(attempt, base, max); d < full/2 || d > full {
-				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", attempt, d, full/2, full)
-			}
-		}
-	}
-}
-
 // step is what a scripted source does on one ReadRange call.
 type step struct {
 	openErr  error // fail the call
