@@ -20,7 +20,9 @@ func newInspectCmd(g *globals) *cobra.Command {
 		Short: "List every entry of an image",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			img, _, cleanup, err := src.load(cmd.Context(), g, false)
+			// Metadata only: an image whose blobs dfnydus cannot read is still listed, each such
+			// blob marked, so that one can see what it holds and why it does not mount.
+			img, _, cleanup, err := src.loadImage(cmd.Context(), g, false, true)
 			if err != nil {
 				return err
 			}
@@ -38,6 +40,9 @@ func newInspectCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(out, "RAFS v%d, chunk size %#x, %v, %v, %d blobs\n", img.Version, img.ChunkSize, img.Compressor, img.Digester, len(img.Blobs))
 			for i, b := range img.Blobs {
 				fmt.Fprintf(out, "blob %d: %s  %d chunks  %d bytes compressed, %d uncompressed  %v\n", i, b.ID, b.ChunkCount, b.CompressedSize, b.UncompressedSize, b.Compressor)
+				if err := b.Unsupported(); err != nil {
+					fmt.Fprintf(out, "  unreadable: %v\n", err)
+				}
 			}
 			if len(img.Prefetch) > 0 {
 				fmt.Fprintf(out, "prefetch: %s\n", strings.Join(img.Prefetch, " "))

@@ -62,8 +62,13 @@ func (s *imageSource) add(fl *pflag.FlagSet, needBlobs bool) {
 }
 
 // load returns the image and, when blobs are wanted, a blob directory holding all of them; cleanup
-// removes what load created.
+// removes what load created. An image with a blob whose chunks dfnydus cannot read is refused
+// unless metadataOnly (inspect reads no chunk and shows such blobs as unreadable).
 func (s *imageSource) load(ctx context.Context, g *globals, needBlobs bool) (img *rafs.Image, dir string, cleanup func(), err error) {
+	return s.loadImage(ctx, g, needBlobs, false)
+}
+
+func (s *imageSource) loadImage(ctx context.Context, g *globals, needBlobs, metadataOnly bool) (img *rafs.Image, dir string, cleanup func(), err error) {
 	cleanup = func() {}
 	switch {
 	case s.image != "" && s.bootstrap != "":
@@ -78,9 +83,9 @@ func (s *imageSource) load(ctx context.Context, g *globals, needBlobs bool) (img
 		if err != nil {
 			return nil, "", cleanup, err
 		}
-		// Refused before any chunk is read: inspect would list files nothing can read, and
-		// check and unpack would fail at the first chunk of such a blob.
-		if err := img.Unsupported(); err != nil {
+		// Refused before any chunk is read: check and unpack would fail at the first chunk of
+		// such a blob.
+		if err := img.Unsupported(); err != nil && !metadataOnly {
 			return nil, "", cleanup, fmt.Errorf("bootstrap %s: %w", s.bootstrap, err)
 		}
 		return img, s.blobDir, cleanup, nil
@@ -98,7 +103,7 @@ func (s *imageSource) load(ctx context.Context, g *globals, needBlobs bool) (img
 		return nil, "", cleanup, err
 	}
 	// Before any blob is downloaded.
-	if err := oimg.RAFS.Unsupported(); err != nil {
+	if err := oimg.RAFS.Unsupported(); err != nil && !metadataOnly {
 		return nil, "", cleanup, fmt.Errorf("%s: %w", oimg.Ref, err)
 	}
 	if !needBlobs {

@@ -29,9 +29,10 @@ func withBlobFeature(t *testing.T, boot []byte, version int, feature uint32) []b
 	return data
 }
 
-// An image with a blob whose chunks the data path cannot read is refused by inspect, check,
-// unpack and build --chunk-dict before anything is read or written, with one line naming the
-// blob and the feature. Mounts refuse it the same way (peer/daemon, peer/nydusapi).
+// An image with a blob whose chunks the data path cannot read is refused by check, unpack and
+// build --chunk-dict before anything is read or written, with one line naming the blob and the
+// feature; inspect, which reads no chunk, lists it and marks the blob with the same words. Mounts
+// refuse it the same way (peer/daemon, peer/nydusapi).
 func TestUnsupportedBlobFeaturesRefused(t *testing.T) {
 	src := writeFiles(t, map[string]string{"etc/app.conf": strings.Repeat("setting = value\n", 100)})
 	features := []struct {
@@ -79,6 +80,12 @@ func TestUnsupportedBlobFeaturesRefused(t *testing.T) {
 				t.Run(strings.Join([]string{map[int]string{5: "v5", 6: "v6"}[version], f.name, args[0]}, "/"), func(t *testing.T) {
 					stdout, err := runCLI(t, args...)
 					want := "blob " + id + " uses " + f.name + " ("
+					if args[0] == "inspect" {
+						if err != nil || !strings.Contains(stdout, "  unreadable: "+want) || !strings.Contains(stdout, "etc/app.conf") {
+							t.Fatalf("inspect: %v, printed:\n%s\nwant the listing with the blob marked %q", err, stdout, "unreadable: "+want)
+						}
+						return
+					}
 					if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 						t.Fatalf("error %v, want one line containing %q", err, want)
 					}
