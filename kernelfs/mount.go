@@ -175,6 +175,7 @@ const (
 func (s *Server) stopViews(how int) {
 	s.stopOnce.Do(func() {
 		viewDir := filepath.Join(s.dir, viewDirName)
+		s.fs.stop()
 		switch how {
 		case stopUnmount:
 			if err := s.view.Unmount(); err != nil {
@@ -237,8 +238,9 @@ func (s *Server) mounted() bool {
 	return unix.Statfs(s.mountpoint, &st) == nil && st.Type == unix.EROFS_SUPER_MAGIC_V1
 }
 
-// detachFUSE detaches the FUSE mount at mp and aborts its connection through fusectl, so that
-// its pending and later reads fail.
+// detachFUSE detaches the FUSE mount at mp and aborts its connection, so that its pending and
+// later reads fail (ENOTCONN, which EROFS passes on as EIO) and its server stops: the state a
+// killed daemon leaves, without the process dying.
 func detachFUSE(mp string, log *zap.Logger) {
 	var st unix.Stat_t
 	statErr := unix.Stat(mp, &st)
@@ -248,10 +250,43 @@ func detachFUSE(mp string, log *zap.Logger) {
 	if statErr != nil {
 		return
 	}
-	// The connection directory is named by the superblock's kernel dev_t (MINORBITS 20).
-	dev := uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev))
-	abort := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", dev)
-	if err := os.WriteFile(abort, []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.Warn("abort FUSE connection", zap.String("path", abort), zap.Error(err))
+	if err := abortFUSE(st.Dev, filepath.Dir(filepath.Dir(mp))); err != nil {
+		log.Warn("abort FUSE connection", zap.String("mountpoint", mp), zap.Error(err))
 	}
 }
+
+// fusectlDir is where fusectl is usually mounted.
+const fusectlDir = "/sys/fs/fuse/connections"
+
+// abortFUSE aborts the FUSE connection of the file system with device dev through fusectl. When
+// fusectl is not mounted (containers, minimal hosts) it is mounted for the moment in a fresh
+// directory under tmp: it has one superblock, so every mount of it shows every connection.
+func abortFUSE(dev uint64, tmp string) error {
+	// The connection directory is named by the superblock's kernel dev_t (MINORBITS 20).
+	name := fmt.Sprint(uint64(unix.Major(dev))<<20 | uint64(unix.Minor(dev)))
+	abort := filepath.Join(fusectlDir, name, "abort")
+	err := os.WriteFile(abort, []byte("1"), 0)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	var sfs unix.Statfs_t
+	if unix.Statfs(fusectlDir, &sfs) == nil && sfs.Type == fusectlSuperMagic {
+		return nil // mounted, and the connection is gone already
+	}
+	dir, err := os.MkdirTemp(tmp, "fusectl-")
+	if err != nil {
+		return fmt.Errorf("abort FUSE connection %s: %w", name, err)
+	}
+	defer os.Remove(dir)
+	if err := unix.Mount("fusectl", dir, "fusectl", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("abort FUSE connection %s: mount fusectl: %w", name, err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	if err := os.WriteFile(filepath.Join(dir, name, "abort"), []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("abort FUSE connection %s: %w", name, err)
+	}
+	return nil
+}
+
+// fusectlSuperMagic is statfs's f_type of fusectl (linux/magic.h FUSE_CTL_SUPER_MAGIC).
+const fusectlSuperMagic = 0x65735543

@@ -127,6 +127,10 @@ type viewFS struct {
 	views []*blobView
 	r     rafs.ChunkReader
 	log   *zap.Logger
+	// base ends when the views stop: reads still fetching give up, so that the server's
+	// request loops (which run the reads) can end.
+	base context.Context
+	stop context.CancelFunc
 
 	// mu guards opens and released. The kernel's EROFS opens every device file when it mounts
 	// and closes them when its superblock goes, however it is unmounted (umount here, umount(8)
@@ -138,7 +142,8 @@ type viewFS struct {
 }
 
 func newViewFS(views []*blobView, r rafs.ChunkReader, log *zap.Logger) *viewFS {
-	return &viewFS{views: views, r: r, log: log, released: make(chan struct{})}
+	base, stop := context.WithCancel(context.Background())
+	return &viewFS{views: views, r: r, log: log, base: base, stop: stop, released: make(chan struct{})}
 }
 
 func (fs *viewFS) opened() {
@@ -255,8 +260,12 @@ func (f *viewFile) Open(ctx context.Context, flags uint32) (gofuse.FileHandle, u
 		return nil, 0, syscall.EROFS
 	}
 	f.fs.opened()
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	// A handle of our own: go-fuse sends Release only for opens that returned one.
+	return &viewHandle{}, fuse.FOPEN_KEEP_CACHE, 0
 }
+
+// viewHandle is an open view; the node does the reads.
+type viewHandle struct{}
 
 func (f *viewFile) Release(ctx context.Context, fh gofuse.FileHandle) syscall.Errno {
 	f.fs.closed()
@@ -264,9 +273,12 @@ func (f *viewFile) Release(ctx context.Context, fh gofuse.FileHandle) syscall.Er
 }
 
 func (f *viewFile) Read(ctx context.Context, fh gofuse.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(f.fs.base, cancel)()
 	n, err := f.v.readAt(ctx, f.fs.r, dest, off)
 	if err != nil {
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && f.fs.base.Err() == nil {
 			f.fs.log.Warn("view read failed", zap.String("blob", f.v.blob.ID), zap.Int64("offset", off),
 				zap.Int("size", len(dest)), zap.Error(err))
 		}
