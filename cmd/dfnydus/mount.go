@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	mountpointpkg "github.com/dfnydus/dfnydus/internal/mountpoint"
+	"github.com/dfnydus/dfnydus/kernelfs"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/daemon"
 )
@@ -42,6 +43,7 @@ type mountFlags struct {
 	foreground          bool
 	force               bool
 	recordTrace         string
+	fsDriver            string
 }
 
 // daemonOnlyFlags configure the process that owns the store: a mount through a running daemon
@@ -85,13 +87,15 @@ foreground until it is unmounted (dfnydus umount MOUNTPOINT) or signalled.`,
 	fl.BoolVar(&f.foreground, "foreground", false, "serve in this process even when a daemon answers on --daemon-socket")
 	fl.BoolVar(&f.force, "force", false, "mount over a directory that already is a mount point (with --foreground; /proc, /sys and /dev are always refused)")
 	fl.StringVar(&f.recordTrace, "record-trace", "", "record the chunks the mount reads, in order of first read, and write them as a start trace to FILE when unmounted (foreground mounts)")
+	fl.StringVar(&f.fsDriver, "fs-driver", "", "how the kernel sees the image: fuse, erofs (the kernel's EROFS, RAFS v6 only) or auto (erofs where possible, else fuse); default: the daemon's fsDriver (fuse)")
 	addDaemonSocketFlag(fl, &f.daemonSocket)
 	return cmd
 }
 
 // request is the mount request the flags and arguments make; paths are made absolute.
 func (f *mountFlags) request(changed func(string) bool, log *zap.Logger, sourceArg, mountpoint string) (daemon.MountRequest, error) {
-	req := daemon.MountRequest{Ref: sourceArg, Platform: f.platform, AllowOther: f.allowOther, FuseDebug: f.fuseDbg, Force: f.force}
+	req := daemon.MountRequest{Ref: sourceArg, Platform: f.platform, AllowOther: f.allowOther, FuseDebug: f.fuseDbg, Force: f.force,
+		FSDriver: f.fsDriver}
 	for _, p := range []struct {
 		dst *string
 		src string
@@ -142,9 +146,9 @@ func runMount(cmd *cobra.Command, g *globals, f *mountFlags, args []string) erro
 		return err
 	}
 	// Refuse a dangerous mountpoint before anything is fetched; the daemon checks again. A stale
-	// mount a killed dfnydus left (its FUSE connection gone) is not refused here: the daemon
-	// clears it, then checks.
-	if !mountpointpkg.Stale(req.Mountpoint) {
+	// mount a killed dfnydus left (its FUSE connection gone, or the views of its EROFS mount) is
+	// not refused here: the daemon clears it, then checks.
+	if !mountpointpkg.Stale(req.Mountpoint) && !kernelfs.Stale(req.Mountpoint) {
 		if _, err := mountpointpkg.Check(req.Mountpoint, f.force); err != nil {
 			return err
 		}
@@ -184,7 +188,7 @@ func mountThroughDaemon(cmd *cobra.Command, g *globals, f *mountFlags, c *daemon
 		return err
 	}
 	g.log.Info("mounted by the daemon", zap.String("image", info.Image), zap.String("mountpoint", info.Mountpoint),
-		zap.String("daemon", c.Socket()), zap.Bool("p2p", info.P2P))
+		zap.String("daemon", c.Socket()), zap.Bool("p2p", info.P2P), zap.String("fs_driver", info.FSDriver))
 	fmt.Fprintln(cmd.OutOrStdout(), info.Mountpoint)
 	writeReadyFile(f.readyFile, info.Mountpoint, g.log)
 	return nil

@@ -32,14 +32,19 @@ type Config struct {
 	MemoryCache   ByteSize    `yaml:"memoryCache"`
 	// ReadWindow is how many stored bytes past a missing chunk one on-demand fetch brings in with it
 	// (the missing chunks that follow it in the blob).
-	ReadWindow ByteSize        `yaml:"readWindow"`
-	Metrics    MetricsConfig   `yaml:"metrics"`
-	Prefetch   PrefetchConfig  `yaml:"prefetch"`
-	Source     SourceConfig    `yaml:"source"`
-	Registry   RegistryOptions `yaml:"registry"`
-	Log        LogConfig       `yaml:"log"`
-	Scheduler  SchedulerConfig `yaml:"scheduler"`
-	Upload     UploadConfig    `yaml:"upload"`
+	ReadWindow ByteSize `yaml:"readWindow"`
+	// FSDriver says how the kernel sees a mounted image: fuse (our FUSE file system), erofs (the
+	// kernel's EROFS over the blobs' views, RAFS v6 only; a mount that cannot fails) or auto
+	// (erofs where the kernel and the image allow, else fuse, saying why in one log line). A
+	// mount request may ask for another. docs/kernel.md.
+	FSDriver  string          `yaml:"fsDriver"`
+	Metrics   MetricsConfig   `yaml:"metrics"`
+	Prefetch  PrefetchConfig  `yaml:"prefetch"`
+	Source    SourceConfig    `yaml:"source"`
+	Registry  RegistryOptions `yaml:"registry"`
+	Log       LogConfig       `yaml:"log"`
+	Scheduler SchedulerConfig `yaml:"scheduler"`
+	Upload    UploadConfig    `yaml:"upload"`
 }
 
 // StoreConfig configures the chunk store.
@@ -195,6 +200,7 @@ type UploadConfig struct {
 // Defaults.
 const (
 	DefaultCacheDir         = "/var/lib/dfnydus"
+	DefaultFSDriver         = FSDriverFUSE
 	DefaultControlSocket    = "/run/dfnydus/dfnydus.sock"
 	DefaultSourceRetries    = 5
 	DefaultUploadPort       = 4000 // dragonfly-client's upload gRPC default
@@ -226,6 +232,7 @@ func DefaultConfig() Config {
 		ControlSocket: DefaultControlSocket,
 		MemoryCache:   peer.DefaultMemoryCache,
 		ReadWindow:    peer.DefaultReadWindow,
+		FSDriver:      DefaultFSDriver,
 		Prefetch:      PrefetchConfig{Mode: string(peer.PrefetchAll)},
 		Source:        SourceConfig{Retries: DefaultSourceRetries},
 		Log:           LogConfig{Level: "info"},
@@ -359,6 +366,9 @@ func (c Config) Validate() error {
 	if c.ReadWindow < 0 || c.ReadWindow > 64<<20 {
 		bad("readWindow", "want 0 to 64MiB, have %d", c.ReadWindow)
 	}
+	if err := checkFSDriver(c.FSDriver); err != nil {
+		bad("fsDriver", "%v", err)
+	}
 	if c.MemoryCache < 0 {
 		bad("memoryCache", "negative (%d)", c.MemoryCache)
 	}
@@ -418,6 +428,21 @@ func (c Config) Validate() error {
 	}
 	c.Upload.validate(bad)
 	return errors.Join(errs...)
+}
+
+// File system drivers (Config.FSDriver, MountRequest.FSDriver).
+const (
+	FSDriverAuto  = "auto"
+	FSDriverEROFS = "erofs"
+	FSDriverFUSE  = "fuse"
+)
+
+func checkFSDriver(s string) error {
+	switch s {
+	case FSDriverAuto, FSDriverEROFS, FSDriverFUSE:
+		return nil
+	}
+	return fmt.Errorf("want auto, erofs or fuse, have %q", s)
 }
 
 // validate checks the upload limits.

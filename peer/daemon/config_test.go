@@ -96,6 +96,7 @@ controlSocket: /run/x.sock
 store: {budget: 10737418240, verifyReads: true}
 memoryCache: 64MiB
 readWindow: 512KiB
+fsDriver: auto
 metrics: {addr: "127.0.0.1:9100"}
 prefetch: {mode: files, rate: 50MiB}
 source: {retries: 0}
@@ -125,7 +126,7 @@ upload:
   seedTaskIdle: 1h
 `, func(t *testing.T, c Config) {
 			want := Config{CacheDir: "/srv/dfnydus", ControlSocket: "/run/x.sock",
-				Store: StoreConfig{Budget: 10 << 30, VerifyReads: true}, MemoryCache: 64 << 20, ReadWindow: 512 << 10,
+				Store: StoreConfig{Budget: 10 << 30, VerifyReads: true}, MemoryCache: 64 << 20, ReadWindow: 512 << 10, FSDriver: "auto",
 				Metrics: MetricsConfig{Addr: "127.0.0.1:9100"}, Prefetch: PrefetchConfig{Mode: "files", Rate: 50 << 20},
 				Source:   SourceConfig{Retries: 0},
 				Registry: RegistryOptions{PlainHTTP: true, Insecure: true, CAFile: "/etc/ca.pem", DockerConfig: "/root/.docker/config.json"},
@@ -174,6 +175,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"size with an unknown unit", "memoryCache: 5MB\n", []string{"size", "5MB", "unit"}},
 		{"metrics address without a port", "metrics: {addr: localhost}\n", []string{"metrics.addr", "host:port"}},
 		{"bad prefetch mode", "prefetch: {mode: some}\n", []string{"prefetch.mode", "off, files or all"}},
+		{"bad fs driver", "fsDriver: kernel\n", []string{"fsDriver", "auto, erofs or fuse"}},
 		{"negative prefetch rate", "prefetch: {rate: -1}\n", []string{"prefetch.rate"}},
 		{"negative retries", "source: {retries: -2}\n", []string{"source.retries"}},
 		{"bad log level", "log: {level: loud}\n", []string{"log.level", "loud"}},

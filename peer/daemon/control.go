@@ -215,23 +215,24 @@ func registryFromProto(o *controlv1.RegistryOptions) *RegistryOptions {
 func mountRequestToProto(r MountRequest) *controlv1.MountRequest {
 	return &controlv1.MountRequest{Mountpoint: r.Mountpoint, Ref: r.Ref, Bootstrap: r.Bootstrap, BlobDir: r.BlobDir,
 		Platform: r.Platform, Prefetch: r.Prefetch, PrefetchRate: r.PrefetchRate, Registry: registryToProto(r.Registry),
-		AllowOther: r.AllowOther, FuseDebug: r.FuseDebug}
+		AllowOther: r.AllowOther, FuseDebug: r.FuseDebug, FsDriver: r.FSDriver}
 }
 
 func mountRequestFromProto(r *controlv1.MountRequest) MountRequest {
 	return MountRequest{Mountpoint: r.GetMountpoint(), Ref: r.GetRef(), Bootstrap: r.GetBootstrap(), BlobDir: r.GetBlobDir(),
 		Platform: r.GetPlatform(), Prefetch: r.GetPrefetch(), PrefetchRate: r.GetPrefetchRate(),
-		Registry: registryFromProto(r.GetRegistry()), AllowOther: r.GetAllowOther(), FuseDebug: r.GetFuseDebug()}
+		Registry: registryFromProto(r.GetRegistry()), AllowOther: r.GetAllowOther(), FuseDebug: r.GetFuseDebug(),
+		FSDriver: r.GetFsDriver()}
 }
 
 func mountToProto(m MountInfo) *controlv1.Mount {
 	return &controlv1.Mount{Mountpoint: m.Mountpoint, Image: m.Image, Source: m.Source, ApiSocket: m.APISocket,
-		Started: timestamppb.New(m.Started), P2P: m.P2P, Prefetch: m.Prefetch}
+		Started: timestamppb.New(m.Started), P2P: m.P2P, Prefetch: m.Prefetch, FsDriver: m.FSDriver}
 }
 
 func mountFromProto(m *controlv1.Mount) MountInfo {
 	return MountInfo{Mountpoint: m.GetMountpoint(), Image: m.GetImage(), Source: m.GetSource(), APISocket: m.GetApiSocket(),
-		Started: m.GetStarted().AsTime(), P2P: m.GetP2P(), Prefetch: m.GetPrefetch()}
+		Started: m.GetStarted().AsTime(), P2P: m.GetP2P(), Prefetch: m.GetPrefetch(), FSDriver: m.GetFsDriver()}
 }
 
 func statsToProto(s peer.Stats) *controlv1.ImageStats {

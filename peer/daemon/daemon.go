@@ -85,6 +85,8 @@ type MountRequest struct {
 	RecordTrace string
 	// NoTrace skips looking for a start trace referrer of a registry image.
 	NoTrace bool
+	// FSDriver is auto, erofs or fuse (Config.FSDriver); "" means the config's.
+	FSDriver string
 }
 
 // MountInfo describes one mount of the daemon.
@@ -96,6 +98,8 @@ type MountInfo struct {
 	Started    time.Time `json:"started"`
 	P2P        bool      `json:"p2p"`
 	Prefetch   string    `json:"prefetch"`
+	// FSDriver is the driver serving the mount: erofs or fuse.
+	FSDriver string `json:"fs_driver"`
 }
 
 // VersionInfo says which daemon answers.
@@ -175,6 +179,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Daemon, error) {
 		d.shutdown()
 		return nil, err
 	}
+	d.cleanKernelLeftovers()
 	if cfg.Metrics.Addr != "" {
 		ln, err := net.Listen("tcp", cfg.Metrics.Addr)
 		if err != nil {

@@ -30,7 +30,7 @@ func TestMountListStatUmount(t *testing.T) {
 	}
 	t.Run("the mount describes itself", func(t *testing.T) {
 		want := MountInfo{Mountpoint: mp, Image: img.bootstrap, Source: "local", APISocket: peer.SocketPath(cfg.CacheDir, mp),
-			Started: info.Started, P2P: false, Prefetch: "off"}
+			Started: info.Started, P2P: false, Prefetch: "off", FSDriver: "fuse"}
 		if !reflect.DeepEqual(info, want) {
 			t.Errorf("MountInfo %+v, want %+v", info, want)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dfnydus/dfnydus/fuse"
 	"github.com/dfnydus/dfnydus/internal/mountpoint"
+	"github.com/dfnydus/dfnydus/kernelfs"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/peer/trace"
@@ -26,11 +27,11 @@ type mount struct {
 	oi           *openedImage  // its src is the Retrying back-to-source reader
 	attached     source.Source // the Distributor's source, or nil
 	im           *peer.Image
-	srv          *fuse.Server
+	srv          server
 	api          *peer.APIServer
 	stopPrefetch context.CancelFunc
 	log          *zap.Logger
-	// dev is the FUSE mount's device ("major:minor" in /proc/self/mountinfo), to tell whether the
+	// dev is the mount's device ("major:minor" in /proc/self/mountinfo), to tell whether the
 	// mountpoint still shows this mount.
 	dev     string
 	apiOnce sync.Once
@@ -89,7 +90,8 @@ func (d *Daemon) Mount(ctx context.Context, req MountRequest) (MountInfo, error)
 		return MountInfo{}, err
 	}
 	go d.watch(m)
-	m.log.Info("mounted", zap.String("source", m.info.Source), zap.Bool("p2p", m.info.P2P), zap.String("prefetch", m.info.Prefetch))
+	m.log.Info("mounted", zap.String("source", m.info.Source), zap.Bool("p2p", m.info.P2P), zap.String("prefetch", m.info.Prefetch),
+		zap.String("fs_driver", m.info.FSDriver))
 	return m.info, nil
 }
 
@@ -217,15 +219,39 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 	if m.im, err = d.fetcher.NewImage(oi.name, oi.img, read); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}
-	fopts := fuse.DefaultOptions()
-	fopts.AllowOther, fopts.Debug, fopts.Log, fopts.Metrics = req.AllowOther, req.FuseDebug, d.log, d.reg
 	var reader rafs.ChunkReader = m.im
 	if req.RecordTrace != "" {
 		m.rec, m.recordPath = trace.NewRecorder(oi.img, m.im), req.RecordTrace
 		reader = m.rec
 	}
-	if m.srv, err = fuse.Mount(mp, oi.img, reader, fopts); err != nil {
-		return nil, err // says "mount MP: ..."
+	want := d.fsDriverFor(req)
+	driver, whyNot, err := pickDriver(want, oi.img)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	if driver == FSDriverEROFS {
+		ks, err := d.mountKernel(mp, oi, reader, req.FuseDebug, m.log)
+		switch {
+		case err == nil:
+			m.srv = kernelServer{ks}
+		case want == FSDriverEROFS:
+			return nil, err
+		default:
+			whyNot = err.Error()
+		}
+	}
+	oi.raw = nil // the kernel has its copy
+	if m.srv == nil {
+		if whyNot != "" {
+			m.log.Info("fs driver auto: serving through FUSE", zap.String("why_not_erofs", whyNot))
+		}
+		fopts := fuse.DefaultOptions()
+		fopts.AllowOther, fopts.Debug, fopts.Log, fopts.Metrics = req.AllowOther, req.FuseDebug, d.log, d.reg
+		fs, err := fuse.Mount(mp, oi.img, reader, fopts)
+		if err != nil {
+			return nil, err // says "mount MP: ..."
+		}
+		m.srv = fuseServer{fs}
 	}
 	if m.dev, err = mountDevice(mp); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
@@ -233,7 +259,7 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 	sock := peer.SocketPath(d.cfg.CacheDir, mp)
 	// Set before the API serves: its umount reads it.
 	m.info = MountInfo{Mountpoint: mp, Image: oi.name, Source: oi.src.String(), APISocket: sock, Started: time.Now(),
-		P2P: m.attached != nil, Prefetch: string(mode)}
+		P2P: m.attached != nil, Prefetch: string(mode), FSDriver: m.srv.Driver()}
 	im := m.im
 	// `dfnydus umount --cache-dir` asks here when no daemon answers for the mount (a foreground
 	// mount): the process that serves it unmounts it as the daemon's Umount does.
@@ -256,7 +282,7 @@ func (m *mount) undo() {
 	if m.srv != nil {
 		if err := m.srv.Unmount(); err != nil {
 			m.log.Warn("unmount of a failed mount failed, detaching lazily", zap.Error(err))
-			forceDetach(m.srv.Mountpoint(), m.log)
+			m.srv.Detach(m.log)
 		}
 	}
 	m.release()
@@ -347,12 +373,12 @@ func (m *mount) detach(force bool) error {
 	} else {
 		err = plainUnmount(m)
 	}
-	if err != nil && !isFUSEMount(m.info.Mountpoint) {
+	if err != nil && !m.srv.Mounted() {
 		err = nil // unmounted from outside meanwhile: watch releases it
 	}
 	if err != nil && force {
 		m.log.Warn("mount busy, detaching lazily", zap.Error(err))
-		forceDetach(m.info.Mountpoint, m.log)
+		m.srv.Detach(m.log)
 		err = nil
 	}
 	m.unmounted = err == nil
@@ -369,7 +395,7 @@ func plainUnmount(m *mount) error {
 	case errors.Is(err, unix.EBUSY):
 		return fmt.Errorf("umount %s: %w (a process has a file open or its working directory there)", m.info.Mountpoint, err)
 	case errors.Is(err, unix.EPERM):
-		return m.srv.Unmount() // through fusermount
+		return m.srv.Unmount() // through fusermount (FUSE mounts of a user)
 	}
 	return fmt.Errorf("umount %s: %w", m.info.Mountpoint, err)
 }
@@ -409,6 +435,12 @@ func forceDetach(mp string, log *zap.Logger) {
 func prepareMountpoint(mp string, force bool, log *zap.Logger) error {
 	if stale, err := mountpoint.ClearStale(mp); stale {
 		log.Warn("clearing a stale mount left by a killed process", zap.String("mountpoint", mp))
+		if err != nil {
+			return fmt.Errorf("clear stale mount at %s: %w", mp, err)
+		}
+	}
+	if stale, err := kernelfs.ClearStale(mp); stale {
+		log.Warn("clearing a stale kernel-mode mount left by a killed process", zap.String("mountpoint", mp))
 		if err != nil {
 			return fmt.Errorf("clear stale mount at %s: %w", mp, err)
 		}

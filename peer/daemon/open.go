@@ -39,6 +39,8 @@ type openedImage struct {
 	// trace is the start trace found as a referrer of the manifest, or nil; traceName its source.
 	trace     *trace.Trace
 	traceName string
+	// raw is the bootstrap as stored (what the kernel's EROFS mounts); dropped once mounted.
+	raw []byte
 }
 
 func (o *openedImage) close() {
@@ -87,7 +89,7 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 			}
 		}
 		return &openedImage{name: req.Bootstrap, img: img, src: source.NewLocal(req.BlobDir), blobs: blobs,
-			bootstrap: digest.FromBytes(raw)}, nil
+			bootstrap: digest.FromBytes(raw), raw: raw}, nil
 	case kindS3:
 		cfg, err := source.ParseS3URL(req.Ref)
 		if err != nil {
@@ -105,7 +107,7 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 		for i, b := range img.Blobs {
 			blobs[i] = BlobRef{ID: b.ID, Size: int64(b.CompressedSize)}
 		}
-		return &openedImage{name: req.Ref, img: img, src: src, blobs: blobs, bootstrap: digest.FromBytes(raw)}, nil
+		return &openedImage{name: req.Ref, img: img, src: src, blobs: blobs, bootstrap: digest.FromBytes(raw), raw: raw}, nil
 	case kindRepoBootstrap:
 		return d.openRepoBootstrap(ctx, req)
 	}
@@ -142,7 +144,7 @@ func (d *Daemon) open(ctx context.Context, req MountRequest) (*openedImage, erro
 		blobs[i] = BlobRef{ID: b.ID, Size: desc.Size, URL: blobURL(ropts, oimg.Ref, desc.Digest)}
 	}
 	oi := &openedImage{name: oimg.Ref.String(), img: oimg.RAFS, src: source.NewRegistry(rc, oimg.Ref), blobs: blobs,
-		closeFn: func() { rc.Close() }, manifest: oimg.ManifestDesc.Digest, bootstrap: digest.FromBytes(oimg.Bootstrap)}
+		closeFn: func() { rc.Close() }, manifest: oimg.ManifestDesc.Digest, bootstrap: digest.FromBytes(oimg.Bootstrap), raw: oimg.Bootstrap}
 	if !req.NoTrace {
 		oi.trace, oi.traceName = d.findTrace(ctx, c, oimg.Ref, oimg.ManifestDesc.Digest)
 	}
@@ -231,7 +233,7 @@ func (d *Daemon) openRepoBootstrap(ctx context.Context, req MountRequest) (*open
 		return nil, err
 	}
 	return &openedImage{name: RepoBootstrapName(ref.Context(), req.Bootstrap), img: img, src: source.NewRegistry(rc, ref),
-		blobs: blobs, closeFn: func() { rc.Close() }, bootstrap: digest.FromBytes(raw)}, nil
+		blobs: blobs, closeFn: func() { rc.Close() }, bootstrap: digest.FromBytes(raw), raw: raw}, nil
 }
 
 // RepoBootstrapName is the MountInfo.Image of a mount of repository repo ("host/repo") with a
@@ -291,6 +293,11 @@ func checkRequest(req MountRequest) (MountRequest, error) {
 	if req.Prefetch != "" {
 		if _, err := parsePrefetch(req.Prefetch); err != nil {
 			return req, err
+		}
+	}
+	if req.FSDriver != "" {
+		if err := checkFSDriver(req.FSDriver); err != nil {
+			return bad("fs driver: %v", err)
 		}
 	}
 	return req, nil

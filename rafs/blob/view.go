@@ -25,49 +25,10 @@ func WriteUncompressedView(w io.WriterAt, src rafs.ChunkReader, b *rafs.Blob, ch
 
 // WriteUncompressedViewContext is WriteUncompressedView with a context for the chunk reads.
 func WriteUncompressedViewContext(ctx context.Context, w io.WriterAt, src rafs.ChunkReader, b *rafs.Blob, chunks []rafs.Chunk) error {
-	order := make([]*rafs.Chunk, len(chunks))
-	for i := range chunks {
-		order[i] = &chunks[i]
+	uniq, total, err := ViewLayout(b, chunks)
+	if err != nil {
+		return err
 	}
-	slices.SortFunc(order, func(x, y *rafs.Chunk) int {
-		if x.UncompressedOffset != y.UncompressedOffset {
-			if x.UncompressedOffset < y.UncompressedOffset {
-				return -1
-			}
-			return 1
-		}
-		return int(x.UncompressedSize) - int(y.UncompressedSize)
-	})
-
-	if b.UncompressedSize > MaxUncompressedSize {
-		return rafs.Corruptf("blob %s: uncompressed size %d out of range", b.ID, b.UncompressedSize)
-	}
-	limit := roundUp4K(b.UncompressedSize)
-	if b.UncompressedSize == 0 {
-		limit = MaxUncompressedSize
-	}
-	// Check every record and drop repeats before touching w.
-	uniq := order[:0]
-	var end uint64
-	for _, c := range order {
-		cend := c.UncompressedOffset + uint64(c.UncompressedSize)
-		if c.UncompressedSize == 0 || cend < c.UncompressedOffset || cend > limit {
-			return rafs.Corruptf("blob %s chunk %d: uncompressed [%d, +%d) outside the %d-byte view",
-				b.ID, c.Index, c.UncompressedOffset, c.UncompressedSize, limit)
-		}
-		if n := len(uniq); n > 0 {
-			p := uniq[n-1]
-			if c.UncompressedOffset == p.UncompressedOffset && c.UncompressedSize == p.UncompressedSize && c.Digest == p.Digest {
-				continue // the same chunk again (file offset or blob index may differ)
-			}
-			if c.UncompressedOffset < end {
-				return rafs.Corruptf("blob %s: chunks %d and %d overlap in the uncompressed view", b.ID, p.Index, c.Index)
-			}
-		}
-		uniq = append(uniq, c)
-		end = cend
-	}
-	total := max(roundUp4K(b.UncompressedSize), roundUp4K(end))
 
 	t, sparse := w.(interface{ Truncate(int64) error })
 	if sparse {
@@ -75,7 +36,7 @@ func WriteUncompressedViewContext(ctx context.Context, w io.WriterAt, src rafs.C
 			return fmt.Errorf("uncompressed view: %w", err)
 		}
 	}
-	end = 0
+	var end uint64
 	var buf []byte
 	for _, c := range uniq {
 		if !sparse {
@@ -103,6 +64,56 @@ func WriteUncompressedViewContext(ctx context.Context, w io.WriterAt, src rafs.C
 		return nil
 	}
 	return zeroFill(w, end, total)
+}
+
+// ViewLayout returns the chunks of blob b's uncompressed view sorted by UncompressedOffset, each
+// once (the same chunk referenced by several files appears once), and the view's size:
+// b.UncompressedSize rounded up to 4 KiB, or further to cover the last chunk. Between the
+// returned chunks the view is zeros (alignment padding). A chunk outside the view, or two
+// different chunks overlapping in it, make the blob corrupt.
+func ViewLayout(b *rafs.Blob, chunks []rafs.Chunk) ([]*rafs.Chunk, uint64, error) {
+	order := make([]*rafs.Chunk, len(chunks))
+	for i := range chunks {
+		order[i] = &chunks[i]
+	}
+	slices.SortFunc(order, func(x, y *rafs.Chunk) int {
+		if x.UncompressedOffset != y.UncompressedOffset {
+			if x.UncompressedOffset < y.UncompressedOffset {
+				return -1
+			}
+			return 1
+		}
+		return int(x.UncompressedSize) - int(y.UncompressedSize)
+	})
+
+	if b.UncompressedSize > MaxUncompressedSize {
+		return nil, 0, rafs.Corruptf("blob %s: uncompressed size %d out of range", b.ID, b.UncompressedSize)
+	}
+	limit := roundUp4K(b.UncompressedSize)
+	if b.UncompressedSize == 0 {
+		limit = MaxUncompressedSize
+	}
+	uniq := order[:0]
+	var end uint64
+	for _, c := range order {
+		cend := c.UncompressedOffset + uint64(c.UncompressedSize)
+		if c.UncompressedSize == 0 || cend < c.UncompressedOffset || cend > limit {
+			return nil, 0, rafs.Corruptf("blob %s chunk %d: uncompressed [%d, +%d) outside the %d-byte view",
+				b.ID, c.Index, c.UncompressedOffset, c.UncompressedSize, limit)
+		}
+		if n := len(uniq); n > 0 {
+			p := uniq[n-1]
+			if c.UncompressedOffset == p.UncompressedOffset && c.UncompressedSize == p.UncompressedSize && c.Digest == p.Digest {
+				continue // the same chunk again (file offset or blob index may differ)
+			}
+			if c.UncompressedOffset < end {
+				return nil, 0, rafs.Corruptf("blob %s: chunks %d and %d overlap in the uncompressed view", b.ID, p.Index, c.Index)
+			}
+		}
+		uniq = append(uniq, c)
+		end = cend
+	}
+	return uniq, max(roundUp4K(b.UncompressedSize), roundUp4K(end)), nil
 }
 
 var zeros [64 << 10]byte

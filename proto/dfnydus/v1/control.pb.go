@@ -129,10 +129,13 @@ type MountRequest struct {
 	// prefetch is off, files or all; empty means the daemon's default.
 	Prefetch string `protobuf:"bytes,6,opt,name=prefetch,proto3" json:"prefetch,omitempty"`
 	// prefetch_rate limits prefetch in bytes/s: 0 takes the daemon's default, negative is unlimited.
-	PrefetchRate  int64            `protobuf:"varint,7,opt,name=prefetch_rate,json=prefetchRate,proto3" json:"prefetch_rate,omitempty"`
-	Registry      *RegistryOptions `protobuf:"bytes,8,opt,name=registry,proto3" json:"registry,omitempty"`
-	AllowOther    bool             `protobuf:"varint,9,opt,name=allow_other,json=allowOther,proto3" json:"allow_other,omitempty"`
-	FuseDebug     bool             `protobuf:"varint,10,opt,name=fuse_debug,json=fuseDebug,proto3" json:"fuse_debug,omitempty"`
+	PrefetchRate int64            `protobuf:"varint,7,opt,name=prefetch_rate,json=prefetchRate,proto3" json:"prefetch_rate,omitempty"`
+	Registry     *RegistryOptions `protobuf:"bytes,8,opt,name=registry,proto3" json:"registry,omitempty"`
+	AllowOther   bool             `protobuf:"varint,9,opt,name=allow_other,json=allowOther,proto3" json:"allow_other,omitempty"`
+	FuseDebug    bool             `protobuf:"varint,10,opt,name=fuse_debug,json=fuseDebug,proto3" json:"fuse_debug,omitempty"`
+	// fs_driver is auto, erofs or fuse: how the kernel sees the image (docs/kernel.md); empty
+	// means the daemon's fsDriver.
+	FsDriver      string `protobuf:"bytes,11,opt,name=fs_driver,json=fsDriver,proto3" json:"fs_driver,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -237,6 +240,13 @@ func (x *MountRequest) GetFuseDebug() bool {
 	return false
 }
 
+func (x *MountRequest) GetFsDriver() string {
+	if x != nil {
+		return x.FsDriver
+	}
+	return ""
+}
+
 // Mount is one mount of the daemon.
 type Mount struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -249,8 +259,10 @@ type Mount struct {
 	ApiSocket string                 `protobuf:"bytes,4,opt,name=api_socket,json=apiSocket,proto3" json:"api_socket,omitempty"`
 	Started   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started,proto3" json:"started,omitempty"`
 	// p2p is true when the mount's blobs are read through the Dragonfly P2P network.
-	P2P           bool   `protobuf:"varint,6,opt,name=p2p,proto3" json:"p2p,omitempty"`
-	Prefetch      string `protobuf:"bytes,7,opt,name=prefetch,proto3" json:"prefetch,omitempty"`
+	P2P      bool   `protobuf:"varint,6,opt,name=p2p,proto3" json:"p2p,omitempty"`
+	Prefetch string `protobuf:"bytes,7,opt,name=prefetch,proto3" json:"prefetch,omitempty"`
+	// fs_driver is the driver serving the mount: erofs (the kernel's EROFS over view files) or fuse.
+	FsDriver      string `protobuf:"bytes,8,opt,name=fs_driver,json=fsDriver,proto3" json:"fs_driver,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -330,6 +342,13 @@ func (x *Mount) GetP2P() bool {
 func (x *Mount) GetPrefetch() string {
 	if x != nil {
 		return x.Prefetch
+	}
+	return ""
+}
+
+func (x *Mount) GetFsDriver() string {
+	if x != nil {
+		return x.FsDriver
 	}
 	return ""
 }
@@ -1109,7 +1128,7 @@ const file_dfnydus_v1_control_proto_rawDesc = "" +
 	"\aca_file\x18\x03 \x01(\tR\x06caFile\x12#\n" +
 	"\rdocker_config\x18\x04 \x01(\tR\fdockerConfig\x12\x1a\n" +
 	"\busername\x18\x05 \x01(\tR\busername\x12\x1a\n" +
-	"\bpassword\x18\x06 \x01(\tR\bpassword\"\xcf\x02\n" +
+	"\bpassword\x18\x06 \x01(\tR\bpassword\"\xec\x02\n" +
 	"\fMountRequest\x12\x1e\n" +
 	"\n" +
 	"mountpoint\x18\x01 \x01(\tR\n" +
@@ -1125,7 +1144,8 @@ const file_dfnydus_v1_control_proto_rawDesc = "" +
 	"allowOther\x12\x1d\n" +
 	"\n" +
 	"fuse_debug\x18\n" +
-	" \x01(\bR\tfuseDebug\"\xd8\x01\n" +
+	" \x01(\bR\tfuseDebug\x12\x1b\n" +
+	"\tfs_driver\x18\v \x01(\tR\bfsDriver\"\xf5\x01\n" +
 	"\x05Mount\x12\x1e\n" +
 	"\n" +
 	"mountpoint\x18\x01 \x01(\tR\n" +
@@ -1136,7 +1156,8 @@ const file_dfnydus_v1_control_proto_rawDesc = "" +
 	"api_socket\x18\x04 \x01(\tR\tapiSocket\x124\n" +
 	"\astarted\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\x10\n" +
 	"\x03p2p\x18\x06 \x01(\bR\x03p2p\x12\x1a\n" +
-	"\bprefetch\x18\a \x01(\tR\bprefetch\"8\n" +
+	"\bprefetch\x18\a \x01(\tR\bprefetch\x12\x1b\n" +
+	"\tfs_driver\x18\b \x01(\tR\bfsDriver\"8\n" +
 	"\rMountResponse\x12'\n" +
 	"\x05mount\x18\x01 \x01(\v2\x11.dfnydus.v1.MountR\x05mount\"/\n" +
 	"\rUmountRequest\x12\x1e\n" +
