@@ -15,7 +15,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	dfuse "github.com/dfnydus/dfnydus/fuse"
 	"github.com/dfnydus/dfnydus/rafs"
 )
 
@@ -26,9 +25,6 @@ const (
 	// viewFSName is the view mount's source in the mount table (its type is fuse.dfnydus-view).
 	viewFSName = "dfnydus-view"
 )
-
-// viewReadAhead is the views' readahead window (bytes).
-const viewReadAhead = 1 << 20
 
 // maxMountData is what mount(2) copies of its data argument (one page): the device= options of
 // every blob must fit.
@@ -101,11 +97,6 @@ func Mount(mountpoint, workDir string, img *rafs.Image, raw []byte, r rafs.Chunk
 	if err != nil {
 		return nil, fmt.Errorf("kernel mount %s: views: %w", mountpoint, err)
 	}
-	// EROFS reads the views through their page cache, so their readahead sizes its requests:
-	// the FUSE default (128 KiB) cuts a 1 MiB chunk into eight round trips.
-	if err := dfuse.SetReadAhead(viewDir, viewReadAhead); err != nil {
-		log.Warn("view readahead stays at the kernel's FUSE default", zap.String("views", viewDir), zap.Error(err))
-	}
 	s := &Server{mountpoint: mountpoint, dir: workDir, view: srv, fs: fs, log: log, gone: make(chan struct{})}
 	if err := unix.Mount(boot, mountpoint, "erofs", unix.MS_RDONLY, data); err != nil {
 		s.stopViews(stopUnmount)
@@ -122,11 +113,10 @@ var ErrUnsupported = errors.New("not supported in kernel mode")
 func mountViews(dir string, fs *viewFS, opts Options) (*fuse.Server, error) {
 	timeout := time.Hour
 	mo := fuse.MountOptions{
-		Options:      []string{"ro"},
-		FsName:       viewFSName,
-		Name:         viewFSName,
-		MaxWrite:     1 << 20,
-		MaxReadAhead: viewReadAhead,
+		Options:  []string{"ro"},
+		FsName:   viewFSName,
+		Name:     viewFSName,
+		MaxWrite: 1 << 20,
 		// Only root reaches the directory (0700); EROFS reads the files in the context of
 		// whoever reads the image, so the views must not be limited to the mounter.
 		AllowOther:       true,
