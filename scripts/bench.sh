@@ -18,5 +18,9 @@ echo "== FUSE: warm sequential reads vs a plain go-fuse file, from memory and th
 uptime
 DFNYDUS_FUSE_BENCH=1 go test ./fuse -run TestPerformanceReport -v -count=1 -timeout 30m 2>&1 | grep -vE '^(=== RUN|--- PASS|PASS|ok )'
 echo
+echo "== kernel mode (EROFS over view files) vs FUSE mode vs plain EROFS / a local file: metadata walk, cold and warm sequential reads"
+uptime
+DFNYDUS_KERNEL_BENCH=1 go test ./kernelfs -run TestKernelModeReport -v -count=1 -timeout 30m 2>&1 | grep -vE '^(=== RUN|--- PASS|PASS|ok )'
+echo
 echo "== cold start over a 100 Mbit/s link: OCI pull+unpack vs dfnydus lazy vs eStargz; mount memory on 50k small files (issue: lazy mount)"
 go test -run '^$' -bench . -benchtime=1x -timeout 30m ./test/bench/coldstart/ 2>&1 | grep -vE '^(goos|goarch|pkg|cpu)'
