@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dfnydus/dfnydus/kernelfs"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/daemon"
 	"github.com/dfnydus/dfnydus/test/internal/registrytest"
@@ -172,6 +173,44 @@ func mounted(t *testing.T, mp string) bool {
 		}
 	}
 	return false
+}
+
+// fsType is the file system type mounted at mp ("" when nothing is).
+func fsType(t *testing.T, mp string) string {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	typ := ""
+	for _, line := range strings.Split(string(raw), "\n") {
+		// mount ID, parent, major:minor, root, mount point, options, optional fields..., "-", type
+		fields := strings.Fields(line)
+		if len(fields) > 4 && fields[4] == mp {
+			for i, f := range fields {
+				if f == "-" && i+1 < len(fields) {
+					typ = fields[i+1] // the last mount at mp is the one seen
+				}
+			}
+		}
+	}
+	return typ
+}
+
+// mountsUnder lists the mount points below dir.
+func mountsUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if fields := strings.Fields(line); len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
+			out = append(out, fields[4])
+		}
+	}
+	return out
 }
 
 // makeTree writes a small tree: text, an incompressible file over several chunks, a symlink, a
@@ -327,6 +366,42 @@ func TestDaemonScenario(t *testing.T) {
 		r := d.run(t, "preheat", refA)
 		if r.Err == nil || !strings.Contains(r.Stderr, "no scheduler is configured") {
 			t.Errorf("preheat: %v\n%s", r.Err, r.Stderr)
+		}
+	})
+	t.Run("a kernel-mode mount through the control API", func(t *testing.T) {
+		if err := kernelfs.Supported(); err != nil {
+			t.Skipf("kernel mode: %v", err)
+		}
+		mpK := filepath.Join(dir, "mnt-kernel")
+		if err := os.Mkdir(mpK, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if mounted(t, mpK) {
+				unix.Unmount(mpK, unix.MNT_DETACH)
+			}
+		})
+		d.mustRun(t, "mount", "--fs-driver", "erofs", refA, mpK)
+		if got := fsType(t, mpK); got != "erofs" {
+			t.Fatalf("%s is a %q mount, want erofs", mpK, got)
+		}
+		testenv.AssertSameTree(t, testenv.Snapshot(t, treeA), testenv.Snapshot(t, mpK))
+		drivers := map[string]string{}
+		for _, m := range d.list(t) {
+			drivers[m.Mountpoint] = m.FSDriver
+			if want := map[bool]string{true: "erofs", false: "fuse"}[m.Mountpoint == mpK]; m.FSDriver != want {
+				t.Errorf("list says %s is served by %q, want %s", m.Mountpoint, m.FSDriver, want)
+			}
+		}
+		if _, ok := drivers[mpK]; !ok {
+			t.Errorf("list %v does not show %s", drivers, mpK)
+		}
+		d.mustRun(t, "umount", mpK)
+		if mounted(t, mpK) {
+			t.Errorf("%s still mounted after umount", mpK)
+		}
+		if left := mountsUnder(t, d.cache); len(left) > 0 {
+			t.Errorf("mounts left under the cache dir after the kernel-mode umount: %v", left)
 		}
 	})
 	t.Run("dfnydus umount unmounts through the daemon", func(t *testing.T) {
