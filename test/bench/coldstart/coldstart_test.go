@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dfnydus/dfnydus/kernelfs"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/test/internal/netns"
 	"github.com/dfnydus/dfnydus/test/internal/testenv"
@@ -85,14 +86,22 @@ func BenchmarkColdStart(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	var oci, lazy, pf, es []sample
+	// Kernel mode (the kernel's EROFS over view files) where this kernel has it.
+	kernelErr := kernelfs.Supported()
+	var oci, lazy, pf, es, kern []sample
 	for i := 0; i < runs; i++ {
 		oci = append(oci, env.runOCI(b))
 		lazy = append(lazy, env.runNydus(b, "off"))
+		if kernelErr == nil {
+			kern = append(kern, env.runNydus(b, "off", "--fs-driver", "erofs"))
+		}
 		pf = append(pf, env.runNydus(b, "all"))
 		es = append(es, env.runEstargz(b))
 	}
-	printColdStart(info, esgz, oci, lazy, pf, es)
+	printColdStart(info, esgz, oci, lazy, pf, es, kern)
+	if kernelErr != nil {
+		fmt.Printf("kernel mode not measured: %v\n", kernelErr)
+	}
 	b.ReportMetric(medianDur(oci, func(s sample) time.Duration { return s.total }).Seconds(), "oci-s")
 	b.ReportMetric(medianDur(lazy, func(s sample) time.Duration { return s.total }).Seconds(), "lazy-s")
 	b.ReportMetric(medianDur(pf, func(s sample) time.Duration { return s.total }).Seconds(), "prefetch-s")
@@ -120,13 +129,13 @@ func (e *coldEnv) runOCI(b *testing.B) sample {
 
 // runNydus mounts the nydus image in the client's namespace with an empty store and runs the
 // workload in it; with prefetch "all" it then waits until the whole image is local.
-func (e *coldEnv) runNydus(b *testing.B, prefetch string) sample {
+func (e *coldEnv) runNydus(b *testing.B, prefetch string, flags ...string) sample {
 	b.Helper()
 	dir := testenv.TempDir(b) // removed after the mount is gone: by hand below, or by b's cleanup on failure
 	mp := filepath.Join(dir, "mnt")
 	c0 := e.counters(b)
 	start := time.Now()
-	m := startMount(b, e.client.Command, e.nydus, mp, filepath.Join(dir, "cache"), prefetch)
+	m := startMount(b, e.client.Command, e.nydus, mp, filepath.Join(dir, "cache"), prefetch, flags...)
 	readyAt := time.Now()
 	out := mustRun(b, onHost, "chroot", append([]string{mp}, workload...)...)
 	end := time.Now()
@@ -134,7 +143,7 @@ func (e *coldEnv) runNydus(b *testing.B, prefetch string) sample {
 	s.stats = m.stats(b)
 	s.fetched = s.stats.BytesFetched
 	s.mem = m.memory(b)
-	e.checkOutput(b, "dfnydus --prefetch "+prefetch, out)
+	e.checkOutput(b, strings.Join(append([]string{"dfnydus --prefetch", prefetch}, flags...), " "), out)
 	if prefetch == "all" {
 		m.waitPrefetch(b)
 		s.full, s.fullLink = time.Since(start), e.counters(b)-c0
@@ -162,7 +171,7 @@ func (e *coldEnv) checkOutput(b *testing.B, mode, out string) {
 	}
 }
 
-func printColdStart(info, esgz layoutInfo, oci, lazy, pf, es []sample) {
+func printColdStart(info, esgz layoutInfo, oci, lazy, pf, es, kern []sample) {
 	total := func(s sample) time.Duration { return s.total }
 	o := medianDur(oci, total).Seconds()
 	st := lazy[0].stats
@@ -183,6 +192,9 @@ func printColdStart(info, esgz layoutInfo, oci, lazy, pf, es []sample) {
 	}
 	row("OCI: skopeo copy + umoci unpack + run", oci, false)
 	row("dfnydus lazy: mount --prefetch off + run", lazy, true)
+	if len(kern) > 0 {
+		row("dfnydus kernel mode: --fs-driver erofs, off", kern, true)
+	}
 	row("dfnydus: mount --prefetch all + run", pf, true)
 	row("eStargz store (no prefetch/bg fetch) + overlay", es, false)
 	phase := func(ss []sample, i int) float64 {
@@ -200,7 +212,7 @@ func printColdStart(info, esgz layoutInfo, oci, lazy, pf, es []sample) {
 		mib(medianInt(lazy, func(s sample) int64 { return s.mem.hwm })), mib(medianInt(lazy, func(s sample) int64 { return s.mem.rss })),
 		mib(medianInt(pf, func(s sample) int64 { return s.mem.hwm })))
 	fmt.Printf("eStargz store process memory at the program's exit: VmHWM %.1f MiB\n", mib(medianInt(es, func(s sample) int64 { return s.mem.hwm })))
-	fmt.Printf("per run (s): OCI %s; lazy %s; prefetch all %s; eStargz %s\n", secs(oci), secs(lazy), secs(pf), secs(es))
+	fmt.Printf("per run (s): OCI %s; lazy %s; kernel mode %s; prefetch all %s; eStargz %s\n", secs(oci), secs(lazy), secs(kern), secs(pf), secs(es))
 }
 
 func mb(n int64) float64  { return float64(n) / 1e6 }

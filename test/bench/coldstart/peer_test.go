@@ -58,9 +58,9 @@ type peerMount struct {
 	stop   func()
 }
 
-// startMount starts `dfnydus mount --prefetch MODE` of ref at mp with a fresh store under cache and
-// returns once the ready file exists. The mount is stopped when b ends if not before.
-func startMount(b *testing.B, ex execFunc, ref, mp, cache, prefetch string) *peerMount {
+// startMount starts `dfnydus mount --prefetch MODE [extra flags]` of ref at mp with a fresh store
+// under cache and returns once the ready file exists. The mount is stopped when b ends if not before.
+func startMount(b *testing.B, ex execFunc, ref, mp, cache, prefetch string, extra ...string) *peerMount {
 	b.Helper()
 	ready := filepath.Join(cache, "ready")
 	for _, d := range []string{mp, cache} {
@@ -68,8 +68,8 @@ func startMount(b *testing.B, ex execFunc, ref, mp, cache, prefetch string) *pee
 			b.Fatal(err)
 		}
 	}
-	args := []string{"mount", "--log-level", "warn", "--plain-http", "--prefetch", prefetch,
-		"--cache-dir", cache, "--ready-file", ready, ref, mp}
+	args := append([]string{"mount", "--log-level", "warn", "--plain-http", "--prefetch", prefetch,
+		"--cache-dir", cache, "--ready-file", ready}, append(extra, ref, mp)...)
 	m := &peerMount{cmd: ex(context.Background(), testenv.Binary(b), args...), mp: mp, cache: cache,
 		stderr: &testenv.LogBuffer{}, done: make(chan struct{})}
 	m.cmd.Stderr = m.stderr
