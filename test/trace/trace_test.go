@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dfnydus/dfnydus/kernelfs"
 	"github.com/dfnydus/dfnydus/oci"
 	"github.com/dfnydus/dfnydus/peer"
 	"github.com/dfnydus/dfnydus/peer/trace"
@@ -190,6 +191,33 @@ func TestStartTrace(t *testing.T) {
 	if tr == nil {
 		t.FailNow()
 	}
+	// The same start served by the kernel's EROFS records the same trace: the recorder sits on
+	// the chunk reader both drivers use.
+	t.Run("record in kernel mode", func(t *testing.T) {
+		if err := kernelfs.Supported(); err != nil {
+			t.Skipf("kernel mode: %v", err)
+		}
+		kpath := filepath.Join(work, "trace-kernel.json")
+		m := startMount(t, filepath.Join(work, "cache-rec-k"), filepath.Join(work, "mnt-rec-k"), "--fs-driver", "erofs", "--prefetch", "off", "--record-trace", kpath, ref)
+		readAll(t, m.mp, order...)
+		m.stop(t)
+		data, err := os.ReadFile(kpath)
+		if err != nil {
+			t.Fatalf("no trace written: %v\n%s", err, m.stderr)
+		}
+		kt, err := trace.Decode(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(kt.Entries) != len(tr.Entries) {
+			t.Fatalf("kernel mode recorded %d chunks, FUSE mode %d", len(kt.Entries), len(tr.Entries))
+		}
+		for i, e := range kt.Entries {
+			if e.Path != tr.Entries[i].Path || e.Offset != tr.Entries[i].Offset {
+				t.Errorf("entry %d: kernel mode %s@%d, FUSE mode %s@%d", i, e.Path, e.Offset, tr.Entries[i].Path, tr.Entries[i].Offset)
+			}
+		}
+	})
 
 	// Baked in: build --prefetch-trace writes the files, in trace order, as the prefetch table.
 	t.Run("bake", func(t *testing.T) {
