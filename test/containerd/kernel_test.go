@@ -1,0 +1,151 @@
+package containerd_test
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/dfnydus/dfnydus/kernelfs"
+	"github.com/dfnydus/dfnydus/test/internal/registrytest"
+	"github.com/dfnydus/dfnydus/test/internal/testenv"
+)
+
+// mountEntry is one line of /proc/self/mountinfo: where, what type, from what, with which
+// file-system options (overlay's lowerdir is there).
+type mountEntry struct {
+	point, fstype, source, opts string
+}
+
+func mountTable(t testing.TB) []mountEntry {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	must(t, err)
+	var out []mountEntry
+	for _, l := range strings.Split(string(data), "\n") {
+		before, after, ok := strings.Cut(l, " - ")
+		f, tail := strings.Fields(before), strings.Fields(after)
+		if !ok || len(f) < 5 || len(tail) < 3 {
+			continue
+		}
+		out = append(out, mountEntry{point: f[4], fstype: tail[0], source: tail[1], opts: tail[2]})
+	}
+	return out
+}
+
+// mountsIn returns the mounts whose mountpoint or source lies under dir.
+func mountsIn(t testing.TB, dir string) []mountEntry {
+	t.Helper()
+	var out []mountEntry
+	for _, e := range mountTable(t) {
+		for _, p := range []string{e.point, e.source} {
+			if p == dir || strings.HasPrefix(p, dir+"/") {
+				out = append(out, e)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// TestNydusSnapshotterKernelMode: with DFNYDUS_FS_DRIVER=erofs in the snapshotter's environment,
+// the nydusd it launches serves a RAFS v6 image with the kernel's EROFS: a container runs a
+// program from it and reads a binary right, the running container's overlay has the EROFS mount
+// as its lower dir (the view FUSE mount under the snapshotter's cache beside it), and removing the
+// image leaves neither mounted.
+func TestNydusSnapshotterKernelMode(t *testing.T) {
+	rootfs := testenv.Rootfs(t)
+	testenv.RequireRoot(t)
+	if err := kernelfs.Supported(); err != nil {
+		t.Skip(err)
+	}
+	h := startHarness(t, harnessOptions{SnapshotterEnv: []string{"DFNYDUS_FS_DRIVER=erofs"}})
+	reg := registrytest.Start(t, registrytest.Options{})
+	work := testenv.TempDir(t)
+	_, ref := pushImage(t, reg, work, rootfs, "debian")
+	debVersion, err := os.ReadFile(filepath.Join(rootfs, "etc", "debian_version"))
+	must(t, err)
+	script := "cat /etc/debian_version && sha256sum /usr/bin/dpkg | cut -d' ' -f1"
+	want := string(debVersion) + sha256File(t, filepath.Join(rootfs, "usr", "bin", "dpkg")) + "\n"
+
+	h.mustCtr("pull", "-snapshotter", "nydus", "-plain-http", ref)
+	r := h.mustCtr("run", "-snapshotter", "nydus", "-id", "first", ref, "/bin/sh", "-c", script)
+	if r.Stdout != want {
+		t.Errorf("container printed %q, want %q", r.Stdout, want)
+	}
+	ds := h.nydusds()
+	if len(ds) != 1 {
+		t.Fatalf("%d dfnydus nydusd processes, want 1", len(ds))
+	}
+	mp := ds[0].flag("--mountpoint")
+	if log := nydusdLog(h, ds[0].pid); !strings.Contains(log, `"fs_driver": "erofs"`) {
+		t.Errorf("the nydusd log does not say it mounted with erofs:\n%s", log)
+	}
+
+	t.Run("a running container's lower dir is the EROFS mount", func(t *testing.T) {
+		// The holder prints its line and sleeps until ctrclient is told to stop it.
+		holder := h.ctrCmd("run", "-snapshotter", "nydus", "-id", "holder", ref, "/bin/sh", "-c",
+			"cat /etc/debian_version; exec sleep 600")
+		stdout, err := holder.StdoutPipe()
+		must(t, err)
+		errs := &testenv.LogBuffer{}
+		holder.Stderr = errs
+		must(t, holder.Start())
+		defer func() {
+			_ = holder.Process.Signal(syscall.SIGTERM) // ctrclient kills and deletes its container
+			_ = holder.Wait()
+		}()
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil || line != string(debVersion) {
+			t.Fatalf("the holder printed %q (%v), want %q\n%s", line, err, debVersion, errs)
+		}
+		rootfsDir := filepath.Join(h.dir, "state", "io.containerd.runtime.v2.task", h.ns, "holder", "rootfs")
+		table := mountTable(t)
+		var lower []string
+		for _, e := range table {
+			if e.point == rootfsDir && e.fstype == "overlay" {
+				for _, o := range strings.Split(e.opts, ",") {
+					if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+						lower = strings.Split(v, ":")
+					}
+				}
+			}
+		}
+		if len(lower) == 0 {
+			t.Fatalf("no overlay with a lowerdir at the holder's rootfs %s", rootfsDir)
+		}
+		erofsLower := false
+		for _, e := range table {
+			if e.fstype == "erofs" && e.point == mp && strings.Contains(strings.Join(lower, ":"), mp) {
+				erofsLower = true
+			}
+		}
+		if !erofsLower {
+			t.Errorf("the holder's lower dirs %q do not include the EROFS mount at %s; mounts there: %+v", lower, mp, mountsIn(t, mp))
+		}
+		views := 0
+		for _, e := range mountsIn(t, h.snapRoot) {
+			if e.fstype == "fuse.dfnydus-view" {
+				views++
+			}
+		}
+		if views != 1 {
+			t.Errorf("%d view FUSE mounts under the snapshotter's root, want 1: %+v", views, mountsIn(t, h.snapRoot))
+		}
+	})
+
+	t.Run("removing the image leaves nothing mounted", func(t *testing.T) {
+		h.mustCtr("rmi", ref)
+		h.waitFor("the nydusd to exit", func() bool { return len(h.nydusds()) == 0 })
+		if ms := mountsIn(t, h.dir); len(ms) != 0 {
+			t.Errorf("mounts left under the harness dir after rmi: %+v", ms)
+		}
+		for _, e := range mountTable(t) {
+			if e.fstype == "erofs" && strings.HasPrefix(e.source, h.dir+"/") {
+				t.Errorf("an EROFS mount of the image is left: %+v", e)
+			}
+		}
+	})
+}
