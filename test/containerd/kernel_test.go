@@ -54,7 +54,8 @@ func mountsIn(t testing.TB, dir string) []mountEntry {
 // the nydusd it launches serves a RAFS v6 image with the kernel's EROFS: a container runs a
 // program from it and reads a binary right, the running container's overlay has the EROFS mount
 // as its lower dir (the view FUSE mount under the snapshotter's cache beside it), and removing the
-// image leaves neither mounted.
+// image leaves neither mounted. A SIGKILLed nydusd is restarted (recover_policy restart) and
+// mounts the image anew in kernel mode, leaving nothing of its predecessor's mounted.
 func TestNydusSnapshotterKernelMode(t *testing.T) {
 	rootfs := testenv.Rootfs(t)
 	testenv.RequireRoot(t)
@@ -133,6 +134,44 @@ func TestNydusSnapshotterKernelMode(t *testing.T) {
 		}
 		if views != 1 {
 			t.Errorf("%d view FUSE mounts under the snapshotter's root, want 1: %+v", views, mountsIn(t, h.snapRoot))
+		}
+	})
+
+	t.Run("kill -9 of the nydusd: the restarted one mounts anew, the next container runs", func(t *testing.T) {
+		old := ds[0]
+		must(t, syscall.Kill(old.pid, syscall.SIGKILL))
+		var next nydusdProc
+		h.waitFor("the snapshotter to start a new nydusd that reaches RUNNING", func() bool {
+			for _, p := range h.nydusds() {
+				if p.pid != old.pid && p.flag("--mountpoint") == mp {
+					if st, err := daemonState(p.flag("--apisock")); err == nil && st == "RUNNING" {
+						next = p
+						return true
+					}
+				}
+			}
+			return false
+		})
+		r := h.mustCtr("run", "-snapshotter", "nydus", "-id", "after-kill", ref, "/bin/sh", "-c", script)
+		if r.Stdout != want {
+			t.Errorf("container after the restart printed %q, want %q", r.Stdout, want)
+		}
+		if log := nydusdLog(h, next.pid); !strings.Contains(log, `"fs_driver": "erofs"`) {
+			t.Errorf("the restarted nydusd did not mount with erofs:\n%s", log)
+		}
+		// The killed one's EROFS and view mounts are gone (the snapshotter's clean-up and the new
+		// nydusd's): one of each is left, the new one's.
+		var erofs, views int
+		for _, e := range mountsIn(t, h.dir) {
+			switch e.fstype {
+			case "erofs":
+				erofs++
+			case "fuse.dfnydus-view":
+				views++
+			}
+		}
+		if erofs != 1 || views != 1 {
+			t.Errorf("after the restart %d EROFS and %d view mounts, want 1 and 1: %+v", erofs, views, mountsIn(t, h.dir))
 		}
 	})
 
