@@ -287,6 +287,11 @@ func (h *harness) benchStart(b *testing.B, regNode *netns.Node, r *benchResult, 
 		// Read before rmi ends it; it has served the start and (with prefetch) what followed.
 		for _, p := range h.nydusds() {
 			r.NydusdCPU += procCPU(b, p.pid)
+			// A kernel-mode start that fell back to FUSE would measure the wrong thing.
+			src := mountSource(p.flag("--mountpoint"))
+			if kernel := r.Mode == modeKLazy || r.Mode == modeKPf; kernel != strings.HasPrefix(src, "erofs") {
+				b.Fatalf("%s (%s): the image is mounted as %q", img.name, r.Mode, src)
+			}
 		}
 	}
 	r.Completed = true
