@@ -188,3 +188,105 @@ func TestNydusSnapshotterKernelMode(t *testing.T) {
 		}
 	})
 }
+
+// TestNydusdKernelModeThroughTheDfnydusDaemon: with a dfnydus daemon (its own fsDriver fuse) and
+// DFNYDUS_FS_DRIVER=erofs in the snapshotter's environment, nydusd passes the driver with its
+// mount request: the daemon serves the snapshot with EROFS, a SIGKILLed nydusd's successor gets
+// the image in kernel mode again while a container started before the kill still reads files it
+// never read, and rmi leaves nothing mounted.
+func TestNydusdKernelModeThroughTheDfnydusDaemon(t *testing.T) {
+	rootfs := testenv.Rootfs(t)
+	tools(t)
+	if err := kernelfs.Supported(); err != nil {
+		t.Skip(err)
+	}
+	dd := startDfnydusDaemon(t, daemonOptions{})
+	h := startHarness(t, harnessOptions{SnapshotterEnv: []string{"DFNYDUS_SOCKET=" + dd.socket, "DFNYDUS_FS_DRIVER=erofs"}})
+	reg := registrytest.Start(t, registrytest.Options{})
+	work := testenv.TempDir(t)
+	_, ref := pushImage(t, reg, work, rootfs, "debian")
+	debVersion, err := os.ReadFile(filepath.Join(rootfs, "etc", "debian_version"))
+	must(t, err)
+	script := "cat /etc/debian_version && sha256sum /usr/bin/dpkg | cut -d' ' -f1"
+	want := string(debVersion) + sha256File(t, filepath.Join(rootfs, "usr", "bin", "dpkg")) + "\n"
+
+	h.mustCtr("pull", "-snapshotter", "nydus", "-plain-http", ref)
+	r := h.mustCtr("run", "-snapshotter", "nydus", "-id", "first", ref, "/bin/sh", "-c", script)
+	if r.Stdout != want {
+		t.Errorf("container printed %q, want %q", r.Stdout, want)
+	}
+	ds := h.nydusds()
+	if len(ds) != 1 {
+		t.Fatalf("%d nydusd processes, want 1", len(ds))
+	}
+	front, mp := ds[0], ds[0].flag("--mountpoint")
+	if ms := dd.list(t); len(ms) != 1 || ms[0].Mountpoint != mp || ms[0].FSDriver != "erofs" {
+		t.Fatalf("dfnydus list: %+v, want the snapshot's mount %s with fs_driver erofs", ms, mp)
+	}
+	if src := mountSource(mp); !strings.HasPrefix(src, "erofs ") {
+		t.Errorf("%s is %q, want the daemon's EROFS mount", mp, src)
+	}
+
+	t.Run("kill -9 of the nydusd: a running container keeps reading, the next one runs", func(t *testing.T) {
+		// The holder reads /usr/bin/perl (nothing read it before) once the kill is over, which the
+		// test tells it by creating /go in its root (ctrclient passes no stdin), as the FUSE-mode
+		// test does. Its overlay holds the daemon's EROFS mount, which must keep serving.
+		holder := h.ctrCmd("run", "-snapshotter", "nydus", "-id", "holder", ref, "/bin/sh", "-c",
+			"echo up; while [ ! -e /go ]; do sleep 0.05; done; sha256sum /usr/bin/perl | cut -d' ' -f1")
+		stdout, err := holder.StdoutPipe()
+		must(t, err)
+		errs := &testenv.LogBuffer{}
+		holder.Stderr = errs
+		must(t, holder.Start())
+		br := bufio.NewReader(stdout)
+		defer func() {
+			_ = holder.Process.Signal(syscall.SIGTERM)
+			_ = holder.Wait()
+		}()
+		if line, err := br.ReadString('\n'); err != nil || line != "up\n" {
+			t.Fatalf("the holder printed %q (%v)\n%s", line, err, errs)
+		}
+		must(t, syscall.Kill(front.pid, syscall.SIGKILL))
+		var next nydusdProc
+		h.waitFor("the snapshotter to start a new nydusd that reaches RUNNING", func() bool {
+			for _, p := range h.nydusds() {
+				if p.pid != front.pid && p.flag("--mountpoint") == mp {
+					if st, err := daemonState(p.flag("--apisock")); err == nil && st == "RUNNING" {
+						next = p
+						return true
+					}
+				}
+			}
+			return false
+		})
+		if ms := dd.list(t); len(ms) != 1 || ms[0].Mountpoint != mp || ms[0].FSDriver != "erofs" {
+			t.Errorf("after the kill the daemon lists %+v, want one EROFS mount at %s", ms, mp)
+		}
+		rootfsDir := filepath.Join(h.dir, "state", "io.containerd.runtime.v2.task", h.ns, "holder", "rootfs")
+		must(t, os.WriteFile(filepath.Join(rootfsDir, "go"), nil, 0o644))
+		line, err := br.ReadString('\n')
+		if err == nil {
+			err = holder.Wait()
+		}
+		if want := sha256File(t, filepath.Join(rootfs, "usr", "bin", "perl")) + "\n"; err != nil || line != want {
+			t.Errorf("the holder after the kill read /usr/bin/perl as %q (%v), want %q\n%s", line, err, want, errs)
+		}
+		r := h.mustCtr("run", "-snapshotter", "nydus", "-id", "after-kill", ref, "/bin/sh", "-c", script)
+		if r.Stdout != want {
+			t.Errorf("container after the kill printed %q, want %q", r.Stdout, want)
+		}
+		front = next
+	})
+
+	t.Run("removing the image leaves nothing mounted", func(t *testing.T) {
+		h.mustCtr("rmi", ref)
+		h.waitFor("the nydusd to exit", func() bool { return len(h.nydusds()) == 0 })
+		h.waitFor("the daemon to unmount the image", func() bool { return len(dd.list(t)) == 0 })
+		if ms := mountsIn(t, h.dir); len(ms) != 0 {
+			t.Errorf("mounts left under the harness dir after rmi: %+v", ms)
+		}
+		if ms := mountsIn(t, dd.dir); len(ms) != 0 {
+			t.Errorf("mounts left under the daemon's dir after rmi: %+v", ms)
+		}
+	})
+}
