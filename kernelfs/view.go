@@ -274,13 +274,20 @@ func (f *viewFile) Release(ctx context.Context, fh gofuse.FileHandle) syscall.Er
 	return 0
 }
 
+// Read ignores the kernel's INTERRUPT of the request: the reader is EROFS filling a page (for a
+// read(2), a page fault, an execve), and EROFS turns any error of its device read into EIO for
+// that page, so an interrupted view read would fail a process for merely receiving a signal
+// (measured: runc's Go init, preempted with SIGURG while execve read the binary, got "exec
+// /bin/sh: input/output error"). After a non-fatal signal the kernel still waits for the answer;
+// after a fatal one it stops waiting, and the fetch finishes into the store. Only the end of the
+// mount (base) cancels.
 func (f *viewFile) Read(ctx context.Context, fh gofuse.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	defer context.AfterFunc(f.fs.base, cancel)()
 	n, err := f.v.readAt(ctx, f.fs.r, dest, off)
 	if err != nil {
-		if ctx.Err() == nil && f.fs.base.Err() == nil {
+		if f.fs.base.Err() == nil {
 			f.fs.log.Warn("view read failed", zap.String("blob", f.v.blob.ID), zap.Int64("offset", off),
 				zap.Int("size", len(dest)), zap.Error(err))
 		}

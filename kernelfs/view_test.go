@@ -6,7 +6,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+
+	"go.uber.org/zap"
 
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/blob"
@@ -61,5 +64,41 @@ func TestViewReadsMatchWrittenView(t *testing.T) {
 		if !bytes.Equal(dest[:n], exp) {
 			t.Fatalf("read [%d, +%d): %d bytes differ from the written view (%d bytes)", off, size, n, len(exp))
 		}
+	}
+}
+
+// A view read the kernel interrupts (the reader got a signal: go-fuse cancels the request's
+// context) still answers with the bytes: EROFS would turn an error into EIO for the page, failing
+// a process for being signalled. The end of the mount still fails reads.
+func TestViewReadIgnoresInterrupts(t *testing.T) {
+	src := writeTree(t)
+	b := buildV6(t, src, 16<<10)
+	r := dirReader(t, b.blobDir)
+	views, err := newViews(b.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := newViewFS(views, r, nil)
+	fs.log = zap.NewNop()
+	f := &viewFile{fs: fs, v: views[0]}
+	want := make([]byte, 64<<10)
+	n, err := views[0].readAt(context.Background(), r, want, 0)
+	if err != nil || n == 0 {
+		t.Fatalf("reading the view directly: %d bytes, %v", n, err)
+	}
+	interrupted, cancel := context.WithCancel(context.Background())
+	cancel()
+	dest := make([]byte, len(want))
+	res, errno := f.Read(interrupted, nil, dest, 0)
+	if errno != 0 {
+		t.Fatalf("interrupted read: %v, want the bytes", errno)
+	}
+	got, _ := res.Bytes(nil)
+	if !bytes.Equal(got, want[:n]) {
+		t.Errorf("interrupted read gave %d bytes that differ from the view's", len(got))
+	}
+	fs.stop()
+	if _, errno := f.Read(context.Background(), nil, dest, 0); errno != syscall.EIO {
+		t.Errorf("read after the mount's end: %v, want EIO", errno)
 	}
 }

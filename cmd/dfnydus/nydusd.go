@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/dfnydus/dfnydus/peer/daemon"
 	"github.com/dfnydus/dfnydus/peer/nydusapi"
 )
 
@@ -36,7 +37,12 @@ type nydusdFlags struct {
 	fscacheThreads                         int
 	version                                bool
 	allowOther, fuseDebug                  bool
+	fsDriver                               string
 }
+
+// fsDriverEnv sets `dfnydus nydusd --fs-driver`: the snapshotter execs nydusd with its own flags
+// and passes its environment on, so the environment (or a wrapper) is how an operator chooses.
+const fsDriverEnv = "DFNYDUS_FS_DRIVER"
 
 // newNydusdCmd is the `dfnydus nydusd` subcommand: it hands its arguments to the nydusd command
 // tree, so flags are parsed exactly as when dfnydus runs as "nydusd".
@@ -104,6 +110,8 @@ func newNydusdRoot(stdout io.Writer) *cobra.Command {
 	fl.IntVar(&f.fscacheThreads, "fscache-threads", 0, "fscache threads (not supported)")
 	fl.BoolVar(&f.allowOther, "allow-other", true, "let every user read the mounts (FUSE allow_other)")
 	fl.BoolVar(&f.fuseDebug, "fuse-debug", false, "log every FUSE request")
+	fl.StringVar(&f.fsDriver, "fs-driver", os.Getenv(fsDriverEnv), "how the kernel sees the images: fuse, erofs (the kernel's EROFS, RAFS v6 only) or "+
+		"auto (erofs where possible, else fuse); default: the dfnydus daemon's fsDriver when mounting through it, else fuse (env "+fsDriverEnv+")")
 	fuseCmd := &cobra.Command{
 		Use:   "fuse",
 		Short: "serve RAFS over FUSE (the form nydus-snapshotter uses)",
@@ -205,6 +213,11 @@ func serveNydusd(ctx context.Context, f *nydusdFlags, log *zap.Logger) error {
 	case f.bootstrap != "" && f.config == "":
 		return errors.New("--bootstrap needs --config")
 	}
+	if f.fsDriver != "" {
+		if err := daemon.CheckFSDriver(f.fsDriver); err != nil {
+			return fmt.Errorf("--fs-driver (or $%s): %w", fsDriverEnv, err)
+		}
+	}
 	var ignored []string
 	if f.supervisor != "" {
 		ignored = append(ignored, "--supervisor (no FUSE session hand-over: recover_policy \"restart\" works, \"failover\" does not)")
@@ -304,7 +317,8 @@ func nydusdMounter(ctx context.Context, f *nydusdFlags, log *zap.Logger) (nydusa
 		if verr == nil {
 			log.Info("mounting through the dfnydus daemon (its store and P2P)", zap.String("socket", socket),
 				zap.Int("daemon_pid", v.PID), zap.String("daemon_version", v.Version), zap.Bool("p2p", v.P2P))
-			m := nydusapi.NewDaemonMounter(c, nydusapi.DaemonOptions{Log: log, AllowOther: f.allowOther, FuseDebug: f.fuseDebug})
+			m := nydusapi.NewDaemonMounter(c, nydusapi.DaemonOptions{Log: log, AllowOther: f.allowOther, FuseDebug: f.fuseDebug,
+				FSDriver: f.fsDriver})
 			return m, func() { _ = m.Close() }
 		}
 		log.Warn("the dfnydus daemon does not answer: mounting in this process", zap.String("socket", socket), zap.Error(verr))
@@ -313,7 +327,7 @@ func nydusdMounter(ctx context.Context, f *nydusdFlags, log *zap.Logger) (nydusa
 		log.Info("no dfnydus daemon answers: mounting in this process", zap.String("socket", socket))
 	}
 	return nydusapi.NewLocalMounter(nydusapi.LocalOptions{Log: log, UserAgent: "dfnydus/" + version,
-		AllowOther: f.allowOther, FuseDebug: f.fuseDebug}), func() {}
+		AllowOther: f.allowOther, FuseDebug: f.fuseDebug, FSDriver: f.fsDriver}), func() {}
 }
 
 // splitPrefetchFiles splits --prefetch-files into absolute paths.

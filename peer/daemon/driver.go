@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -59,10 +58,13 @@ func (d *Daemon) fsDriverFor(req MountRequest) string {
 	return d.cfg.FSDriver
 }
 
+// CheckFSDriver checks a driver name: fuse, erofs or auto.
+func CheckFSDriver(s string) error { return checkFSDriver(s) }
+
 // pickDriver decides how img is served when want is asked for. With auto, a reason not to use
 // EROFS is returned with fuse; with erofs it is an error.
 func pickDriver(want string, img *rafs.Image) (driver, whyNot string, err error) {
-	if want == FSDriverFUSE {
+	if want == FSDriverFUSE || want == "" {
 		return FSDriverFUSE, "", nil
 	}
 	why := ""
@@ -80,24 +82,28 @@ func pickDriver(want string, img *rafs.Image) (driver, whyNot string, err error)
 	return FSDriverFUSE, why, nil
 }
 
-// mountKernel mounts the image with the kernel's EROFS over views read through r, in a fresh
-// work directory under kernelRoot.
-func (d *Daemon) mountKernel(mp string, oi *openedImage, r rafs.ChunkReader, debug bool, log *zap.Logger) (*kernelfs.Server, error) {
-	root := d.kernelRoot()
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return nil, fmt.Errorf("mount %s: kernel mode: %w", mp, err)
-	}
-	sum := sha256.Sum256([]byte(mp))
-	dir, err := os.MkdirTemp(root, fmt.Sprintf("%x-", sum[:6]))
+// KernelMount serves img at mp with the kernel's EROFS when want (fuse, erofs or auto; "" is
+// fuse) and the image and the kernel allow it, its work directory under root, file data read
+// through r; raw is img's bootstrap as stored. It is the one place the daemon and the nydusd
+// front decide and set up kernel mode. A nil server means FUSE is to serve the mount; whyNot then
+// says why EROFS was not used under auto ("" when fuse was asked). Under erofs, whatever
+// prevents kernel mode is an error, naming the mountpoint.
+func KernelMount(want, root, mp string, img *rafs.Image, raw []byte, r rafs.ChunkReader, opts kernelfs.Options) (_ *kernelfs.Server, whyNot string, _ error) {
+	driver, whyNot, err := pickDriver(want, img)
 	if err != nil {
-		return nil, fmt.Errorf("mount %s: kernel mode: %w", mp, err)
+		return nil, "", fmt.Errorf("mount %s: %w", mp, err)
 	}
-	s, err := kernelfs.Mount(mp, dir, oi.img, oi.raw, r, kernelfs.Options{Log: log, Debug: debug})
-	if err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, err // says "kernel mount MP: ..."
+	if driver != FSDriverEROFS {
+		return nil, whyNot, nil
 	}
-	return s, nil
+	ks, err := kernelfs.MountIn(root, mp, img, raw, r, opts)
+	switch {
+	case err == nil:
+		return ks, "", nil
+	case want == FSDriverEROFS:
+		return nil, "", err
+	}
+	return nil, err.Error(), nil
 }
 
 // cleanKernelLeftovers detaches the kernel-mode mounts a killed process left under the cache

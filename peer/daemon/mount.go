@@ -224,21 +224,13 @@ func (d *Daemon) mount(ctx context.Context, req MountRequest) (_ *mount, err err
 		m.rec, m.recordPath = trace.NewRecorder(oi.img, m.im), req.RecordTrace
 		reader = m.rec
 	}
-	want := d.fsDriverFor(req)
-	driver, whyNot, err := pickDriver(want, oi.img)
+	ks, whyNot, err := KernelMount(d.fsDriverFor(req), d.kernelRoot(), mp, oi.img, oi.raw, reader,
+		kernelfs.Options{Log: m.log, Debug: req.FuseDebug})
 	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", mp, err)
+		return nil, err
 	}
-	if driver == FSDriverEROFS {
-		ks, err := d.mountKernel(mp, oi, reader, req.FuseDebug, m.log)
-		switch {
-		case err == nil:
-			m.srv = kernelServer{ks}
-		case want == FSDriverEROFS:
-			return nil, err
-		default:
-			whyNot = err.Error()
-		}
+	if ks != nil {
+		m.srv = kernelServer{ks}
 	}
 	oi.raw = nil // the kernel has its copy
 	if m.srv == nil {

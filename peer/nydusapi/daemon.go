@@ -24,6 +24,8 @@ type DaemonOptions struct {
 	// AllowOther lets every user read the mounts (containers run as any uid); FuseDebug logs every
 	// FUSE request (in the daemon's log).
 	AllowOther, FuseDebug bool
+	// FSDriver is passed on with every mount (fuse, erofs or auto); "" means the daemon's fsDriver.
+	FSDriver string
 	// PollInterval is how often each mount is checked for having gone away (the control API has
 	// no watch call); 0 means DefaultPollInterval.
 	PollInterval time.Duration
@@ -188,7 +190,7 @@ func DaemonRequest(spec MountSpec, o DaemonOptions) (daemon.MountRequest, []stri
 		return daemon.MountRequest{}, nil, fmt.Errorf("bootstrap: %w", err)
 	}
 	req := daemon.MountRequest{Mountpoint: mp, Bootstrap: boot, Prefetch: cfg.Prefetch, PrefetchRate: cfg.PrefetchRate,
-		AllowOther: o.AllowOther, FuseDebug: o.FuseDebug}
+		AllowOther: o.AllowOther, FuseDebug: o.FuseDebug, FSDriver: o.FSDriver}
 	if req.PrefetchRate == 0 {
 		req.PrefetchRate = -1 // nydus's bandwidth_rate 0 is unlimited, not the daemon's default
 	}
@@ -291,7 +293,8 @@ func (m *DaemonMounter) Mount(ctx context.Context, spec MountSpec) (Handle, erro
 	m.mu.Unlock()
 	go h.watch(wctx)
 	log.Info("mounted by the dfnydus daemon", zap.String("socket", m.c.Socket()), zap.String("image", info.Image),
-		zap.String("source", info.Source), zap.Bool("p2p", info.P2P), zap.String("prefetch", info.Prefetch), zap.Bool("adopted", adopted))
+		zap.String("source", info.Source), zap.Bool("p2p", info.P2P), zap.String("prefetch", info.Prefetch),
+		zap.String("fs_driver", info.FSDriver), zap.Bool("adopted", adopted))
 	return h, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/dfnydus/dfnydus/kernelfs"
 	"github.com/dfnydus/dfnydus/peer/daemon"
 )
 
@@ -181,6 +182,43 @@ func TestDaemonMounterMountsThroughTheDaemon(t *testing.T) {
 	<-h.Done()
 	if ms := d.List(); len(ms) != 0 || isFUSE(mp) {
 		t.Errorf("after Unmount the daemon lists %+v (still FUSE: %v)", ms, isFUSE(mp))
+	}
+}
+
+// TestDaemonMounterPassesTheFSDriver: with FSDriver erofs the daemon (whose own fsDriver is fuse)
+// mounts the v6 fixture with the kernel's EROFS, and Unmount takes its mounts away.
+func TestDaemonMounterPassesTheFSDriver(t *testing.T) {
+	requireFUSE(t)
+	if err := kernelfs.Supported(); err != nil {
+		t.Skip(err)
+	}
+	ctx := context.Background()
+	d, sock := runDaemon(t)
+	m := newDaemonMounter(t, sock, DaemonOptions{PollInterval: 10 * time.Millisecond, FSDriver: daemon.FSDriverEROFS})
+	dir := t.TempDir()
+	mp := filepath.Join(dir, "snap", "mnt")
+	h, err := m.Mount(ctx, fixtureSpec(t, mp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(mp, unix.MNT_DETACH) }) // only if the test failed
+	if ms := d.List(); len(ms) != 1 || ms[0].FSDriver != daemon.FSDriverEROFS {
+		t.Fatalf("daemon mounts %+v, want one with fs driver erofs", ms)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type != unix.EROFS_SUPER_MAGIC_V1 {
+		t.Errorf("%s is not an EROFS mount (statfs %v, type %#x)", mp, err, sfs.Type)
+	}
+	readAll(t, mp)
+	if err := m.Unmount(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	<-h.Done()
+	if ms := d.List(); len(ms) != 0 {
+		t.Errorf("after Unmount the daemon lists %+v", ms)
+	}
+	if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type == unix.EROFS_SUPER_MAGIC_V1 {
+		t.Errorf("after Unmount %s is still EROFS or broken (statfs %v)", mp, err)
 	}
 }
 

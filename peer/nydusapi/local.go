@@ -22,7 +22,9 @@ import (
 	"github.com/dfnydus/dfnydus/blobstore"
 	"github.com/dfnydus/dfnydus/fuse"
 	"github.com/dfnydus/dfnydus/internal/mountpoint"
+	"github.com/dfnydus/dfnydus/kernelfs"
 	"github.com/dfnydus/dfnydus/peer"
+	"github.com/dfnydus/dfnydus/peer/daemon"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/bootstrap"
@@ -51,6 +53,10 @@ type LocalOptions struct {
 	FuseDebug bool
 	// AllowOther lets every user read the mounts (containers run as any uid).
 	AllowOther bool
+	// FSDriver says how the kernel sees the images, as the daemon's fsDriver does: fuse (our FUSE
+	// file system; "" too), erofs (the kernel's EROFS over the blobs' views, RAFS v6 only) or auto
+	// (erofs where the image and the kernel allow it, else fuse).
+	FSDriver string
 }
 
 // LocalMounter mounts images in this process: the chunk store (bbolt, one process at a time),
@@ -64,10 +70,13 @@ type LocalMounter struct {
 }
 
 type sharedStore struct {
-	dir     string
-	st      *blobstore.Store
-	fetcher *peer.Fetcher
-	refs    int
+	dir string
+	// kernelRoot holds the work directories of the store's kernel-mode mounts (bootstrap copy,
+	// view mount); the store's lock makes this process its only user.
+	kernelRoot string
+	st         *blobstore.Store
+	fetcher    *peer.Fetcher
+	refs       int
 }
 
 // NewLocalMounter returns a LocalMounter.
@@ -88,7 +97,8 @@ func NewLocalMounter(opts LocalOptions) *LocalMounter {
 type localHandle struct {
 	spec   MountSpec
 	im     *peer.Image
-	srv    *fuse.Server
+	srv    server
+	driver string // daemon.FSDriverFUSE or daemon.FSDriverEROFS
 	img    *rafs.Image
 	src    *swapSource
 	shared *sharedStore
@@ -98,7 +108,17 @@ type localHandle struct {
 	start  time.Time
 }
 
+// server is what serves a mount: our FUSE file system or kernelfs (EROFS over the views). Both
+// unmount as umount(8) would, and Wait returns once the mount is gone however it went.
+type server interface {
+	Unmount() error
+	Wait()
+}
+
 func (h *localHandle) Done() <-chan struct{} { return h.done }
+
+// FSDriver reports how the mount is served: fuse or erofs.
+func (h *localHandle) FSDriver() string { return h.driver }
 
 func (h *localHandle) Stats() MountStats {
 	s := h.im.Stats()
@@ -114,6 +134,17 @@ func (h *localHandle) Stats() MountStats {
 	return ms
 }
 
+// storeKey names a mount's store and kernel-mode work root: the snapshot id from device.id, else
+// a hash of the mountpoint.
+func storeKey(spec MountSpec) string {
+	key := strings.Trim(strings.ReplaceAll(spec.Config.DeviceID, "/", "_"), "_.")
+	if key == "" {
+		sum := sha256.Sum256([]byte(spec.Mountpoint))
+		key = "mnt-" + hex.EncodeToString(sum[:8])
+	}
+	return key
+}
+
 // storeDir is where the store of a mount lives: CACHE/dfnydus-store/KEY, KEY naming the instance
 // (the snapshot id from device.id, else a hash of the mountpoint) so that a restarted daemon finds
 // the chunks its predecessor verified. One store per instance, because each dedicated nydusd is its
@@ -124,12 +155,13 @@ func (m *LocalMounter) storeDir(spec MountSpec) string {
 	if base == "" {
 		base = m.opts.CacheDir
 	}
-	key := strings.Trim(strings.ReplaceAll(spec.Config.DeviceID, "/", "_"), "_.")
-	if key == "" {
-		sum := sha256.Sum256([]byte(spec.Mountpoint))
-		key = "mnt-" + hex.EncodeToString(sum[:8])
-	}
-	return filepath.Join(base, "dfnydus-store", key)
+	return filepath.Join(base, "dfnydus-store", storeKey(spec))
+}
+
+// kernelRoot is where the kernel-mode work directories of a store's mounts live:
+// CACHE/dfnydus-kernel/KEY, next to the store.
+func kernelRoot(storeDir string) string {
+	return filepath.Join(filepath.Dir(filepath.Dir(storeDir)), "dfnydus-kernel", filepath.Base(storeDir))
 }
 
 func (m *LocalMounter) acquireStore(dir string) (*sharedStore, error) {
@@ -145,7 +177,14 @@ func (m *LocalMounter) acquireStore(dir string) (*sharedStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
 	}
-	s := &sharedStore{dir: dir, st: st, refs: 1,
+	// Holding the store (its lock) makes this process the only one mounting from it, so any
+	// kernel-mode mount under its work root is one a killed predecessor left: its views are
+	// dead and its EROFS mount would fail every read.
+	kroot := kernelRoot(dir)
+	if err := kernelfs.CleanWorkDirs(kroot, m.opts.Log); err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.opts.Log.Warn("clean kernel-mode leftovers", zap.String("dir", kroot), zap.Error(err))
+	}
+	s := &sharedStore{dir: dir, kernelRoot: kroot, st: st, refs: 1,
 		fetcher: peer.NewFetcher(peer.Options{Store: st, MemoryCache: m.opts.MemoryCache, Log: m.opts.Log})}
 	m.stores[dir] = s
 	return s, nil
@@ -166,20 +205,27 @@ func (m *LocalMounter) releaseStore(s *sharedStore) {
 
 // LoadBootstrap reads a RAFS bootstrap, failing with ErrNotRAFS for anything else.
 func LoadBootstrap(path string) (*rafs.Image, error) {
-	_, img, err := bootstrap.Load(path)
+	_, img, err := loadBootstrap(path)
+	return img, err
+}
+
+// loadBootstrap is LoadBootstrap that also returns the bootstrap as stored (what kernel mode
+// hands the kernel's EROFS).
+func loadBootstrap(path string) ([]byte, *rafs.Image, error) {
+	raw, img, err := bootstrap.Load(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("bootstrap %s: %w", path, err)
+			return nil, nil, fmt.Errorf("bootstrap %s: %w", path, err)
 		}
-		return nil, fmt.Errorf("bootstrap %s: %w: %w", path, ErrNotRAFS, err)
+		return nil, nil, fmt.Errorf("bootstrap %s: %w: %w", path, ErrNotRAFS, err)
 	}
-	return img, nil
+	return raw, img, nil
 }
 
 // Mount implements Mounter.
 func (m *LocalMounter) Mount(ctx context.Context, spec MountSpec) (_ Handle, err error) {
 	log := m.opts.Log.With(zap.String("id", spec.ID), zap.String("mountpoint", spec.Mountpoint))
-	img, err := LoadBootstrap(spec.Bootstrap)
+	raw, img, err := loadBootstrap(spec.Bootstrap)
 	if err != nil {
 		return nil, err
 	}
@@ -227,22 +273,38 @@ func (m *LocalMounter) Mount(ctx context.Context, spec MountSpec) (_ Handle, err
 			im.Close()
 		}
 	}()
-	fopts := fuse.DefaultOptions()
-	fopts.Log, fopts.Debug, fopts.AllowOther = log, m.opts.FuseDebug, m.opts.AllowOther
-	fopts.FSName = "dfnydus"
-	srv, err := fuse.Mount(spec.Mountpoint, img, im, fopts)
-	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", spec.Mountpoint, err)
+	var srv server
+	driver := daemon.FSDriverFUSE
+	ks, whyNot, err := daemon.KernelMount(m.opts.FSDriver, shared.kernelRoot, spec.Mountpoint, img, raw, im,
+		kernelfs.Options{Log: log, Debug: m.opts.FuseDebug})
+	switch {
+	case err != nil:
+		return nil, err
+	case ks != nil:
+		srv, driver = ks, daemon.FSDriverEROFS
+	default:
+		if whyNot != "" {
+			log.Info("fs driver auto: serving through FUSE", zap.String("why_not_erofs", whyNot))
+		}
+		fopts := fuse.DefaultOptions()
+		fopts.Log, fopts.Debug, fopts.AllowOther = log, m.opts.FuseDebug, m.opts.AllowOther
+		fopts.FSName = "dfnydus"
+		fs, err := fuse.Mount(spec.Mountpoint, img, im, fopts)
+		if err != nil {
+			return nil, fmt.Errorf("mount %s: %w", spec.Mountpoint, err)
+		}
+		srv = fs
 	}
 	pctx, stop := context.WithCancel(context.Background())
-	h := &localHandle{spec: spec, img: img, im: im, srv: srv, src: src, shared: shared, stop: stop, done: make(chan struct{}), start: time.Now()}
+	h := &localHandle{spec: spec, img: img, im: im, srv: srv, driver: driver, src: src, shared: shared, stop: stop,
+		done: make(chan struct{}), start: time.Now()}
 	im.StartPrefetch(pctx, peer.PrefetchOptions{Mode: peer.PrefetchMode(spec.Config.Prefetch), Rate: spec.Config.PrefetchRate})
 	go func() {
 		srv.Wait()
 		h.release(m)
 	}()
 	log.Info("mounted", zap.String("bootstrap", spec.Bootstrap), zap.String("source", name), zap.String("prefetch", spec.Config.Prefetch),
-		zap.String("store", shared.dir))
+		zap.String("store", shared.dir), zap.String("fs_driver", driver))
 	return h, nil
 }
 
@@ -410,6 +472,15 @@ func prepareMountpoint(mp string, log *zap.Logger) error {
 		log.Warn("clearing a stale mount left by a killed daemon", zap.String("mountpoint", mp))
 		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
 			return fmt.Errorf("clear stale mount at %s: %w", mp, err)
+		}
+		err = unix.Statfs(mp, &sfs)
+	}
+	// A kernel-mode mount left by a killed daemon answers statfs (EROFS's metadata is in the
+	// kernel) while every read of data not cached fails: its views are dead.
+	if stale, cerr := kernelfs.ClearStale(mp); stale {
+		log.Warn("clearing a stale kernel-mode mount left by a killed daemon", zap.String("mountpoint", mp))
+		if cerr != nil {
+			return fmt.Errorf("clear stale mount at %s: %w", mp, cerr)
 		}
 		err = unix.Statfs(mp, &sfs)
 	}

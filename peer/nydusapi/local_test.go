@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dfnydus/dfnydus/kernelfs"
 	"github.com/dfnydus/dfnydus/rafs"
 )
 
@@ -178,4 +180,90 @@ func TestPrepareMountpointClearsAStaleMount(t *testing.T) {
 	if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type == 0x65735546 {
 		t.Errorf("after the second Unmount %s is still a FUSE mount or broken: %v", mp, err)
 	}
+}
+
+// TestLocalMounterKernelMode: with FSDriver erofs the fixture (RAFS v6) is mounted by the kernel's
+// EROFS, reads through the views land in the store, and Unmount takes away the EROFS mount, the
+// view mount and the work directory; an outside unmount of the EROFS mount ends the handle as an
+// outside unmount of a FUSE mount does.
+func TestLocalMounterKernelMode(t *testing.T) {
+	requireFUSE(t)
+	if err := kernelfs.Supported(); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	mp := filepath.Join(dir, "mnt")
+	m := NewLocalMounter(LocalOptions{FSDriver: "erofs"})
+	cfg := &MountConfig{DeviceID: "/9", CacheDir: filepath.Join(dir, "cache"), Prefetch: PrefetchOff,
+		Backend: Backend{Type: BackendLocalfs, Dir: fixtureDir}}
+	mountRead := func() Handle {
+		t.Helper()
+		h, err := m.Mount(context.Background(), localSpec(t, mp, cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = unix.Unmount(mp, unix.MNT_DETACH) }) // only if the test failed
+		if d := h.(*localHandle).FSDriver(); d != "erofs" {
+			t.Errorf("driver %q, want erofs", d)
+		}
+		var sfs unix.Statfs_t
+		if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type != unix.EROFS_SUPER_MAGIC_V1 {
+			t.Errorf("%s is not an EROFS mount (statfs %v, type %#x)", mp, err, sfs.Type)
+		}
+		files := 0
+		err = filepath.WalkDir(mp, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return err
+			}
+			files++
+			_, err = os.ReadFile(p)
+			return err
+		})
+		if err != nil {
+			t.Errorf("reading the mounted image: %v", err)
+		}
+		if st := h.Stats(); files == 0 || st.ChunkReads == 0 || st.Errors != 0 {
+			t.Errorf("after reading %d files: %+v", files, st)
+		}
+		return h
+	}
+	leftovers := func(when string) {
+		t.Helper()
+		if ms := mountsUnderDir(t, dir); len(ms) != 0 {
+			t.Errorf("%s: mounts left under the test dir: %q", when, ms)
+		}
+		if ents, _ := os.ReadDir(filepath.Join(dir, "cache", "dfnydus-kernel", "9")); len(ents) != 0 {
+			t.Errorf("%s: kernel-mode work dirs left: %d", when, len(ents))
+		}
+	}
+
+	h := mountRead()
+	if err := m.Unmount(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	<-h.Done()
+	leftovers("after Unmount")
+
+	h = mountRead()
+	if err := unix.Unmount(mp, 0); err != nil {
+		t.Fatal(err)
+	}
+	<-h.Done()
+	leftovers("after an outside unmount")
+}
+
+// mountsUnderDir lists the mount points at or under dir in this process's mount table.
+func mountsUnderDir(t *testing.T, dir string) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			out = append(out, f[4])
+		}
+	}
+	return out
 }

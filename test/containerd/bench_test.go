@@ -49,23 +49,31 @@ var benchImages = []benchImage{
 
 // benchResult is one measured start.
 type benchResult struct {
-	Image     string  `json:"image"`
-	Mode      string  `json:"mode"`
-	ImageMB   float64 `json:"image_mb"` // the OCI image's compressed layers
-	Pull      float64 `json:"pull_s"`
-	Create    float64 `json:"create_s"`
-	Ready     float64 `json:"ready_s"`
-	Total     float64 `json:"total_s"`
-	LinkMB    float64 `json:"link_mb"` // bytes the registry sent over its shaped link
+	Image   string  `json:"image"`
+	Mode    string  `json:"mode"`
+	ImageMB float64 `json:"image_mb"` // the OCI image's compressed layers
+	Pull    float64 `json:"pull_s"`
+	Create  float64 `json:"create_s"`
+	Ready   float64 `json:"ready_s"`
+	Total   float64 `json:"total_s"`
+	LinkMB  float64 `json:"link_mb"` // bytes the registry sent over its shaped link
+	// NydusdCPU is the user + system CPU seconds of the image's nydusd (the FUSE server or, in
+	// kernel mode, the view server) from its start to ready; the kernel's own EROFS and overlay
+	// work is charged to the container. Not measured (0) without a nydusd or through a daemon.
+	NydusdCPU float64 `json:"nydusd_cpu_s"`
 	Skipped   string  `json:"skipped,omitempty"`
 	Completed bool    `json:"completed"`
 }
 
 const (
-	modeOCI   = "OCI, overlayfs (full pull)"
-	modeLazy  = "dfnydus lazy"
-	modePf    = "dfnydus + prefetch all"
-	modeP2P   = "dfnydus, warm P2P neighbour"
+	modeOCI  = "OCI, overlayfs (full pull)"
+	modeLazy = "dfnydus lazy"
+	modePf   = "dfnydus + prefetch all"
+	modeP2P  = "dfnydus, warm P2P neighbour"
+	// Kernel mode: the same nydusd with DFNYDUS_FS_DRIVER=erofs, the image mounted by the
+	// kernel's EROFS over the blobs' views (docs/kernel.md).
+	modeKLazy = "dfnydus lazy, kernel mode"
+	modeKPf   = "dfnydus + prefetch, kernel"
 	cacheRoot = "/var/cache/dfnydus"
 )
 
@@ -79,7 +87,8 @@ func BenchmarkContainerStart(b *testing.B) {
 		runs = v
 	}
 	// DFNYDUS_BENCH_IMAGES / DFNYDUS_BENCH_MODES (comma-separated names, modes by their hook
-	// names oci, lazy, prefetch, p2p) narrow a run; the full-pull baseline always runs.
+	// names oci, lazy, prefetch, p2p, kernel, kernel-prefetch) narrow a run; the full-pull
+	// baseline always runs.
 	images := benchImages
 	if v := os.Getenv("DFNYDUS_BENCH_IMAGES"); v != "" {
 		images = nil
@@ -89,10 +98,11 @@ func BenchmarkContainerStart(b *testing.B) {
 			}
 		}
 	}
-	modes := []string{modeOCI, modeLazy, modePf, modeP2P}
+	modes := []string{modeOCI, modeLazy, modeKLazy, modePf, modeKPf, modeP2P}
 	if v := os.Getenv("DFNYDUS_BENCH_MODES"); v != "" {
 		modes = []string{modeOCI}
-		for _, m := range []struct{ name, mode string }{{"lazy", modeLazy}, {"prefetch", modePf}, {"p2p", modeP2P}} {
+		for _, m := range []struct{ name, mode string }{{"lazy", modeLazy}, {"kernel", modeKLazy}, {"prefetch", modePf},
+			{"kernel-prefetch", modeKPf}, {"p2p", modeP2P}} {
 			if slices.Contains(strings.Split(v, ","), m.name) {
 				modes = append(modes, m.mode)
 			}
@@ -122,14 +132,19 @@ func BenchmarkContainerStart(b *testing.B) {
 	}
 	// The warm P2P neighbour: the real scheduler in its own node, and a dfnydus daemon with P2P in
 	// another that has mounted every nydus image and read all of it (before the link is limited).
-	sched := schedtest.Start(b, schedtest.Options{ListenIP: schedNode.Addr.String(), Port: 8002,
-		Command: func(name string, args ...string) *exec.Cmd {
-			return schedNode.Command(context.Background(), name, args...)
-		},
-		DialContext: schedNode.DialContext})
-	neighbour := startDfnydusDaemon(b, daemonOptions{Node: neighNode, Extra: p2pConfig(sched, neighNode, "neighbour")})
-	for _, img := range images {
-		neighbour.warm(b, neighNode, refs[img.name][1], img.name)
+	// Only when the P2P mode runs: warming reads every image once.
+	var sched *schedtest.Scheduler
+	var neighbour *dfnydusDaemon
+	if slices.Contains(modes, modeP2P) {
+		sched = schedtest.Start(b, schedtest.Options{ListenIP: schedNode.Addr.String(), Port: 8002,
+			Command: func(name string, args ...string) *exec.Cmd {
+				return schedNode.Command(context.Background(), name, args...)
+			},
+			DialContext: schedNode.DialContext})
+		neighbour = startDfnydusDaemon(b, daemonOptions{Node: neighNode, Extra: p2pConfig(sched, neighNode, "neighbour")})
+		for _, img := range images {
+			neighbour.warm(b, neighNode, refs[img.name][1], img.name)
+		}
 	}
 	if err := regNode.ShapeEgress(context.Background(), netns.Shape{Rate: netns.Mbit(benchLinkMbit)}); err != nil {
 		b.Fatal(err)
@@ -139,6 +154,15 @@ func BenchmarkContainerStart(b *testing.B) {
 	h := startHarness(b, harnessOptions{NetNS: client.Path(), NydusdConfig: lazyConfig})
 	// The snapshotter's default: prefetch everything in the background while the container starts.
 	hPf := startHarness(b, harnessOptions{NetNS: client.Path()})
+	// The same two in kernel mode: nydusd reads the driver from the snapshotter's environment.
+	kernelEnv := []string{"DFNYDUS_FS_DRIVER=erofs"}
+	var hK, hKPf *harness
+	if slices.Contains(modes, modeKLazy) {
+		hK = startHarness(b, harnessOptions{NetNS: client.Path(), NydusdConfig: lazyConfig, SnapshotterEnv: kernelEnv})
+	}
+	if slices.Contains(modes, modeKPf) {
+		hKPf = startHarness(b, harnessOptions{NetNS: client.Path(), SnapshotterEnv: kernelEnv})
+	}
 	// The container node's own dfnydus daemon with P2P, which its nydusd mount through; a fresh
 	// one (cold store) for every start, on the same control socket.
 	p2pDir, err := os.MkdirTemp("/var/tmp", "dfs-") // short: a socket path
@@ -162,6 +186,10 @@ func BenchmarkContainerStart(b *testing.B) {
 				case modePf:
 					// Link bytes include what the prefetch moved until ready; it goes on afterwards.
 					hPf.benchStart(b, regNode, &r, "nydus", refs[img.name][1], img, i)
+				case modeKLazy:
+					hK.benchStart(b, regNode, &r, "nydus", refs[img.name][1], img, i)
+				case modeKPf:
+					hKPf.benchStart(b, regNode, &r, "nydus", refs[img.name][1], img, i)
 				case modeP2P:
 					// Lazy (fs_prefetch off) through the node's daemon, whose reads the scheduler
 					// sends to the warm neighbour. A new hostname per start: the scheduler still
@@ -255,9 +283,36 @@ func (h *harness) benchStart(b *testing.B, regNode *netns.Node, r *benchResult, 
 	r.Pull, r.Create, r.Ready = tm.Pull, tm.Create, tm.Ready
 	r.Total = tm.Pull + tm.Create + tm.Ready
 	r.LinkMB = float64(txBytes(b, regNode)-c0) / 1e6
+	if snapshotter == "nydus" && r.Mode != modeP2P {
+		// Read before rmi ends it; it has served the start and (with prefetch) what followed.
+		for _, p := range h.nydusds() {
+			r.NydusdCPU += procCPU(b, p.pid)
+			// A kernel-mode start that fell back to FUSE would measure the wrong thing.
+			src := mountSource(p.flag("--mountpoint"))
+			if kernel := r.Mode == modeKLazy || r.Mode == modeKPf; kernel != strings.HasPrefix(src, "erofs") {
+				b.Fatalf("%s (%s): the image is mounted as %q", img.name, r.Mode, src)
+			}
+		}
+	}
 	r.Completed = true
 	h.mustCtr("rmi", ref)
 	h.waitFor("the image's nydusd to stop", func() bool { return len(h.nydusds()) == 0 })
+}
+
+// procCPU is the user + system CPU seconds pid has used (proc(5) stat fields 14 and 15, in clock
+// ticks of USER_HZ = 100 on Linux).
+func procCPU(b *testing.B, pid int) float64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	must(b, err)
+	// The command name (field 2) may hold spaces: fields are counted after its closing parenthesis.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
+	}
+	return float64(utime+stime) / 100
 }
 
 func txBytes(b *testing.B, nd *netns.Node) int64 {
@@ -369,7 +424,9 @@ func printBench(results []benchResult, runs int) {
 	fmt.Printf("launching dfnydus as nydusd (lazy: fs_prefetch off; + prefetch all: the snapshotter's default template;\n")
 	fmt.Printf("warm P2P neighbour: lazy, nydusd mounting through the node's dfnydus daemon, the real scheduler, a neighbour that read the image);\n")
 	fmt.Printf("pull + create + run until the workload's ready line; cold caches; %d run(s) each, means; MB = 10^6 bytes\n", runs)
-	fmt.Printf("%-8s %9s  %-28s %7s %7s %7s %8s %9s %8s\n", "image", "OCI MB", "mode", "pull s", "create", "ready", "total s", "link MB", "speedup")
+	fmt.Printf("kernel mode: the same nydusd with DFNYDUS_FS_DRIVER=erofs (the kernel's EROFS over the blobs' views); nydusd CPU s: its\n")
+	fmt.Printf("user + system seconds until ready (- = no nydusd of its own)\n")
+	fmt.Printf("%-8s %9s  %-28s %7s %7s %7s %8s %9s %8s %10s\n", "image", "OCI MB", "mode", "pull s", "create", "ready", "total s", "link MB", "speedup", "nydusd CPU")
 	type key struct{ image, mode string }
 	sum := map[key]*benchResult{}
 	var order []key
@@ -378,7 +435,7 @@ func printBench(results []benchResult, runs int) {
 		s, ok := sum[k]
 		if !ok {
 			cp := r
-			cp.Pull, cp.Create, cp.Ready, cp.Total, cp.LinkMB = 0, 0, 0, 0, 0
+			cp.Pull, cp.Create, cp.Ready, cp.Total, cp.LinkMB, cp.NydusdCPU = 0, 0, 0, 0, 0, 0
 			s = &cp
 			sum[k] = s
 			order = append(order, k)
@@ -389,6 +446,7 @@ func printBench(results []benchResult, runs int) {
 		s.Ready += r.Ready / n
 		s.Total += r.Total / n
 		s.LinkMB += r.LinkMB / n
+		s.NydusdCPU += r.NydusdCPU / n
 	}
 	for _, k := range order {
 		s := sum[k]
@@ -397,7 +455,11 @@ func printBench(results []benchResult, runs int) {
 			continue
 		}
 		base := sum[key{k.image, modeOCI}]
-		fmt.Printf("%-8s %9.1f  %-28s %7.2f %7.2f %7.2f %8.2f %9.1f %7.1fx\n", s.Image, s.ImageMB, s.Mode, s.Pull, s.Create, s.Ready, s.Total,
-			s.LinkMB, base.Total/max(s.Total, 1e-9))
+		cpu := "-"
+		if s.Mode != modeOCI && s.Mode != modeP2P {
+			cpu = fmt.Sprintf("%.2f", s.NydusdCPU)
+		}
+		fmt.Printf("%-8s %9.1f  %-28s %7.2f %7.2f %7.2f %8.2f %9.1f %7.1fx %10s\n", s.Image, s.ImageMB, s.Mode, s.Pull, s.Create, s.Ready, s.Total,
+			s.LinkMB, base.Total/max(s.Total, 1e-9), cpu)
 	}
 }

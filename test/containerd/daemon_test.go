@@ -134,6 +134,7 @@ type daemonMount struct {
 	Started    time.Time `json:"started"`
 	P2P        bool      `json:"p2p"`
 	Prefetch   string    `json:"prefetch"`
+	FSDriver   string    `json:"fs_driver"`
 }
 
 // list is `dfnydus list --daemon-socket S --json`.
