@@ -243,8 +243,12 @@ func (b *Blob) maybeCheckWhole() {
 	}
 	done := make(chan struct{})
 	b.whole.running = done
+	b.f.bg.Add(1)
 	b.mu.Unlock()
-	go b.runWhole(done)
+	go func() {
+		defer b.f.bg.Done()
+		b.runWhole(done)
+	}()
 }
 
 // runWhole runs one whole-blob check and publishes its result.

@@ -164,6 +164,32 @@ func TestAccept(t *testing.T) {
 			t.Error("the chunks, which verified on their own, were dropped too")
 		}
 	})
+	t.Run("the tail first, the chunks after: the check runs in the background and Drain waits for it", func(t *testing.T) {
+		fx := newBlobFixture(t)
+		size := int64(len(fx.data))
+		last := fx.chunks[len(fx.chunks)-1]
+		tail := int64(last.CompressedOffset) + int64(last.CompressedSize)
+		if tail >= size {
+			t.Skip("no bytes after the last chunk")
+		}
+		// As a mount does: the blob's tail (ToC, blob.meta) first, pending; then every chunk,
+		// each verified on its own; the read that completes the blob settles it.
+		if _, err := fx.bl.Accept(tail, fx.data[tail:], OriginSource); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range fx.chunks {
+			if _, err := fx.bl.Accept(int64(c.CompressedOffset), fx.data[c.CompressedOffset:c.CompressedOffset+uint64(c.CompressedSize)], OriginSource); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fx.bl.Settle(0, size)
+		if err := fx.f.Drain(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if !fx.bl.Store().Verified(0, size) {
+			t.Errorf("after Drain the blob is not verified whole: verified %v, pending %v", fx.verified(t), fx.bl.Store().Pending())
+		}
+	})
 	t.Run("outside the blob", func(t *testing.T) {
 		fx := newBlobFixture(t)
 		if _, err := fx.bl.Accept(int64(len(fx.data))-1, []byte{1, 2}, OriginSource); err == nil {

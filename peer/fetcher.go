@@ -52,6 +52,10 @@ type Fetcher struct {
 	verifyReads bool
 	fg          activity
 	repaired    atomic.Int64
+	// bg counts work that goes on after the caller that started it left and that still puts
+	// verified bytes in the store (a fetch finishing its pieces, a whole-blob check): Drain waits
+	// for it, so that a daemon stopped cleanly keeps what that work verified.
+	bg sync.WaitGroup
 
 	blobsMu sync.Mutex
 	blobs   map[string]*Blob
@@ -71,6 +75,24 @@ func NewFetcher(opts Options) *Fetcher {
 	}
 	return &Fetcher{store: opts.Store, log: opts.Log, m: newMetrics(opts.Metrics), mem: newChunkLRU(opts.MemoryCache),
 		window: w, verifyReads: opts.VerifyReads, fg: newActivity(), blobs: map[string]*Blob{}}
+}
+
+// Drain waits until the background work of earlier reads has ended (fetches finishing whole
+// pieces, whole-blob checks), or ctx is done. Call it after the mounts and the P2P tasks are gone
+// and before the store closes: a check that ends after the store closed loses what it verified,
+// and a clean restart would fetch those bytes again.
+func (f *Fetcher) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		f.bg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("fetcher: background work still running: %w", ctx.Err())
+	}
 }
 
 // Store returns the blob store the fetcher reads and fills.
@@ -109,7 +131,9 @@ func (f *Fetcher) readChunk(ctx context.Context, src source.Source, st *imageSta
 				// The P2P layer brings whole pieces and verifies the chunks readers wait for first:
 				// this reader goes on once its own chunk is delivered, and the fetch finishes the
 				// rest (on the reader's values, not its cancellation: a piece is worth finishing).
+				f.bg.Add(1)
 				go func() {
+					defer f.bg.Done()
 					defer f.fg.end()
 					f.fetch(context.WithoutCancel(ctx), src, st, bl, lead, kindOnDemand)
 				}()

@@ -337,6 +337,11 @@ func (d *Daemon) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("close P2P distributor: %w", err))
 		}
 	}
+	// What reads started and left running (a whole-blob check, the rest of a piece) is kept only
+	// if it ends before the store closes.
+	if err := d.fetcher.Drain(ctx); err != nil {
+		d.log.Warn("stopping before background verification ended: its bytes will be fetched again", zap.Error(err))
+	}
 	if err := d.shutdown(); err != nil {
 		errs = append(errs, err)
 	}
