@@ -22,11 +22,13 @@ func TestReadWindowSize(t *testing.T) {
 		want  func(int64) bool
 		means string
 	}{
-		{"no history yet", 20, limit, 2 * time.Millisecond, 12.5e6, eq(limit), "the configured window"},
+		{"no history yet, link unmeasured", 20, limit / 4, 0, 0, eq(2 * rateSampleMin), "just enough to measure the link"},
+		{"no history yet, slow link", 20, limit / 4, 2 * time.Millisecond, 12.5e6, between(24_000, 26_000), "a round trip of the link"},
+		{"no history yet, fast link", 20, limit / 4, 2 * time.Millisecond, 1e9, eq(limit), "the configured window"},
 		{"windows read in full", 1, 8 * limit, 2 * time.Millisecond, 12.5e6, eq(limit), "the configured window"},
-		{"one chunk in twenty read, slow link", 20, 8 * limit, 2 * time.Millisecond, 12.5e6, between(50_000, 110_000), "about 2 round trips of the link"},
-		{"nothing read, slow link", 0, 8 * limit, 2 * time.Millisecond, 12.5e6, between(49_000, 51_000), "2 round trips of the link"},
-		{"one chunk in twenty read, fast link", 20, 8 * limit, time.Millisecond, 1e9, eq(limit), "the configured window"},
+		{"one chunk in twenty read, slow link", 20, 8 * limit, 2 * time.Millisecond, 12.5e6, between(25_000, 110_000), "the share read of the window, at least a round trip of the link"},
+		{"nothing read, slow link", 0, 8 * limit, 2 * time.Millisecond, 12.5e6, between(24_000, 26_000), "a round trip of the link"},
+		{"one chunk in twenty read, fast link", 20, 8 * limit, 2 * time.Millisecond, 1e9, eq(limit), "the configured window"},
 		{"nothing read, link never measured", 0, 8 * limit, 0, 0, eq(0), "no window"},
 	}
 	for _, tc := range cases {
@@ -46,6 +48,26 @@ func TestReadWindowSize(t *testing.T) {
 				t.Errorf("window %d bytes, want %s", got, tc.means)
 			}
 		})
+	}
+}
+
+// The round trip the window is sized on is the lowest recent time to first byte: requests queued
+// behind others on a busy link must not make windows grow (larger windows queue longer).
+func TestReadWindowIgnoresQueueing(t *testing.T) {
+	const limit = 1 << 20
+	var w readWindow
+	w.observe(2*time.Millisecond, 12_500_000, time.Second) // 100 Mbit/s, 2 ms
+	for range rttSamples - 1 {
+		w.observe(80*time.Millisecond, 12_500_000, time.Second) // queued behind a window
+	}
+	if got := w.size(limit); got < 24_000 || got > 26_000 {
+		t.Errorf("window %d bytes after queued requests, want a round trip of 2 ms at 100 Mbit/s (25 kB)", got)
+	}
+	for range rttSamples {
+		w.observe(100*time.Millisecond, 12_500_000, time.Second)
+	}
+	if got := w.size(limit); got != limit {
+		t.Errorf("window %d bytes once every recent round trip took 100 ms, want the configured %d", got, limit)
 	}
 }
 

@@ -90,6 +90,7 @@ func (f *mountFlags) daemonConfig() (daemon.Config, error) {
 	cfg.CacheDir = cacheDir
 	cfg.Store = daemon.StoreConfig{Budget: daemon.ByteSize(f.budget), VerifyReads: f.verifyReads}
 	cfg.MemoryCache = daemon.ByteSize(f.memCache)
+	cfg.ReadWindow = daemon.ByteSize(f.readWindow)
 	cfg.Metrics.Addr = f.metricsAddr
 	cfg.Prefetch = daemon.PrefetchConfig{Mode: f.prefetch, Rate: daemon.ByteSize(f.prefetchRate)}
 	cfg.Source.Retries = f.sourceRetries

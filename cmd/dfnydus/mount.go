@@ -35,6 +35,7 @@ type mountFlags struct {
 	verifyReads         bool
 	metricsAddr         string
 	memCache            int64
+	readWindow          int64
 	allowOther, fuseDbg bool
 	sourceRetries       int
 	readyFile           string
@@ -48,7 +49,7 @@ type mountFlags struct {
 
 // daemonOnlyFlags configure the process that owns the store: a mount through a running daemon
 // takes them from the daemon's config instead.
-var daemonOnlyFlags = []string{"cache-dir", "cache-budget", "verify-reads", "metrics-addr", "memory-cache", "source-retries"}
+var daemonOnlyFlags = []string{"cache-dir", "cache-budget", "verify-reads", "metrics-addr", "memory-cache", "read-window", "source-retries"}
 
 func newMountCmd(g *globals) *cobra.Command {
 	f := &mountFlags{}
@@ -79,6 +80,7 @@ foreground until it is unmounted (dfnydus umount MOUNTPOINT) or signalled.`,
 	fl.BoolVar(&f.verifyReads, "verify-reads", false, "re-verify every cached chunk on every read (default: once per chunk per process)")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "also serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9100)")
 	fl.Int64Var(&f.memCache, "memory-cache", peer.DefaultMemoryCache, "bytes of recently read chunks kept in memory")
+	fl.Int64Var(&f.readWindow, "read-window", peer.DefaultReadWindow, "bytes past a missing chunk one on-demand fetch also brings (0: the chunk alone)")
 	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users see the mount (FUSE allow_other)")
 	fl.BoolVar(&f.fuseDbg, "fuse-debug", false, "log every FUSE request")
 	fl.IntVar(&f.sourceRetries, "source-retries", 5, "attempts for a failed back-to-source read")

@@ -88,15 +88,42 @@ func BenchmarkColdStart(b *testing.B) {
 
 	// Kernel mode (the kernel's EROFS over view files) where this kernel has it.
 	kernelErr := kernelfs.Supported()
+	// DFNYDUS_COLDSTART_WINDOWS=0,262144,... adds lazy runs with those read windows (bytes), to
+	// weigh bytes fetched against round trips; DFNYDUS_COLDSTART_ONLY_LAZY=1 skips the OCI,
+	// prefetch, kernel and eStargz runs (a quick look at the lazy start alone).
+	var windows []string
+	if v := os.Getenv("DFNYDUS_COLDSTART_WINDOWS"); v != "" {
+		windows = strings.Split(v, ",")
+	}
+	onlyLazy := os.Getenv("DFNYDUS_COLDSTART_ONLY_LAZY") != ""
 	var oci, lazy, pf, es, kern []sample
+	byWindow := make([][]sample, len(windows))
 	for i := 0; i < runs; i++ {
-		oci = append(oci, env.runOCI(b))
+		if !onlyLazy {
+			oci = append(oci, env.runOCI(b))
+		}
 		lazy = append(lazy, env.runNydus(b, "off"))
+		for j, w := range windows {
+			byWindow[j] = append(byWindow[j], env.runNydus(b, "off", "--read-window", w))
+		}
+		if onlyLazy {
+			continue
+		}
 		if kernelErr == nil {
 			kern = append(kern, env.runNydus(b, "off", "--fs-driver", "erofs"))
 		}
 		pf = append(pf, env.runNydus(b, "all"))
 		es = append(es, env.runEstargz(b))
+	}
+	for j, w := range windows {
+		fmt.Printf("lazy, --read-window %s: %.2f s, %.2f MB fetched (default window: %.2f s, %.2f MB)\n", w,
+			medianDur(byWindow[j], func(s sample) time.Duration { return s.total }).Seconds(),
+			mb(medianInt(byWindow[j], func(s sample) int64 { return s.fetched })),
+			medianDur(lazy, func(s sample) time.Duration { return s.total }).Seconds(),
+			mb(medianInt(lazy, func(s sample) int64 { return s.fetched })))
+	}
+	if onlyLazy {
+		return
 	}
 	printColdStart(info, esgz, oci, lazy, pf, es, kern)
 	if kernelErr != nil {
