@@ -473,6 +473,15 @@ type peerOpts struct {
 	pieceLength string // scheduler.pieceLength; "" lets the blob's size decide
 	env         []string
 	dir         string // reuse a cache (restart)
+	fsDriver    string // the daemon's fsDriver; "" keeps the default (fuse)
+}
+
+// driverLine is the config line choosing the daemon's fsDriver, if one is given.
+func driverLine(d string) string {
+	if d == "" {
+		return ""
+	}
+	return "fsDriver: " + d + "\n"
 }
 
 // peerMemoryCache keeps each daemon lean: 64 of them share the machine.
@@ -535,7 +544,7 @@ registry:
   plainHTTP: true
 log:
   level: info
-%s`, p.cache, p.socket, peerMemoryCache, o.prefetch, sched)), 0o644); err != nil {
+%s%s`, p.cache, p.socket, peerMemoryCache, o.prefetch, driverLine(o.fsDriver), sched)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.MkdirAll(p.mp, 0o755); err != nil {
