@@ -282,6 +282,11 @@ func (f *viewFile) Release(ctx context.Context, fh gofuse.FileHandle) syscall.Er
 // after a fatal one it stops waiting, and the fetch finishes into the store. Only the end of the
 // mount (base) cancels.
 func (f *viewFile) Read(ctx context.Context, fh gofuse.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if f.fs.base.Err() != nil {
+		// The mount ended: AfterFunc below would cancel a read of an ended mount only
+		// asynchronously, and a fast one could still answer.
+		return nil, syscall.EIO
+	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	defer context.AfterFunc(f.fs.base, cancel)()
