@@ -146,7 +146,10 @@ func TestKernelMode(t *testing.T) {
 				}
 			}()
 		}
-		time.Sleep(300 * time.Millisecond)
+		// Readers under way (a loaded machine may need more than a moment for their first reads).
+		for deadline := time.Now().Add(30 * time.Second); r.ok.Load() < 8 && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
 		okBefore := r.ok.Load()
 		m.kill9(t)
 		time.Sleep(300 * time.Millisecond)
