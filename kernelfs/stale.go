@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/dfnydus/dfnydus/internal/mountpoint"
 )
 
 // mountinfo is read from here; tests may point it elsewhere.
@@ -37,32 +38,12 @@ func mounts() ([]mountEntry, error) {
 		if !ok || len(fields) < 5 || len(tail) < 2 {
 			continue
 		}
-		out = append(out, mountEntry{point: unescape(fields[4]), fstype: tail[0], source: unescape(tail[1])})
+		out = append(out, mountEntry{point: mountpoint.Unescape(fields[4]), fstype: tail[0], source: mountpoint.Unescape(tail[1])})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
 	}
 	return out, nil
-}
-
-// unescape undoes the kernel's octal escapes of space, tab, newline and backslash in mount table
-// paths.
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // ours reports whether e is the EROFS mount of a kernel-mode mount: its source is a bootstrap

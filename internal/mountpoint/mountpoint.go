@@ -85,7 +85,7 @@ func IsMountPoint(p string) (bool, error) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescape(fields[4]) == p {
+		if len(fields) > 4 && Unescape(fields[4]) == p {
 			return true, nil
 		}
 	}
@@ -95,9 +95,9 @@ func IsMountPoint(p string) (bool, error) {
 	return false, nil
 }
 
-// unescape undoes the kernel's octal escapes of space, tab, newline and backslash in mountinfo
+// Unescape undoes the kernel's octal escapes of space, tab, newline and backslash in mountinfo
 // paths (fs/proc_namespace.c show_mountinfo, seq_path with " \t\n\\").
-func unescape(s string) string {
+func Unescape(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

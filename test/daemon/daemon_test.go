@@ -175,44 +175,6 @@ func mounted(t *testing.T, mp string) bool {
 	return false
 }
 
-// fsType is the file system type mounted at mp ("" when nothing is).
-func fsType(t *testing.T, mp string) string {
-	t.Helper()
-	raw, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	typ := ""
-	for _, line := range strings.Split(string(raw), "\n") {
-		// mount ID, parent, major:minor, root, mount point, options, optional fields..., "-", type
-		fields := strings.Fields(line)
-		if len(fields) > 4 && fields[4] == mp {
-			for i, f := range fields {
-				if f == "-" && i+1 < len(fields) {
-					typ = fields[i+1] // the last mount at mp is the one seen
-				}
-			}
-		}
-	}
-	return typ
-}
-
-// mountsUnder lists the mount points below dir.
-func mountsUnder(t *testing.T, dir string) []string {
-	t.Helper()
-	raw, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, line := range strings.Split(string(raw), "\n") {
-		if fields := strings.Fields(line); len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
-			out = append(out, fields[4])
-		}
-	}
-	return out
-}
-
 // makeTree writes a small tree: text, an incompressible file over several chunks, a symlink, a
 // nested directory. seed makes the trees of two images differ.
 func makeTree(t *testing.T, dir string, seed uint64) string {
@@ -382,7 +344,7 @@ func TestDaemonScenario(t *testing.T) {
 			}
 		})
 		d.mustRun(t, "mount", "--fs-driver", "erofs", refA, mpK)
-		if got := fsType(t, mpK); got != "erofs" {
+		if got := testenv.FSType(t, mpK); got != "erofs" {
 			t.Fatalf("%s is a %q mount, want erofs", mpK, got)
 		}
 		testenv.AssertSameTree(t, testenv.Snapshot(t, treeA), testenv.Snapshot(t, mpK))
@@ -400,7 +362,7 @@ func TestDaemonScenario(t *testing.T) {
 		if mounted(t, mpK) {
 			t.Errorf("%s still mounted after umount", mpK)
 		}
-		if left := mountsUnder(t, d.cache); len(left) > 0 {
+		if left := testenv.MountsUnder(t, d.cache); len(left) > 0 {
 			t.Errorf("mounts left under the cache dir after the kernel-mode umount: %v", left)
 		}
 	})

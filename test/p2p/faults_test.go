@@ -2,7 +2,6 @@ package p2p_test
 
 import (
 	"math"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -170,7 +169,7 @@ func (c *cluster) preheat(t *testing.T, want string) {
 		want = r.sums[0]
 	}
 	if err := kernelfs.Supported(); err == nil {
-		if got := fsType(t, peers[1].mp); got != "erofs" {
+		if got := testenv.FSType(t, peers[1].mp); got != "erofs" {
 			t.Errorf("p7 (fsDriver auto) is served by %q, want erofs", got)
 		}
 	}
@@ -185,28 +184,6 @@ func (c *cluster) preheat(t *testing.T, want string) {
 	t.Logf("after preheat: 2 peers read the whole image; the registry link carried %.2f MB (manifests and bootstraps only)", mb(r.regBytes))
 	stopAll(t, peers)
 	seed.stop(t)
-}
-
-// fsType is the file system type mounted at mp ("" when nothing is).
-func fsType(t *testing.T, mp string) string {
-	t.Helper()
-	raw, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	typ := ""
-	for _, line := range strings.Split(string(raw), "\n") {
-		// mount ID, parent, major:minor, root, mount point, options, optional fields..., "-", type
-		fields := strings.Fields(line)
-		if len(fields) > 4 && fields[4] == mp {
-			for i, f := range fields {
-				if f == "-" && i+1 < len(fields) {
-					typ = fields[i+1]
-				}
-			}
-		}
-	}
-	return typ
 }
 
 // pieces is how many pieces the image's blobs have.
