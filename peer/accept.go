@@ -60,6 +60,11 @@ func (b *Blob) Accept(off int64, data []byte, origin string) (AcceptResult, erro
 
 	type span struct{ off, end int64 }
 	var verified []span // runs of verified chunk bytes to write
+	type landing struct {
+		off uint64
+		fl  *flight
+	}
+	var delivered []landing // flights ended before their bytes are written (see landed)
 	var pending []span
 	var straddling []rafs.Chunk
 	addRun := func(s *[]span, o, e int64) {
@@ -113,7 +118,9 @@ func (b *Blob) Accept(off int64, data []byte, origin string) (AcceptResult, erro
 		res.Verified++
 		addRun(&verified, co, ce)
 		b.markChecked(c.CompressedOffset)
-		b.deliver(c, out, scratch == nil)
+		if fl := b.deliver(c, out, scratch == nil); fl != nil {
+			delivered = append(delivered, landing{c.CompressedOffset, fl})
+		}
 		if scratch != nil {
 			*scratch = out[:cap(out)]
 			decodeScratch.Put(scratch)
@@ -126,6 +133,9 @@ func (b *Blob) Accept(off int64, data []byte, origin string) (AcceptResult, erro
 		if err := b.sb.WriteVerified(s.off, data[s.off-off:s.end-off]); err != nil {
 			return res, b.storeFailed(err)
 		}
+	}
+	for _, d := range delivered {
+		b.landed(d.off, d.fl)
 	}
 	for _, s := range pending {
 		if err := b.sb.WritePending(s.off, data[s.off-off:s.end-off], origin); err != nil {
@@ -183,7 +193,9 @@ func (b *Blob) verifyAssembled(c *rafs.Chunk) (bad *BadChunk, ok bool) {
 		return nil, false
 	}
 	b.markChecked(c.CompressedOffset)
-	b.deliver(c, out, true)
+	if fl := b.deliver(c, out, true); fl != nil {
+		b.landed(c.CompressedOffset, fl)
+	}
 	return nil, true
 }
 
@@ -196,14 +208,14 @@ func (b *Blob) markChecked(off uint64) {
 	b.mu.Unlock()
 }
 
-// deliver hands a verified chunk to the readers waiting for it (and so to the memory cache). out
-// is copied first unless owned: scratch memory goes back to its pool.
-func (b *Blob) deliver(c *rafs.Chunk, out []byte, owned bool) {
+// deliver hands a verified chunk to the readers waiting for it (and so to the memory cache) and
+// returns its flight, if any. out is copied first unless owned: scratch memory goes back to its
+// pool. The flight stays in the blob's in-flight map, finished, until the chunk's bytes are in
+// the store (the caller calls landed): a reader that missed the chunk in the store a moment ago
+// then joins the finished flight instead of fetching the chunk a second time.
+func (b *Blob) deliver(c *rafs.Chunk, out []byte, owned bool) *flight {
 	b.mu.Lock()
 	fl := b.flights[c.CompressedOffset]
-	if fl != nil {
-		delete(b.flights, c.CompressedOffset)
-	}
 	k := memKey{b.dig, c.Digest}
 	b.mu.Unlock()
 	if fl != nil {
@@ -213,6 +225,16 @@ func (b *Blob) deliver(c *rafs.Chunk, out []byte, owned bool) {
 		b.f.mem.add(k, out)
 		fl.finish(out, nil)
 	}
+	return fl
+}
+
+// landed ends a delivered flight once the chunk's bytes are in the store.
+func (b *Blob) landed(off uint64, fl *flight) {
+	b.mu.Lock()
+	if b.flights[off] == fl {
+		delete(b.flights, off)
+	}
+	b.mu.Unlock()
 }
 
 // decodeScratch holds buffers for chunks decoded only to be verified.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,8 +101,9 @@ func (f *Fetcher) Store() *blobstore.Store { return f.store }
 
 // kinds of fetch, for metrics and scheduling.
 const (
-	kindOnDemand = "ondemand"
-	kindPrefetch = "prefetch"
+	kindOnDemand  = "ondemand"
+	kindPrefetch  = "prefetch"
+	kindReadahead = "readahead" // the next window of a reader streaming through a blob (counted as on-demand bytes)
 )
 
 // ErrVerify is wrapped by errors about fetched bytes that do not match their digest.
@@ -114,17 +116,26 @@ func (f *Fetcher) readChunk(ctx context.Context, src source.Source, st *imageSta
 	for attempt := 0; ; attempt++ {
 		if data := f.mem.get(k); data != nil {
 			f.m.memHits.Inc()
-			bl.win.asked(c.CompressedOffset)
+			f.readahead(ctx, src, st, bl, c)
 			return data, nil
 		}
 		if data, ok, err := bl.readStored(c, buf); err != nil {
 			return nil, err
 		} else if ok {
 			f.m.storeHits.Inc()
-			bl.win.asked(c.CompressedOffset)
+			f.readahead(ctx, src, st, bl, c)
 			return data, nil
 		}
-		fl, lead := bl.join(c)
+		fl, lead, next := bl.join(c)
+		if next > 0 {
+			f.readaheadFrom(ctx, src, st, bl, next)
+		}
+		if fl == nil {
+			if attempt >= 8 {
+				return nil, fmt.Errorf("blob %s chunk %d: verified in the store but not readable there", bl.id, c.Index)
+			}
+			continue // it landed in the store since we looked
+		}
 		if lead != nil {
 			f.fg.begin()
 			if fl, ok := src.(source.Filler); ok && fl.Fills(bl.id) {
@@ -174,37 +185,93 @@ func (f *Fetcher) readChunk(ctx context.Context, src source.Source, st *imageSta
 }
 
 // join returns the flight of chunk c, and when there was none, the chunks this caller must fetch:
-// c and the missing chunks after it within the read window, each now in flight.
-func (bl *Blob) join(c *rafs.Chunk) (*flight, []rafs.Chunk) {
+// c and the missing chunks after it within the read window, each now in flight. next > 0 when c
+// was in flight as a readahead mark: the next window starts there (see readaheadFrom). No flight
+// and no lead: the chunk is in the store (it landed after the caller looked there).
+func (bl *Blob) join(c *rafs.Chunk) (fl *flight, lead []rafs.Chunk, next int64) {
 	bl.mu.Lock()
 	defer bl.mu.Unlock()
 	if fl := bl.flights[c.CompressedOffset]; fl != nil {
 		fl.wanted = true
-		bl.win.asked(c.CompressedOffset)
-		return fl, nil
+		next, _ = bl.win.asked(c.CompressedOffset)
+		return fl, nil, next
 	}
-	fl := &flight{done: make(chan struct{}), wanted: true}
+	if bl.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
+		return nil, nil, 0
+	}
+	fl = &flight{done: make(chan struct{}), wanted: true}
 	bl.flights[c.CompressedOffset] = fl
-	lead := []rafs.Chunk{*c}
+	lead = []rafs.Chunk{*c}
 	if i := bl.findLocked(c.CompressedOffset); i >= 0 {
-		limit := int64(c.CompressedOffset) + max(int64(c.CompressedSize), bl.win.size(bl.f.window))
-		last := int64(c.CompressedOffset) + int64(c.CompressedSize)
-		for j := i + 1; j < len(bl.chunks); j++ {
-			n := &bl.chunks[j]
-			ne := int64(n.CompressedOffset) + int64(n.CompressedSize)
-			if ne > limit || int64(n.CompressedOffset)-last > gapLimit {
+		lead = append(lead, bl.windowLocked(i+1, int64(c.CompressedOffset)+max(int64(c.CompressedSize), bl.win.size(bl.f.window)),
+			int64(c.CompressedOffset)+int64(c.CompressedSize))...)
+	}
+	return fl, lead, 0
+}
+
+// windowLocked puts in flight the run of missing chunks from index i on that ends by limit, with
+// at most gapLimit bytes between two of them (prev: where the bytes before chunk i end), records
+// them as window bytes and marks the first chunk of the window's second half (see readWindow.mark).
+// bl.mu held.
+func (bl *Blob) windowLocked(i int, limit, prev int64) []rafs.Chunk {
+	var run []rafs.Chunk
+	for j := i; j < len(bl.chunks); j++ {
+		n := &bl.chunks[j]
+		ne := int64(n.CompressedOffset) + int64(n.CompressedSize)
+		if ne > limit || int64(n.CompressedOffset)-prev > gapLimit {
+			break
+		}
+		if bl.flights[n.CompressedOffset] != nil || bl.sb.Verified(int64(n.CompressedOffset), int64(n.CompressedSize)) {
+			break // a run ends where bytes are already here or on their way
+		}
+		bl.flights[n.CompressedOffset] = &flight{done: make(chan struct{})}
+		bl.win.brought(n.CompressedOffset, int64(n.CompressedSize))
+		run = append(run, *n)
+		prev = ne
+	}
+	if len(run) > 0 {
+		mid := (int64(run[0].CompressedOffset) + prev) / 2
+		for _, n := range run {
+			if int64(n.CompressedOffset) >= mid {
+				bl.win.mark(n.CompressedOffset, prev)
 				break
 			}
-			if bl.flights[n.CompressedOffset] != nil || bl.sb.Verified(int64(n.CompressedOffset), int64(n.CompressedSize)) {
-				break // a run ends where bytes are already here or on their way
-			}
-			bl.flights[n.CompressedOffset] = &flight{done: make(chan struct{})}
-			bl.win.brought(n.CompressedOffset, int64(n.CompressedSize))
-			lead = append(lead, *n)
-			last = ne
 		}
 	}
-	return fl, lead
+	return run
+}
+
+// readahead starts the next window when the chunk a reader just got from memory or the store is
+// a readahead mark.
+func (f *Fetcher) readahead(ctx context.Context, src source.Source, st *imageStats, bl *Blob, c *rafs.Chunk) {
+	if next, ok := bl.win.asked(c.CompressedOffset); ok {
+		f.readaheadFrom(ctx, src, st, bl, next)
+	}
+}
+
+// readaheadFrom fetches, in the background, the window of missing chunks that starts at the first
+// chunk at or after from: the reader streaming through the blob needs it next, and asking for it
+// now keeps the link busy while the reader goes through the window before it. It counts as
+// on-demand activity (background prefetch keeps giving way) and ends on its own.
+func (f *Fetcher) readaheadFrom(ctx context.Context, src source.Source, st *imageStats, bl *Blob, from int64) {
+	bl.mu.Lock()
+	i := sort.Search(len(bl.chunks), func(i int) bool { return int64(bl.chunks[i].CompressedOffset) >= from })
+	var run []rafs.Chunk
+	if i < len(bl.chunks) {
+		start := int64(bl.chunks[i].CompressedOffset)
+		run = bl.windowLocked(i, start+bl.win.size(f.window), start)
+	}
+	bl.mu.Unlock()
+	if len(run) == 0 {
+		return
+	}
+	f.fg.begin()
+	f.bg.Add(1)
+	go func() {
+		defer f.bg.Done()
+		defer f.fg.end()
+		f.fetch(context.WithoutCancel(ctx), src, st, bl, run, kindReadahead)
+	}()
 }
 
 // gapLimit is the most bytes between two chunks one request may carry for nothing.

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/dfnydus/dfnydus/blobstore"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/rafs"
@@ -28,10 +30,16 @@ type fakeSource struct {
 	corrupt  atomic.Bool
 	fail     atomic.Bool
 	delay    time.Duration
+	inflight atomic.Int64 // requests being answered now
+	most     atomic.Int64 // the most requests answered at once
 }
 
 func (s *fakeSource) ReadRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
 	s.requests.Add(1)
+	now := s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	for m := s.most.Load(); now > m && !s.most.CompareAndSwap(m, now); m = s.most.Load() {
+	}
 	if s.fail.Load() {
 		return nil, errors.New("source down")
 	}
@@ -267,6 +275,27 @@ func TestPrefetchAllThenOffline(t *testing.T) {
 	}
 }
 
+// Prefetch keeps two requests on the wire (the link does not idle for a round trip between
+// requests), and never more.
+func TestPrefetchKeepsTwoRequestsOnTheWire(t *testing.T) {
+	img, src, _ := testImage(t)
+	src.delay = 20 * time.Millisecond
+	f, _ := newTestFetcher(t, 0)
+	im := mustImage(t, f, img, src)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	im.StartPrefetch(ctx, PrefetchOptions{Mode: PrefetchAll, MaxRequest: 128 << 10})
+	for im.PrefetchStatus().State == PrefetchRunning && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := im.PrefetchStatus(); s.State != PrefetchDone {
+		t.Fatalf("prefetch %+v", s)
+	}
+	if got := src.most.Load(); got != prefetchInFlight {
+		t.Errorf("at most %d requests on the wire at once over %d requests, want %d", got, src.requests.Load(), prefetchInFlight)
+	}
+}
+
 // A source that is down leaves prefetch incomplete, not stuck.
 func TestPrefetchIncompleteWhenSourceDown(t *testing.T) {
 	img, src, _ := testImage(t)
@@ -282,4 +311,98 @@ func TestPrefetchIncompleteWhenSourceDown(t *testing.T) {
 	if s := im.PrefetchStatus(); s.State != PrefetchIncomplete || s.Failed == 0 || s.Error == "" {
 		t.Errorf("prefetch %+v, want incomplete with failures", s)
 	}
+}
+
+// A reader streaming through a file gets its next window fetched ahead (while it reads the one
+// before), every byte once; a reader that skips through the file gets no readahead.
+func TestSequentialReaderReadsAhead(t *testing.T) {
+	dir := t.TempDir()
+	data := make([]byte, 6<<20)
+	rng := rand.New(rand.NewPCG(3, 3))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "src"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "src", "big"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts := builder.DefaultOptions()
+	opts.ChunkSize = 0x10000
+	blobs := filepath.Join(dir, "blobs")
+	res, err := builder.Build(context.Background(), opts, blobs, []builder.Layer{builder.PathLayer(filepath.Join(dir, "src"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := res.Image
+	chunks := img.Lookup("/big").Inode.Chunks
+	cases := []struct {
+		name      string
+		every     int // the reader reads one chunk in every
+		readahead bool
+	}{
+		{"streaming reader", 1, true},
+		{"skipping reader", 8, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := blobstore.Open(t.TempDir(), blobstore.DefaultOptions())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			reg := prometheus.NewRegistry()
+			f := NewFetcher(Options{Store: st, ReadWindow: 256 << 10, Metrics: reg})
+			src := &fakeSource{inner: source.NewLocal(blobs), dir: blobs}
+			im := mustImage(t, f, img, src)
+			for i := 0; i < len(chunks); i += tc.every {
+				c := chunks[i]
+				got, err := im.ReadChunk(context.Background(), img.Blobs[c.BlobIndex], &c, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, data[c.FileOffset:c.FileOffset+uint64(len(got))]) {
+					t.Fatalf("chunk %d: wrong bytes", i)
+				}
+			}
+			if err := f.Drain(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			ahead := counterValue(t, reg, "dfnydus_fetch_bytes_total", "kind", "readahead")
+			if (ahead > 0) != tc.readahead {
+				t.Errorf("readahead fetched %v bytes, want readahead %v", ahead, tc.readahead)
+			}
+			var stored int64
+			for _, c := range chunks {
+				stored += int64(c.CompressedSize)
+			}
+			if tc.every == 1 && src.bytes.Load() > stored+gapLimit {
+				t.Errorf("the source sent %d bytes for a file of %d stored bytes read once", src.bytes.Load(), stored)
+			}
+		})
+	}
+}
+
+// counterValue sums a counter's samples whose label has the value.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }

@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -171,29 +172,52 @@ func (im *Image) runPrefetch(ctx context.Context, batches []batch, lim *rate.Lim
 	lowprio.Enter()
 	log := im.f.log.With(zap.String("image", im.Name))
 	start := time.Now()
+	// Up to prefetchInFlight requests are on the wire at once, across batches: with one, the link
+	// idles for a round trip (the source's time to first byte) between requests, a fifth of a
+	// 100 Mbit/s link for 512 KiB requests to a registry that answers in ~6 ms.
+	slots := make(chan struct{}, prefetchInFlight)
 	var failed []batch
 	for pass := 0; pass < 2 && len(batches) > 0; pass++ {
 		failed = failed[:0]
-		for _, b := range batches {
-			if err := im.prefetchBatch(ctx, b, lim); err != nil {
+		// finish waits for a started batch's fetches and records how it went. A batch is finished
+		// after the next one started, so that the two overlap on the wire.
+		finish := func(p *startedBatch) {
+			if err := p.wait(); err != nil {
 				if ctx.Err() != nil {
-					im.setPrefetch(func(p *PrefetchStatus) { p.State, p.Error = PrefetchIncomplete, ctx.Err().Error() })
 					return
 				}
-				log.Warn("prefetch batch failed", zap.String("blob", b.blob.id), zap.Int("chunks", len(b.chunks)), zap.Error(err))
-				im.setPrefetch(func(p *PrefetchStatus) { p.Error = err.Error() })
-				failed = append(failed, b)
-				continue
+				log.Warn("prefetch batch failed", zap.String("blob", p.b.blob.id), zap.Int("chunks", len(p.b.chunks)), zap.Error(err))
+				im.setPrefetch(func(s *PrefetchStatus) { s.Error = err.Error() })
+				failed = append(failed, p.b)
+				return
 			}
-			im.setPrefetch(func(p *PrefetchStatus) {
-				p.ChunksDone += len(b.chunks)
-				if b.first && p.Trace != nil {
+			im.setPrefetch(func(s *PrefetchStatus) {
+				s.ChunksDone += len(p.b.chunks)
+				if p.b.first && s.Trace != nil {
 					// Copied, not changed in place: snapshots of the status share the pointer.
-					t := *p.Trace
-					t.Prefetched += len(b.chunks)
-					p.Trace = &t
+					t := *s.Trace
+					t.Prefetched += len(p.b.chunks)
+					s.Trace = &t
 				}
 			})
+		}
+		var prev *startedBatch
+		for _, b := range batches {
+			p := im.startBatch(ctx, b, lim, slots)
+			if prev != nil {
+				finish(prev)
+			}
+			prev = p
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		if prev != nil {
+			finish(prev)
+		}
+		if ctx.Err() != nil {
+			im.setPrefetch(func(p *PrefetchStatus) { p.State, p.Error = PrefetchIncomplete, ctx.Err().Error() })
+			return
 		}
 		batches = append([]batch(nil), failed...)
 		if len(batches) > 0 {
@@ -215,14 +239,47 @@ func (im *Image) runPrefetch(ctx context.Context, batches []batch, lim *rate.Lim
 	log.Info("prefetch finished", zap.String("state", state), zap.Duration("took", time.Since(start)), zap.Int("failed_chunks", nFailed))
 }
 
-func (im *Image) prefetchBatch(ctx context.Context, b batch, lim *rate.Limiter) error {
+// startedBatch is a batch whose fetches are on their way.
+type startedBatch struct {
+	b       batch
+	wg      sync.WaitGroup
+	claimed []rafs.Chunk // the chunks this batch fetches (the rest were here or on their way)
+	err     error        // why it stopped starting fetches (ctx, the rate limiter)
+}
+
+// wait waits for the batch's fetches and says whether every chunk it claimed is now verified.
+func (p *startedBatch) wait() error {
+	p.wg.Wait()
+	if p.err != nil {
+		return p.err
+	}
+	for _, c := range p.claimed {
+		if !p.b.blob.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
+			return fmt.Errorf("blob %s chunk %d: not fetched", p.b.blob.id, c.Index)
+		}
+	}
+	return nil
+}
+
+// startBatch starts fetching a batch's chunks, a request at a time as slots free up, and returns
+// once every request is started (or ctx ended).
+func (im *Image) startBatch(ctx context.Context, b batch, lim *rate.Limiter, slots chan struct{}) *startedBatch {
+	p := &startedBatch{b: b}
 	rest := b.chunks
 	for len(rest) > 0 {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			p.err = ctx.Err()
+			return p
+		}
 		// Yield to on-demand reads: wait until none is in flight and none ended in the last
 		// prefetchQuiet, and while reads were active lately, fetch at most prefetchActiveRequest at a
 		// time, so a request already on the wire delays the next on-demand read little.
 		if err := im.f.fg.waitQuiet(ctx, prefetchQuiet); err != nil {
-			return err
+			<-slots
+			p.err = err
+			return p
 		}
 		limit := im.f.BackgroundRequest()
 		var take []rafs.Chunk
@@ -237,27 +294,43 @@ func (im *Image) prefetchBatch(ctx context.Context, b batch, lim *rate.Limiter) 
 			size += int64(c.CompressedSize)
 		}
 		// Chunks that on-demand reads brought in, or are bringing in, meanwhile are skipped.
-		for _, run := range b.blob.claim(take) {
-			var n int64
+		runs := b.blob.claim(take)
+		if len(runs) == 0 {
+			<-slots
+			continue
+		}
+		var n int64
+		for _, run := range runs {
+			p.claimed = append(p.claimed, run...)
 			for _, c := range run {
 				n += int64(c.CompressedSize)
 			}
-			if lim != nil {
-				if err := lim.WaitN(ctx, int(min(n, int64(lim.Burst())))); err != nil {
+		}
+		if lim != nil {
+			if err := lim.WaitN(ctx, int(min(n, int64(lim.Burst())))); err != nil {
+				for _, run := range runs {
 					b.blob.abandon(run, err)
-					return err
 				}
-			}
-			im.f.fetch(ctx, im.src, &im.st, b.blob, run, kindPrefetch)
-			for _, c := range run {
-				if !b.blob.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
-					return fmt.Errorf("blob %s chunk %d: not fetched", b.blob.id, c.Index)
-				}
-				im.f.m.prefetchBytes.Add(float64(c.UncompressedSize))
+				<-slots
+				p.err = err
+				return p
 			}
 		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer func() { <-slots }()
+			for _, run := range runs {
+				im.f.fetch(ctx, im.src, &im.st, b.blob, run, kindPrefetch)
+				for _, c := range run {
+					if b.blob.sb.Verified(int64(c.CompressedOffset), int64(c.CompressedSize)) {
+						im.f.m.prefetchBytes.Add(float64(c.UncompressedSize))
+					}
+				}
+			}
+		}()
 	}
-	return nil
+	return p
 }
 
 // How background prefetch shares the link with on-demand reads (a container starting while its
@@ -267,6 +340,8 @@ const (
 	prefetchQuiet         = 100 * time.Millisecond
 	prefetchActiveWindow  = 2 * time.Second
 	prefetchActiveRequest = 512 << 10
+	// prefetchInFlight is how many prefetch requests may be on the wire at once.
+	prefetchInFlight = 2
 )
 
 func (im *Image) setPrefetch(fn func(*PrefetchStatus)) {

@@ -151,3 +151,43 @@ func TestChunkBytesLeavesOutGaps(t *testing.T) {
 		t.Fatalf("ChunkBytes(%v) = %v, want it unchanged", in, got)
 	}
 }
+
+// A readahead mark starts the next window only while windows are being read through, and once.
+func TestReadaheadMark(t *testing.T) {
+	const chunk = 16 << 10
+	cases := []struct {
+		name    string
+		every   int   // readers ask for one in every chunks windows brought (0: none)
+		fetched int64 // bytes windows brought before the mark is reached
+		mark    bool  // the chunk asked for is a mark
+		want    bool
+	}{
+		{"windows read through", 1, 1 << 20, true, true},
+		{"windows read through, not a mark", 1, 1 << 20, false, false},
+		{"too little history yet", 1, windowHistoryMin / 2, true, false},
+		{"windows mostly unread (a start)", 8, 1 << 20, true, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var w readWindow
+			for i := int64(0); i*chunk < tc.fetched; i++ {
+				w.brought(uint64(i*chunk), chunk)
+				if tc.every > 0 && i%int64(tc.every) == 0 {
+					w.asked(uint64(i * chunk))
+				}
+			}
+			const at, end = 1 << 30, 1<<30 + 4*chunk
+			w.brought(at, chunk)
+			if tc.mark {
+				w.mark(at, end)
+			}
+			next, ahead := w.asked(at)
+			if ahead != tc.want || (ahead && next != end) {
+				t.Fatalf("asked the chunk: next %d ahead %v, want ahead %v (next %d)", next, ahead, tc.want, int64(end))
+			}
+			if _, again := w.asked(at); again {
+				t.Error("the same mark started the next window twice")
+			}
+		})
+	}
+}

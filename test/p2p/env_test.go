@@ -648,6 +648,30 @@ func processCPU(pid int) (float64, error) {
 	return (utime + stime) / clockTicks, nil
 }
 
+// machineCPU is the CPU-seconds every core of the machine has spent busy since boot (/proc/stat's
+// cpu line: user, nice, system, irq, softirq and steal; idle and iowait left out).
+func machineCPU(t *testing.T) float64 {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		t.Fatalf("/proc/stat starts with %q", line)
+	}
+	var busy float64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			t.Fatalf("/proc/stat: %q: %v", line, err)
+		}
+		busy += v
+	}
+	return busy / clockTicks
+}
+
 // clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every Linux architecture Go runs.
 const clockTicks = 100
 
@@ -667,16 +691,46 @@ func (p *peerProc) rss(t *testing.T) int64 {
 	return 0
 }
 
-// read runs the workload on the peer's mount: cat of its files in order, digested.
-func (p *peerProc) read(w workload) (string, error) {
+// read runs the workload on the peer's mount: cat of its files in order, digested. It returns the
+// digest and the CPU-seconds the readers spent (xargs, cat and md5sum, user + system: with FUSE the
+// kernel's copies for cat, with kernel mode also EROFS's work, which runs in the reader's read).
+func (p *peerProc) read(w workload) (string, float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", "-c", `set -o pipefail; cd "$1" && xargs -0 cat < "$2" | md5sum`, "bash", p.mp, w.list)
+	// times prints the shell's own and then its children's user and system time.
+	cmd := exec.CommandContext(ctx, "bash", "-c", `set -o pipefail; cd "$1" && xargs -0 cat < "$2" | md5sum && times`, "bash", p.mp, w.list)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("workload %q on %s: %v: %s", w.name, p.name, err, out)
+		return "", 0, fmt.Errorf("workload %q on %s: %v: %s", w.name, p.name, err, out)
 	}
-	return strings.Fields(string(out))[0], nil
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 3 {
+		return "", 0, fmt.Errorf("workload %q on %s: want md5sum and times, got %q", w.name, p.name, out)
+	}
+	cpu, err := childTimes(lines[len(lines)-1])
+	if err != nil {
+		return "", 0, fmt.Errorf("workload %q on %s: %w", w.name, p.name, err)
+	}
+	return strings.Fields(lines[0])[0], cpu, nil
+}
+
+// childTimes sums the user and system time of bash's `times` line ("0m1.250s 0m0.500s").
+func childTimes(line string) (float64, error) {
+	var sum float64
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		return 0, fmt.Errorf("times line %q", line)
+	}
+	for _, v := range f {
+		m, s, ok := strings.Cut(strings.TrimSuffix(v, "s"), "m")
+		mins, err1 := strconv.ParseFloat(m, 64)
+		secs, err2 := strconv.ParseFloat(s, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return 0, fmt.Errorf("times line %q", line)
+		}
+		sum += mins*60 + secs
+	}
+	return sum, nil
 }
 
 // metricLabel sums the samples of a metric whose labels contain label (e.g. from="parent").
@@ -743,11 +797,14 @@ func tail(s string, n int) string {
 type run struct {
 	w         workload
 	durs      []time.Duration // from the mount request to the workload's end, per peer
+	mounted   []time.Duration // from the mount request to the mount's answer, per peer
 	sums      []string        // workload digests, per peer
 	regBytes  int64           // what the registry's link sent from the run's start until it was quiet again
 	regByPeer []int64         // what the registry's access log says it sent each peer during the run
 	sentBack  []bool          // which peers the scheduler sent back to source during the run
 	cpu       []float64       // CPU-seconds of each daemon during the run
+	readerCPU []float64       // CPU-seconds of each peer's readers (see peerProc.read)
+	machine   float64         // CPU-seconds the whole machine spent during the run (every process and the kernel)
 	rss       []int64         // VmRSS of each daemon at the end
 	rate      float64         // the registry link's rate measured just before, bytes/s
 	start     time.Time       // when the mounts were asked for
@@ -764,13 +821,14 @@ func (c *cluster) mountAndRead(t *testing.T, peers []*peerProc, w workload) run 
 // mounts are asked for); it returns once both are done.
 func (c *cluster) mountAndReadDuring(t *testing.T, peers []*peerProc, w workload, during func()) run {
 	t.Helper()
-	r := run{w: w, durs: make([]time.Duration, len(peers)), sums: make([]string, len(peers)),
-		cpu: make([]float64, len(peers)), rss: make([]int64, len(peers))}
+	r := run{w: w, durs: make([]time.Duration, len(peers)), mounted: make([]time.Duration, len(peers)), sums: make([]string, len(peers)),
+		cpu: make([]float64, len(peers)), readerCPU: make([]float64, len(peers)), rss: make([]int64, len(peers))}
 	r.rate = c.linkRate(t, peers[0].name)
 	for i, p := range peers {
 		r.cpu[i] = -p.cpuSeconds(t)
 	}
 	b0, sent0 := c.registryBytes(t), c.reg.SentTo()
+	m0 := machineCPU(t)
 	errs := make([]error, len(peers))
 	start := time.Now()
 	r.start = start
@@ -787,11 +845,13 @@ func (c *cluster) mountAndReadDuring(t *testing.T, peers []*peerProc, w workload
 				errs[i] = fmt.Errorf("mount on %s: %v: %s", p.name, res.Err, res.Stderr)
 				return
 			}
-			r.sums[i], errs[i] = p.read(w)
+			r.mounted[i] = time.Since(start)
+			r.sums[i], r.readerCPU[i], errs[i] = p.read(w)
 			r.durs[i] = time.Since(start)
 		}()
 	}
 	wg.Wait()
+	r.machine = machineCPU(t) - m0
 	for i, p := range peers {
 		r.cpu[i] += p.cpuSeconds(t)
 		r.rss[i] = p.rss(t)
@@ -927,15 +987,17 @@ func newReport(t *testing.T, title string) *report {
 	return rep
 }
 
-const reportHeader = "scenario                          peers  slowest s  median s  limit s  slowest/limit  registry MB  x unique  daemons CPU-s/GB  per-peer CPU-s/GB (median/max)"
+const reportHeader = "scenario                          peers  slowest s  median s  limit s  slowest/limit  registry MB  x unique  daemons CPU-s/GB  per-peer CPU-s/GB (median/max)  readers CPU-s/GB  machine CPU-s/GB"
 
 // add is a row of runs that alternated with others: times are medians over the runs, registry
 // bytes the largest run, CPU the median run.
 func (rep *report) add(name string, runs ...run) {
 	var slow, med, lim []time.Duration
 	var reg int64
-	var all, perMed, perMax []float64
+	var all, perMed, perMax, readers, machine []float64
 	for _, r := range runs {
+		gb := float64(len(r.durs)) * float64(r.w.bytes) / 1e9
+		readers, machine = append(readers, sumF(r.readerCPU)/gb), append(machine, r.machine/gb)
 		slow, med, lim = append(slow, r.slowest()), append(med, r.median()), append(lim, r.limit())
 		reg = max(reg, r.regBytes)
 		per := r.cpuPerGB()
@@ -943,10 +1005,10 @@ func (rep *report) add(name string, runs ...run) {
 		perMed, perMax = append(perMed, medianF(per)), append(perMax, maxF(per))
 	}
 	r := runs[0]
-	row := fmt.Sprintf("%-33s %5d %10.2f %9.2f %8.2f %14.2f %12.1f %9.2f %17.2f %16.2f / %.2f",
+	row := fmt.Sprintf("%-33s %5d %10.2f %9.2f %8.2f %14.2f %12.1f %9.2f %17.2f %16.2f / %-10.2f %17.2f %17.2f",
 		name, len(r.durs), medianDur(slow).Seconds(), medianDur(med).Seconds(), medianDur(lim).Seconds(),
 		medianDur(slow).Seconds()/medianDur(lim).Seconds(), mb(reg), float64(reg)/float64(r.w.unique),
-		medianF(all), medianF(perMed), medianF(perMax))
+		medianF(all), medianF(perMed), medianF(perMax), medianF(readers), medianF(machine))
 	if len(runs) > 1 {
 		var parts []string
 		for _, s := range slow {

@@ -19,7 +19,7 @@ func (c *cluster) parentKilled(t *testing.T, want string) {
 	w := c.wholeImage(t)
 	p1 := c.startPeer(t, "p1", peerOpts{p2p: true})
 	p1.mount(t, c.ref)
-	sum1, err := p1.read(w)
+	sum1, _, err := p1.read(w)
 	if want == "" { // -run picked this scenario alone
 		want = sum1
 	}
@@ -32,7 +32,7 @@ func (c *cluster) parentKilled(t *testing.T, want string) {
 	var sum string
 	go func() {
 		var err error
-		sum, err = p2.read(w)
+		sum, _, err = p2.read(w)
 		done <- err
 	}()
 	deadline := time.Now().Add(2 * time.Minute)
@@ -76,7 +76,7 @@ func (c *cluster) parentKilled(t *testing.T, want string) {
 	firstLog := p2.stderr.String()
 	p2 = c.startPeer(t, "p2", peerOpts{p2p: true, dir: dir})
 	p2.mount(t, c.ref)
-	sum, err = p2.read(w)
+	sum, _, err = p2.read(w)
 	if err != nil || sum != want {
 		t.Fatalf("restarted p2: md5 %s (%v), want %s", sum, err, want)
 	}
@@ -93,7 +93,7 @@ func (c *cluster) schedulerStopped(t *testing.T, want string) {
 	p3.mount(t, c.ref)
 	c.sched.Stop()
 	defer c.sched.Restart()
-	sum, err := p3.read(c.wholeImage(t))
+	sum, _, err := p3.read(c.wholeImage(t))
 	if err != nil || sum != want {
 		t.Fatalf("p3 without a scheduler: md5 %s (%v), want %s", sum, err, want)
 	}
@@ -107,7 +107,7 @@ func (c *cluster) lyingPeer(t *testing.T, want string) {
 	w := c.wholeImage(t)
 	p4 := c.startPeer(t, "p4", peerOpts{p2p: true, env: []string{"DFNYDUS_FAULT_CORRUPT_PIECES=1"}})
 	p4.mount(t, c.ref)
-	sum4, err := p4.read(w)
+	sum4, _, err := p4.read(w)
 	if want == "" { // -run picked this scenario alone
 		want = sum4
 	}
@@ -116,7 +116,7 @@ func (c *cluster) lyingPeer(t *testing.T, want string) {
 	}
 	p5 := c.startPeer(t, "p5", peerOpts{p2p: true})
 	p5.mount(t, c.ref)
-	sum, err := p5.read(w)
+	sum, _, err := p5.read(w)
 	if err != nil || sum != want {
 		t.Fatalf("p5 with a lying parent: md5 %s (%v), want %s", sum, err, want)
 	}

@@ -22,6 +22,7 @@ type scale struct {
 	fresh        string   // the peer that mounts after the outage
 	pieceLengths []string // forced scheduler.pieceLength values
 	pair         []string // the two peers of a forced piece length
+	drivers      []string // the fsDriver of each series of whole-image runs (a, b); the first is the baseline
 }
 
 // smallScale keeps the whole package within ~15 minutes on a quiet 2-core machine.
@@ -34,6 +35,7 @@ var smallScale = scale{
 	fresh:        "fresh",
 	pieceLengths: []string{"32MiB"},
 	pair:         names("p", 2),
+	drivers:      []string{"fuse", "erofs"},
 }
 
 // benchScale is `make bench-p2p`.
@@ -47,6 +49,7 @@ var benchScale = scale{
 	fresh:        "fresh",
 	pieceLengths: []string{"32MiB", "64MiB"},
 	pair:         names("p", 2),
+	drivers:      []string{"fuse", "erofs"},
 }
 
 // names are prefix1 .. prefixN.
@@ -118,6 +121,10 @@ func TestP2PBench(t *testing.T) {
 		}
 		s.runs = n
 	}
+	if v := os.Getenv("DFNYDUS_BENCH_DRIVERS"); v != "" {
+		// Only some file system drivers for the whole-image scenarios (e.g. erofs), when studying them.
+		s.drivers = strings.Split(v, ",")
+	}
 	if v := os.Getenv("DFNYDUS_BENCH_PEERS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -140,7 +147,9 @@ func (c *cluster) title(what string) string {
 	return fmt.Sprintf(`P2P figures, %s: image of %d files, %.1f MB of file data, %.1f MB of distinct compressed chunks (unique), %d data blobs; %s.
 Times count from the mount request to the workload's end; limit = the bytes the workload needs (its files' distinct chunks) / the measured link rate;
 registry bytes are what the registry's link sent (x unique: over the workload's distinct chunk bytes); CPU is utime+stime of the dfnydus daemons
-(not the cat readers) over the run, per GB of file data the workloads read.`,
+over the run, per GB of file data the workloads read; readers CPU is that of the workloads' xargs, cat and md5sum (with the kernel's work in
+their reads: FUSE's copies, or EROFS in kernel mode); machine CPU is every core's busy time over the run (everything: daemons, readers,
+kernel threads, registry, scheduler), per GB read by all peers. Series marked (erofs) mount with fsDriver erofs (kernel mode).`,
 		what, len(c.files), mb(c.fileBytes), mb(c.unique), len(c.blobs), link)
 }
 
@@ -166,40 +175,52 @@ func (c *cluster) scenarios(t *testing.T, rep *report, s scale) string {
 // workload reads.
 func (c *cluster) wholeImageRuns(t *testing.T, rep *report, s scale) string {
 	w := c.wholeImage(t)
-	var alone, many []run
+	type series struct{ alone, many []run }
+	byDriver := make([]series, len(s.drivers))
 	var last []*peerProc
 	for i := 0; i < s.runs; i++ {
-		peers := c.startPeers(t, s.many[:1], peerOpts{p2p: true, prefetch: "all"})
-		alone = append(alone, c.mountAndRead(t, peers, w))
-		stopAll(t, peers)
-
-		peers = c.startPeers(t, s.many, peerOpts{p2p: true, prefetch: "all"})
-		many = append(many, c.mountAndRead(t, peers, w))
-		if i < s.runs-1 {
+		for d, driver := range s.drivers {
+			o := peerOpts{p2p: true, prefetch: "all", fsDriver: driver}
+			peers := c.startPeers(t, s.many[:1], o)
+			byDriver[d].alone = append(byDriver[d].alone, c.mountAndRead(t, peers, w))
 			stopAll(t, peers)
+
+			peers = c.startPeers(t, s.many, o)
+			byDriver[d].many = append(byDriver[d].many, c.mountAndRead(t, peers, w))
+			if i < s.runs-1 || d < len(s.drivers)-1 {
+				stopAll(t, peers)
+			}
+			last = peers
 		}
-		last = peers
 	}
 	defer stopAll(t, last)
-	want := alone[0].sums[0]
+	want := byDriver[0].alone[0].sums[0]
 	c.checkSource(t, w, want)
-	for _, r := range append(alone[1:], many...) {
-		if r.sums[0] != want {
-			t.Fatalf("runs read different bytes: md5 %s and %s", r.sums[0], want)
+	for _, sr := range byDriver {
+		for _, r := range append(sr.alone, sr.many...) {
+			if r.sums[0] != want {
+				t.Fatalf("runs read different bytes: md5 %s and %s", r.sums[0], want)
+			}
 		}
 	}
-	rep.add("a. one peer alone", alone...)
-	rep.add(fmt.Sprintf("b. %d peers at once, P2P", len(s.many)), many...)
+	for d, driver := range s.drivers {
+		rep.add("a. one peer alone"+driverSuffix(driver), byDriver[d].alone...)
+		rep.add(fmt.Sprintf("b. %d peers at once, P2P%s", len(s.many), driverSuffix(driver)), byDriver[d].many...)
+	}
+	alone, many := byDriver[0].alone, byDriver[0].many
 	var fromParents, fromSource float64
 	for _, p := range last {
 		fromParents += p.metricLabel(t, "dfnydus_p2p_piece_bytes_total", `from="parent"`)
 		fromSource += p.metricLabel(t, "dfnydus_p2p_piece_bytes_total", `from="source"`)
 	}
-	slowAlone, slowMany := medianSlowest(alone), medianSlowest(many)
+	slowMany := medianSlowest(many)
 	rep.note("registry bytes include each peer's manifest, config and bootstrap layer (%.2f MB), fetched from the registry, not through P2P; the assertions count blob data only", mb(c.metaBytes))
-	rep.note("a. one peer alone / limit: %.2f (goal <= 1.2)", slowAlone.Seconds()/medianDur(limits(alone)).Seconds())
-	rep.note("b. slowest P2P peer / one peer alone: %.2f (goal <= 1.3); last P2P run: %.1f MB from parents, %.1f MB from source",
-		slowMany.Seconds()/slowAlone.Seconds(), fromParents/1e6, fromSource/1e6)
+	for d, driver := range s.drivers {
+		a, m := medianSlowest(byDriver[d].alone), medianSlowest(byDriver[d].many)
+		rep.note("a%s. one peer alone / limit: %.2f (goal <= 1.2)", driverSuffix(driver), a.Seconds()/medianDur(limits(byDriver[d].alone)).Seconds())
+		rep.note("b%s. slowest P2P peer / one peer alone: %.2f (goal <= 1.3)", driverSuffix(driver), m.Seconds()/a.Seconds())
+	}
+	rep.note("b. last P2P run (%s): %.1f MB from parents, %.1f MB from source", s.drivers[len(s.drivers)-1], fromParents/1e6, fromSource/1e6)
 	// What the data path owes: a peer the scheduler did not send back to source takes its blob
 	// bytes from parents (the registry's access log sent it its manifest and bootstrap, and at most
 	// a sliver of the blob: a piece no parent could give); the registry sends at most 1.05x the
@@ -208,12 +229,17 @@ func (c *cluster) wholeImageRuns(t *testing.T, rep *report, s scale) string {
 	// parent within retryBackToSourceLimit tries goes back to source), and every peer it sends
 	// fetches from the source as a Rust peer would: the report counts them.
 	sentBack, mostServed := 0, int64(0)
-	for i, r := range many {
+	var allMany []run
+	for _, sr := range byDriver {
+		allMany = append(allMany, sr.many...)
+	}
+	for i, r := range allMany {
 		n := r.backToSource()
 		sentBack = max(sentBack, n)
+		isLast := i == len(allMany)-1
 		if ratio := float64(c.blobBytes(r)) / float64(c.unique); n == 0 || ratio > 1.05*float64(n) {
 			t.Errorf("with P2P the registry sent %.2fx the unique bytes in blob data (%.2fx with each peer's manifest and bootstrap) with %d peers sent back to source, want <= 1.05x per such peer; %s",
-				ratio, float64(r.regBytes)/float64(c.unique), n, c.explainRegistry(t, r, last, i == len(many)-1))
+				ratio, float64(r.regBytes)/float64(c.unique), n, c.explainRegistry(t, r, last, isLast))
 		}
 		for j, sent := range r.regByPeer {
 			if !r.sentBack[j] {
@@ -221,7 +247,7 @@ func (c *cluster) wholeImageRuns(t *testing.T, rep *report, s scale) string {
 			}
 			if extra := sent - c.metaBytes; !r.sentBack[j] && float64(extra) > 0.05*float64(c.unique) {
 				t.Errorf("peer %s was not sent back to source but the registry sent it %.1f MB of blob data (%.0f%% of the unique bytes); %s",
-					last[j].name, mb(extra), 100*float64(extra)/float64(c.unique), c.explainRegistry(t, r, last, i == len(many)-1))
+					last[j].name, mb(extra), 100*float64(extra)/float64(c.unique), c.explainRegistry(t, r, last, isLast))
 			}
 		}
 	}
@@ -255,6 +281,14 @@ func (c *cluster) wholeImageRuns(t *testing.T, rep *report, s scale) string {
 			fl.total()/gb, fl.fuse/gb, s.runs, fl.decode/gb, perPeer(alone)/(fl.total()/gb), perPeer(many)/(fl.total()/gb))
 	}
 	return want
+}
+
+// driverSuffix names a file system driver in the report ("" for FUSE, the default).
+func driverSuffix(driver string) string {
+	if driver == "" || driver == "fuse" {
+		return ""
+	}
+	return " (" + driver + ")"
 }
 
 func medianSlowest(runs []run) time.Duration {
