@@ -150,6 +150,7 @@ func (b *Blob) Accept(off int64, data []byte, origin string) (AcceptResult, erro
 		}
 	}
 	if len(pending) > 0 {
+		b.maybeCheckTail()
 		b.maybeCheckWhole()
 	}
 	return res, nil
@@ -335,6 +336,9 @@ func (b *Blob) CheckWhole(ctx context.Context) error {
 		if running == nil {
 			if !b.sb.Covered(0, b.size) {
 				err := b.whole.err
+				if err == nil {
+					err = b.tail.err // a tail that failed was dropped: that is why bytes are missing
+				}
 				b.mu.Unlock()
 				if err != nil {
 					return err
@@ -373,6 +377,7 @@ func (b *Blob) Settle(off, n int64) {
 	for i := range chunks {
 		b.verifyAssembled(&chunks[i])
 	}
+	b.maybeCheckTail()
 	b.maybeCheckWhole()
 }
 

@@ -40,7 +40,22 @@ type Blob struct {
 	blame        map[int]func(origin string, off, n int64)
 	nextListener int
 	whole        wholeState
+	tail         tailState
 	win          readWindow
+}
+
+// tailState is the check of a blob's tail (the bytes after its chunk data: tar headers,
+// blob.meta, blob.digest, an inlined bootstrap, the ToC) against the bootstrap's ToC digest and
+// the ToC's digests, as soon as the tail is here: without it those bytes wait for the whole blob
+// (a node that read part of an image could never serve the blob's last piece, and a crash before
+// the whole-blob check lost them).
+type tailState struct {
+	rec     *rafs.Blob // the bootstrap's record of the blob (ToC size and digest); nil: none
+	done    bool       // verified, or found unverifiable this way (the whole-blob check remains)
+	running bool
+	again   bool // bytes arrived while a check ran: run it once more
+	fails   int
+	err     error // the last check that found the tail corrupt
 }
 
 // wholeState is the check of bytes no chunk covers (tar headers, blob.meta, the ToC; everything of
@@ -105,6 +120,10 @@ func (f *Fetcher) OpenBlob(id string, size int64, meta *rafs.Blob) (*Blob, error
 				id, meta.Compressor, meta.Digester, b.comp, b.dig)
 		}
 		b.comp, b.dig, b.described = meta.Compressor, meta.Digester, true
+		if b.tail.rec == nil && meta.TOCSize != 0 && !meta.TOCDigest.IsZero() {
+			rec := *meta
+			b.tail.rec = &rec
+		}
 		b.mu.Unlock()
 	}
 	b.refs++

@@ -908,3 +908,30 @@ func TestRangeDemandTravelsUp(t *testing.T) {
 	a.storedMatches(t, fx)
 	b.storedMatches(t, fx)
 }
+
+// A peer that fetched only the blob's last piece holds it, tail and all (ToC, blob.meta, tar
+// headers verified against the bootstrap's ToC digest), without the rest of the blob: it can
+// serve that piece to any peer.
+func TestLastPieceIsHeldWithoutTheWholeBlob(t *testing.T) {
+	fx := newFixture(t)
+	a := startPeer(t, fx, "a")
+	tk := a.task(t)
+	lastPiece := tk.lay.count - 1
+	if lastPiece == 0 {
+		t.Fatal("the fixture blob is one piece")
+	}
+	if _, err := a.m.WaitPiece(context.Background(), tk.id, lastPiece); err != nil {
+		t.Fatal(err)
+	}
+	if !tk.held(lastPiece) {
+		t.Fatal("the last piece is not held")
+	}
+	var sent int64
+	for _, r := range a.src.requests() {
+		sent += r[1]
+	}
+	if sent >= int64(len(fx.blob))/2 {
+		t.Errorf("the source sent %d of the blob's %d bytes for its last piece", sent, len(fx.blob))
+	}
+	a.storedMatches(t, fx)
+}

@@ -42,8 +42,9 @@ func (m *Manager) Task(ctx context.Context, id string) (upload.TaskInfo, error) 
 
 // WaitPiece implements upload.Tasks: another peer asked for a piece; it is fetched now if this peer
 // does not hold it yet (demand travels up the tree of parents to whoever goes back to source).
-// A piece holding bytes no chunk covers is held only once the whole blob is here and matches its
-// digest, so asking for it brings in the whole blob.
+// A piece holding bytes no chunk covers that the blob's ToC cannot vouch for (blob.VerifyTail) is
+// held only once the whole blob is here and matches its digest, so asking for it then brings in
+// the whole blob.
 func (m *Manager) WaitPiece(ctx context.Context, id string, n uint32) (upload.PieceInfo, error) {
 	t, err := m.lookup(id)
 	if err != nil {
@@ -58,7 +59,10 @@ func (m *Manager) WaitPiece(ctx context.Context, id string, n uint32) (upload.Pi
 		done := m.f.OnDemand()
 		defer done()
 	}
-	if err := t.fill(ctx, int64(off), int64(l)); err != nil && !t.bl.Store().Covered(int64(off), int64(l)) {
+	// The chunks across the piece's edges come whole: their bytes in the piece are verified only
+	// with the rest of them.
+	so, sn := t.bl.ChunkSpan(int64(off), int64(l))
+	if err := t.fill(ctx, so, sn); err != nil && !t.bl.Store().Covered(int64(off), int64(l)) {
 		return upload.PieceInfo{}, err
 	}
 	if !t.held(n) {

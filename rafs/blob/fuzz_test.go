@@ -2,6 +2,7 @@ package blob
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"os"
 	"testing"
@@ -80,6 +81,37 @@ func FuzzOpen(f *testing.F) {
 				_, err := ReadChunk(bytes.NewReader(data), "fuzz", &c, comp, rafs.DigestBlake3, nil)
 				corrupt("ReadChunk", err)
 			}
+		}
+	})
+}
+
+// FuzzVerifyTail feeds arbitrary blobs to the tail check, with a bootstrap record whose ToC digest
+// matches the input's last tocSize bytes (so that mutations reach the sections behind the ToC).
+// Nothing may panic; every error is a format error or an unverifiable tail; a verified tail starts
+// inside the blob.
+func FuzzVerifyTail(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		rd, err := Open(bytes.NewReader(s), int64(len(s)))
+		if err == nil && rd.hasTOC {
+			f.Add(s, rd.tocSize)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte, tocSize uint32) {
+		rec := &rafs.Blob{TOCSize: tocSize}
+		if tocSize > 0 && int64(tocSize) <= int64(len(data)) {
+			rec.TOCDigest = sha256.Sum256(data[len(data)-int(tocSize):])
+		} else {
+			rec.TOCDigest[0] = 1
+		}
+		start, err := VerifyTail(bytes.NewReader(data), int64(len(data)), rec)
+		if err != nil {
+			if !errors.Is(err, rafs.ErrCorrupt) && !errors.Is(err, ErrTailUnverifiable) {
+				t.Fatalf("error neither corrupt nor unverifiable: %v", err)
+			}
+			return
+		}
+		if start < 0 || start > int64(len(data)) {
+			t.Fatalf("tail starts at %d in a %d-byte blob", start, len(data))
 		}
 	})
 }
