@@ -146,21 +146,28 @@ func (c *cluster) lyingPeer(t *testing.T, want string) {
 	p5.stop(t)
 }
 
-// preheat: a seed peer preheats the image; then peers read it with no byte from the registry.
-func (c *cluster) preheat(t *testing.T, want string) {
-	seed := c.startPeer(t, "seed", peerOpts{p2p: true, seed: true})
-	// The scheduler finds seed peers by health-checking announced super seeds every 30 s.
+// preheatOn has the seed preheat the image (every blob held, verified against its digest). The
+// scheduler finds seed peers by health-checking announced super seeds every 30 s: until it has
+// found this one, preheat is refused and asked again.
+func (c *cluster) preheatOn(t *testing.T, seed *peerProc) {
+	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		r := testenv.Exec(t, testenv.Binary(t), "preheat", "--daemon-socket", seed.socket, "--plain-http", c.ref)
 		if r.Err == nil {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("preheat: %v\n%s", r.Err, r.Stderr)
 		}
 		time.Sleep(3 * time.Second)
 	}
+}
+
+// preheat: a seed peer preheats the image; then peers read it with no byte from the registry.
+func (c *cluster) preheat(t *testing.T, want string) {
+	seed := c.startPeer(t, "seed", peerOpts{p2p: true, seed: true})
+	c.preheatOn(t, seed)
 	// p7 serves its mount through the kernel's EROFS where this kernel can: the same P2P reads
 	// through the other driver.
 	peers := []*peerProc{c.startPeer(t, "p6", peerOpts{p2p: true}), c.startPeer(t, "p7", peerOpts{p2p: true, fsDriver: "auto"})}

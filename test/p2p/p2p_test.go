@@ -133,7 +133,7 @@ func TestP2PBench(t *testing.T) {
 		s.many = names("p", n)
 	}
 	layout, srcs := realisticLayout(t)
-	c := newCluster(t, clusterOpts{layout: layout, srcs: srcs, peers: s.nodes(), linkMbit: linkMbit})
+	c := newCluster(t, clusterOpts{layout: layout, srcs: srcs, peers: s.nodes("seed"), linkMbit: linkMbit})
 	rep := newReport(t, c.title("make bench-p2p"))
 	c.scenarios(t, rep, s)
 }
@@ -160,7 +160,9 @@ func (c *cluster) scenarios(t *testing.T, rep *report, s scale) string {
 	if !t.Run("a-d the whole image: one peer alone, many with and without P2P", func(t *testing.T) { want = c.wholeImageRuns(t, rep, s) }) {
 		t.FailNow()
 	}
-	t.Run("e many peers start at once", func(t *testing.T) { c.startRuns(t, rep, s.start) })
+	var alone run
+	t.Run("e many peers start at once", func(t *testing.T) { alone = c.startRuns(t, rep, s.start) })
+	t.Run("e many peers start at once from a preheated seed", func(t *testing.T) { c.startFromSeed(t, rep, s.start, alone) })
 	t.Run("f scheduler outage", func(t *testing.T) { c.outage(t, rep, s, want) })
 	for _, l := range s.pieceLengths {
 		t.Run("g forced piece length "+l, func(t *testing.T) { c.forcedPieces(t, rep, l, s.pair, want) })
@@ -310,7 +312,7 @@ func limits(runs []run) []time.Duration {
 // startRuns (e): one peer alone, then every peer of names at the same moment, mount the image with
 // prefetch off and read the same 5% of its files (a container start). The registry sends at most
 // 1.1x what the peer alone fetched; the daemons' memory is printed.
-func (c *cluster) startRuns(t *testing.T, rep *report, names []string) {
+func (c *cluster) startRuns(t *testing.T, rep *report, names []string) run {
 	w := c.startSlice(t)
 	peers := c.startPeers(t, names[:1], peerOpts{p2p: true})
 	alone := c.mountAndRead(t, peers, w)
@@ -359,6 +361,49 @@ func (c *cluster) startRuns(t *testing.T, rep *report, names []string) {
 	if backToSource == 0 || ratio > 1.1*float64(backToSource) {
 		t.Errorf("%d peers starting at once made the registry send %.1f MB of blob data, %.2fx what one peer alone fetched (%.1f MB), with %d peers sent back to source; want <= 1.1x per such peer",
 			len(names), mb(c.blobBytes(many)), ratio, mb(c.blobBytes(alone)), backToSource)
+	}
+	return alone
+}
+
+// startFromSeed (e, the rollout way): a seed peer preheats the image, then every peer of names
+// starts it at the same moment. The scheduler sends none of them back to source (the task has a
+// parent that holds it all): the start costs the registry nothing but each peer's manifest and
+// bootstrap, and the whole rollout (preheat + start) costs one fetch of the image's blobs; that is
+// compared with what one peer alone fetched for the start without a seed (alone).
+func (c *cluster) startFromSeed(t *testing.T, rep *report, names []string, alone run) {
+	w := c.startSlice(t)
+	seed := c.startPeer(t, "seed", peerOpts{p2p: true, seed: true})
+	defer seed.stop(t)
+	b0 := c.registryBytes(t)
+	c.preheatOn(t, seed)
+	preheated := c.settledRegistryBytes(t) - b0
+	peers := c.startPeers(t, names, peerOpts{p2p: true})
+	r := c.mountAndRead(t, peers, w)
+	stopAll(t, peers)
+	if alone.sums != nil && r.sums[0] != alone.sums[0] {
+		t.Fatalf("the start from a seed read md5 %s, without one %s", r.sums[0], alone.sums[0])
+	}
+	c.checkSource(t, w, r.sums[0])
+	rep.add(fmt.Sprintf("e. %d peers, 5%% start, preheated", len(names)), r)
+	sentBack := r.backToSource()
+	rep.note("e (seed). preheat: the registry sent the seed %.1f MB; the start then %.2f MB of blob data; the scheduler sent %d of the %d peers back to source",
+		mb(preheated), mb(c.blobBytes(r)), sentBack, len(names))
+	if alone.sums != nil {
+		rep.note("e (seed). the rollout's registry bytes (preheat + start) / one peer alone's start without a seed: %.2f (goal <= 1.1); slowest of %d / one alone: %.2f (goal <= 2)",
+			float64(preheated+c.blobBytes(r))/float64(c.blobBytes(alone)), len(names), r.slowest().Seconds()/alone.slowest().Seconds())
+	}
+	// What the data path owes: with a parent holding every piece, no peer reads from the registry
+	// (a peer the scheduler still sent back to source would, as a Rust peer would: counted).
+	if extra := c.blobBytes(r); float64(extra) > 0.05*float64(c.unique)*float64(1+sentBack) {
+		t.Errorf("after a preheat, %d peers starting made the registry send %.1f MB of blob data (%d sent back to source); want their bytes from the seed and each other",
+			len(names), mb(extra), sentBack)
+	}
+	var blobs int64
+	for _, n := range c.blobSizes {
+		blobs += n
+	}
+	if float64(preheated) > 1.1*float64(blobs+c.metaBytes) {
+		t.Errorf("the preheat made the registry send %.1f MB, the image's blobs are %.1f MB", mb(preheated), mb(blobs))
 	}
 }
 
