@@ -29,14 +29,50 @@ type Blob struct {
 	cond     *sync.Cond // a range lock was released, or the blob removed
 	verified spanSet
 	pending  spanSet
-	locked   []Range // ranges being written or punched
-	epoch    uint64  // bumped whenever bytes leave the sets (evict, drop, remove)
+	locked   []Range                       // ranges being written or punched
+	epoch    uint64                        // bumped whenever bytes leave the sets (evict, drop, remove)
+	pgen     uint64                        // bumped whenever pending bytes are written or dropped (see Promote)
+	pchanges [pendingChanges]pendingChange // the latest of those changes, by pgen % pendingChanges
 	removed  bool
 	subs     map[chan struct{}]struct{}
 
 	fileMu  sync.Mutex // serializes creating, opening and closing the file
 	created bool       // the file exists on disk (under fileMu)
 	f       atomic.Pointer[os.File]
+}
+
+// pendingChanges is how many recent changes of pending bytes a blob remembers: Promote refuses
+// bytes whose range changed since the caller's generation, and any promote from before the
+// oldest one remembered.
+const pendingChanges = 64
+
+// pendingChange is a range of pending bytes written or dropped at generation gen.
+type pendingChange struct {
+	gen      uint64
+	off, end int64
+}
+
+// changedLocked records that pending bytes of [off, end) were written or dropped. b.mu held.
+func (b *Blob) changedLocked(off, end int64) {
+	b.pgen++
+	b.pchanges[b.pgen%pendingChanges] = pendingChange{b.pgen, off, end}
+}
+
+// changedSinceLocked says whether pending bytes of [off, end) may have changed since gen. b.mu held.
+func (b *Blob) changedSinceLocked(gen uint64, off, end int64) bool {
+	if b.pgen == gen {
+		return false
+	}
+	if b.pgen-gen > pendingChanges {
+		return true // the changes since are no longer all remembered
+	}
+	for g := gen + 1; g <= b.pgen; g++ {
+		c := b.pchanges[g%pendingChanges]
+		if c.off < end && off < c.end {
+			return true
+		}
+	}
+	return false
 }
 
 func newBlob(s *Store, id string, size int64) *Blob {
@@ -419,6 +455,9 @@ func (b *Blob) write(off int64, data []byte, verified bool, origin string) error
 			for _, p := range pieces {
 				dp += b.pending.add(p.Off, p.End(), origin)
 			}
+			if len(pieces) > 0 {
+				b.changedLocked(off, end)
+			}
 		}
 	}
 	b.mu.Unlock()
@@ -435,10 +474,20 @@ func (b *Blob) write(off int64, data []byte, verified bool, origin string) error
 	return nil
 }
 
+// PendingGen is the generation of the blob's pending bytes: it moves whenever pending bytes are
+// written or dropped. Take it before reading pending bytes to verify them, and give it to Promote.
+func (b *Blob) PendingGen() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pgen
+}
+
 // Promote makes the pending bytes of [off, off+n) verified: the caller verified them (a chunk
-// across them matched its digest, or the whole blob matched its id). It fails with ErrMissing,
-// changing nothing, if any byte of the range is neither pending nor verified.
-func (b *Blob) Promote(off, n int64) error {
+// across them matched its digest, or the whole blob matched its id) after taking gen from
+// PendingGen. It fails with ErrMissing, changing nothing, if any byte of the range is neither
+// pending nor verified, and with ErrChanged if pending bytes of the range were written or dropped
+// since gen (another sender's bytes may have replaced the ones verified: verify again).
+func (b *Blob) Promote(off, n int64, gen uint64) error {
 	if err := b.check(off, n); err != nil {
 		return err
 	}
@@ -459,6 +508,11 @@ func (b *Blob) Promote(off, n int64) error {
 		return b.removedErr()
 	}
 	b.unlockRange(off, end)
+	if b.changedSinceLocked(gen, off, end) {
+		b.mu.Unlock()
+		s.idx.unreserve()
+		return fmt.Errorf("blob %s [%d,%d): %w", b.id, off, end, ErrChanged)
+	}
 	if !b.covered(off, end) {
 		b.mu.Unlock()
 		s.idx.unreserve()
@@ -503,6 +557,7 @@ func (b *Blob) DropPending(off, n int64) []string {
 	gone, np := b.pending.remove(off, end, []span{})
 	if np > 0 {
 		b.epoch++ // ReadAny callers must not take the punched zeros for data
+		b.changedLocked(off, end)
 	}
 	b.mu.Unlock()
 	s.pending.Add(-np)

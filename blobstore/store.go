@@ -27,6 +27,9 @@ var (
 	ErrLocked = errors.New("blob store directory is in use")
 	// ErrClosed: the Store was closed.
 	ErrClosed = errors.New("blob store is closed")
+	// ErrChanged is returned by Promote when pending bytes were written or dropped since the
+	// caller took PendingGen: what it verified may not be what is there now.
+	ErrChanged = errors.New("pending blob bytes changed since they were read")
 	// ErrSizeMismatch: a blob is already known with another size.
 	ErrSizeMismatch = errors.New("blob size mismatch")
 	// ErrNoSpace: the write does not fit the budget even after evicting every unpinned segment.

@@ -113,7 +113,8 @@ func TestPendingPromoteDrop(t *testing.T) {
 	if got := b.Pending(); !slices.Equal(got, want) {
 		t.Fatalf("Pending = %v", got)
 	}
-	if err := b.Promote(59000, 2000); !errors.Is(err, ErrMissing) {
+	gen := b.PendingGen()
+	if err := b.Promote(59000, 2000, gen); !errors.Is(err, ErrMissing) {
 		t.Fatalf("Promote over unwritten bytes: %v", err)
 	}
 	select {
@@ -121,7 +122,20 @@ func TestPendingPromoteDrop(t *testing.T) {
 		t.Fatal("notified before anything was verified")
 	default:
 	}
-	if err := b.Promote(60000, 20000); err != nil {
+	if err := b.WritePending(90000, pattern(id, 90000, 100), "peer-c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Promote(60000, 10000, gen); err != nil {
+		t.Fatalf("Promote after pending bytes elsewhere were written: %v", err)
+	}
+	b.DropPending(90000, 100)
+	if err := b.WritePending(70000, pattern(id, 70000, 100), "peer-c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Promote(60000, 20000, gen); !errors.Is(err, ErrChanged) {
+		t.Fatalf("Promote after the pending bytes were written again: %v, want ErrChanged", err)
+	}
+	if err := b.Promote(60000, 20000, b.PendingGen()); err != nil {
 		t.Fatal(err)
 	}
 	<-ch

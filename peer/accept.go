@@ -176,6 +176,9 @@ func (b *Blob) verifyAssembled(c *rafs.Chunk) (bad *BadChunk, ok bool) {
 	if b.sb.Verified(co, n) || !b.sb.Covered(co, n) {
 		return nil, false
 	}
+	// Promote keeps what was verified only if no other sender's bytes replaced it meanwhile; the
+	// Accept that wrote those checks the chunk again.
+	gen := b.sb.PendingGen()
 	src := make([]byte, n)
 	if err := b.sb.ReadAny(src, co); err != nil {
 		return nil, false // evicted meanwhile: fetched again when needed
@@ -190,7 +193,7 @@ func (b *Blob) verifyAssembled(c *rafs.Chunk) (bad *BadChunk, ok bool) {
 		b.blamed(origins, co, n)
 		return &BadChunk{Index: c.Index, Off: co, Size: n, Origins: origins, Err: err}, false
 	}
-	if err := b.sb.Promote(co, n); err != nil {
+	if err := b.sb.Promote(co, n, gen); err != nil {
 		return nil, false
 	}
 	b.markChecked(c.CompressedOffset)
@@ -277,6 +280,9 @@ func (b *Blob) maybeCheckWhole() {
 // runWhole runs one whole-blob check and publishes its result.
 func (b *Blob) runWhole(done chan struct{}) {
 	err := b.checkWhole(context.Background())
+	for i := 0; i < 3 && errors.Is(err, blobstore.ErrChanged); i++ {
+		err = b.checkWhole(context.Background())
+	}
 	b.mu.Lock()
 	b.whole.running, b.whole.err = nil, err
 	if err != nil {
@@ -292,6 +298,7 @@ var ErrWholeBlob = errors.New("blob bytes do not match the blob's digest")
 // checkWhole hashes the whole blob (verified and pending bytes) and compares it with the blob id:
 // a match makes the pending bytes verified; a mismatch drops them and names who sent them.
 func (b *Blob) checkWhole(ctx context.Context) error {
+	gen := b.sb.PendingGen()
 	h := sha256.New()
 	buf := make([]byte, 1<<20)
 	for off := int64(0); off < b.size; off += int64(len(buf)) {
@@ -308,12 +315,16 @@ func (b *Blob) checkWhole(ctx context.Context) error {
 	pend := b.sb.Pending()
 	if got == b.id {
 		for _, p := range pend {
-			if err := b.sb.Promote(p.Off, p.Len); err != nil {
+			if err := b.sb.Promote(p.Off, p.Len, gen); err != nil {
 				return fmt.Errorf("blob %s: promote [%d, +%d): %w", b.id, p.Off, p.Len, err)
 			}
 		}
 		b.log.Debug("uncovered bytes verified against the blob digest", zap.Int("ranges", len(pend)))
 		return nil
+	}
+	if b.sb.PendingGen() != gen {
+		// Bytes arrived while they were hashed: hash again before blaming anyone.
+		return fmt.Errorf("blob %s: whole-blob check: %w", b.id, blobstore.ErrChanged)
 	}
 	origins := b.sb.DropPending(0, b.size)
 	b.log.Warn("blob bytes do not hash to the blob id: the unverified ones are dropped", zap.String("sha256", got),

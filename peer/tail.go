@@ -30,10 +30,12 @@ func (b *Blob) maybeCheckTail() {
 	t.running = true
 	rec := t.rec
 	b.mu.Unlock()
-	for {
+	// A few passes at most: bytes that keep arriving elsewhere in the blob do not hold this caller
+	// (often a reader's fetch) here; the next bytes to arrive try again.
+	for pass := 1; ; pass++ {
 		b.checkTail(rec)
 		b.mu.Lock()
-		if !t.again || t.done || t.fails >= maxWholeFailures {
+		if !t.again || t.done || t.fails >= maxWholeFailures || pass == 4 {
 			t.running, t.again = false, false
 			b.mu.Unlock()
 			return
@@ -49,7 +51,12 @@ func (b *Blob) checkTail(rec *rafs.Blob) {
 	if toc <= 0 || toc > b.size || !b.sb.Covered(b.size-toc, toc) {
 		return
 	}
+	gen := b.sb.PendingGen()
 	start, err := blob.VerifyTail(storeReader{b.sb}, b.size, rec)
+	if err != nil && b.sb.PendingGen() != gen {
+		b.tailAgain() // bytes arrived while it was checked: check what is there now
+		return
+	}
 	switch {
 	case err == nil:
 		for _, p := range b.sb.Pending() {
@@ -57,8 +64,12 @@ func (b *Blob) checkTail(rec *rafs.Blob) {
 			if off >= end {
 				continue
 			}
-			if err := b.sb.Promote(off, end-off); err != nil {
-				b.log.Warn("promote the verified tail", zap.Int64("offset", off), zap.Error(err))
+			if err := b.sb.Promote(off, end-off, gen); err != nil {
+				if errors.Is(err, blobstore.ErrChanged) {
+					b.tailAgain()
+				} else {
+					b.log.Warn("promote the verified tail", zap.Int64("offset", off), zap.Error(err))
+				}
 				return
 			}
 		}
@@ -95,6 +106,13 @@ func (b *Blob) checkTail(rec *rafs.Blob) {
 	default:
 		// Some of the tail is not here yet: the next bytes to arrive try again.
 	}
+}
+
+// tailAgain asks the running tail check for one more pass.
+func (b *Blob) tailAgain() {
+	b.mu.Lock()
+	b.tail.again = true
+	b.mu.Unlock()
 }
 
 // chunkDataEnd is where the last known chunk's bytes end.
