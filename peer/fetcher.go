@@ -319,6 +319,7 @@ func (f *Fetcher) fetch(ctx context.Context, src source.Source, st *imageStats, 
 		// own metrics; the image counts the range it asked for.
 		err = fl.Fill(ctx, bl.id, start, end-start)
 		if err == nil {
+			st.requested()
 			st.fetched(kind, end-start)
 		}
 	} else {
@@ -356,6 +357,7 @@ func (f *Fetcher) stream(ctx context.Context, src source.Source, st *imageStats,
 		return err
 	}
 	defer rc.Close()
+	st.requested()
 	ttfb := time.Since(t0)
 	var netTime time.Duration // waiting for body bytes (not verifying them)
 	defer func() { bl.win.observe(ttfb, end-start, netTime) }()

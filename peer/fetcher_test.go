@@ -380,6 +380,9 @@ func TestSequentialReaderReadsAhead(t *testing.T) {
 			if tc.every == 1 && src.bytes.Load() > stored+gapLimit {
 				t.Errorf("the source sent %d bytes for a file of %d stored bytes read once", src.bytes.Load(), stored)
 			}
+			if got, want := im.Stats().Fetches, src.requests.Load(); got != want {
+				t.Errorf("stats count %d fetches, the source answered %d requests", got, want)
+			}
 		})
 	}
 }

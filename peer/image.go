@@ -36,8 +36,11 @@ type imageStats struct {
 	readErrors     atomic.Int64
 }
 
+// requested counts one request to the image's source.
+func (s *imageStats) requested() { s.fetches.Add(1) }
+
+// fetched counts n bytes brought in by a fetch of this kind.
 func (s *imageStats) fetched(kind string, n int64) {
-	s.fetches.Add(1)
 	if kind == kindPrefetch {
 		s.bytesPrefetch.Add(n)
 	} else {
