@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/dfnydus/dfnydus/blobstore"
+	"github.com/dfnydus/dfnydus/internal/lowprio"
 	"github.com/dfnydus/dfnydus/peer/source"
 	"github.com/dfnydus/dfnydus/rafs"
 	"github.com/dfnydus/dfnydus/rafs/builder"
@@ -23,19 +25,23 @@ import (
 
 // fakeSource serves a local blob dir, counting requests and bytes, and can lie or fail.
 type fakeSource struct {
-	inner    source.Source
-	dir      string // the blob directory inner reads
-	requests atomic.Int64
-	bytes    atomic.Int64
-	corrupt  atomic.Bool
-	fail     atomic.Bool
-	delay    time.Duration
-	inflight atomic.Int64 // requests being answered now
-	most     atomic.Int64 // the most requests answered at once
+	inner     source.Source
+	dir       string // the blob directory inner reads
+	requests  atomic.Int64
+	bytes     atomic.Int64
+	corrupt   atomic.Bool
+	fail      atomic.Bool
+	delay     time.Duration
+	inflight  atomic.Int64 // requests being answered now
+	most      atomic.Int64 // the most requests answered at once
+	onRequest func()       // called on the requesting goroutine, when set
 }
 
 func (s *fakeSource) ReadRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
 	s.requests.Add(1)
+	if s.onRequest != nil {
+		s.onRequest()
+	}
 	now := s.inflight.Add(1)
 	defer s.inflight.Add(-1)
 	for m := s.most.Load(); now > m && !s.most.CompareAndSwap(m, now); m = s.most.Load() {
@@ -293,6 +299,36 @@ func TestPrefetchKeepsTwoRequestsOnTheWire(t *testing.T) {
 	}
 	if got := src.most.Load(); got != prefetchInFlight {
 		t.Errorf("at most %d requests on the wire at once over %d requests, want %d", got, src.requests.Load(), prefetchInFlight)
+	}
+}
+
+// Prefetch fetches and verifies on nice-19 threads: it gives way to readers.
+func TestPrefetchRunsAtLowPriority(t *testing.T) {
+	img, src, _ := testImage(t)
+	var mu sync.Mutex
+	nices := map[int]int{}
+	src.onRequest = func() {
+		p, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			nices[-100]++
+			return
+		}
+		nices[20-p]++ // getpriority(2) returns 20 - nice
+	}
+	f, _ := newTestFetcher(t, 0)
+	im := mustImage(t, f, img, src)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	im.StartPrefetch(ctx, PrefetchOptions{Mode: PrefetchAll, MaxRequest: 128 << 10})
+	for im.PrefetchStatus().State == PrefetchRunning && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(nices) != 1 || nices[lowprio.Nice] == 0 {
+		t.Errorf("prefetch requests by thread nice value %v, want all at %d", nices, lowprio.Nice)
 	}
 }
 

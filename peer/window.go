@@ -101,7 +101,7 @@ func (w *readWindow) brought(off uint64, size int64) {
 // reaches it while windows are being read through starts the next window before it needs it
 // (asked says so). Without it a reader that streams through a blob leaves the link idle between
 // windows: from the moment a window's last byte arrives until the reader misses again and the
-// next request's first byte comes back (a quarter of the link on a tree read at 100 Mbit/s).
+// next request's first byte comes back.
 // The kernel's async readahead marks a page in each readahead window the same way.
 func (w *readWindow) mark(off uint64, end int64) {
 	w.mu.Lock()
