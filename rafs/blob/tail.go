@@ -75,11 +75,13 @@ func VerifyTail(r io.ReaderAt, size int64, b *rafs.Blob) (start int64, err error
 	if data.start() != 0 {
 		return 0, rafs.Corruptf("%s starts at %d, not at the start of the blob", NameBlobData, data.start())
 	}
-	if err := header(data.CompressedSize, NameBlobData, data.CompressedSize); err != nil {
-		return 0, err
-	}
 	for i := range rd.toc {
 		e := &rd.toc[i]
+		if off, n, ok := rd.tarHeaderOf(e); ok {
+			if err := header(off, e.Name, n); err != nil {
+				return 0, err
+			}
+		}
 		if e.Name == NameBlobData {
 			continue
 		}
@@ -98,15 +100,6 @@ func VerifyTail(r io.ReaderAt, size int64, b *rafs.Blob) (start int64, err error
 			return 0, rafs.Corruptf("ToC entry %q: sha256 %s, ToC says %s", e.Name, got, e.Digest)
 		}
 		spans = append(spans, span{e.start(), e.start() + e.CompressedSize})
-		switch e.Name {
-		case NameMeta: // its tar header follows blob.meta's 4096-byte header and covers both
-			err = header(rd.metaHdrOff+MetaHeaderSize, e.Name, e.CompressedSize+MetaHeaderSize)
-		case NameDigest, NameBootstrap:
-			err = header(e.start()+e.CompressedSize, e.Name, e.CompressedSize)
-		}
-		if err != nil {
-			return 0, err
-		}
 	}
 	// What the digests vouch for must be exactly the tail: every byte, none twice.
 	sort.Slice(spans, func(i, j int) bool { return spans[i].off < spans[j].off })

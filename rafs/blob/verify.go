@@ -84,17 +84,7 @@ func checkOrder(infos []ChunkInfo, features uint32) error {
 func (rd *Reader) verifySections() error {
 	for i := range rd.toc {
 		e := &rd.toc[i]
-		// The tar header after the section: blob.meta's covers the stored array and the 4096-byte
-		// header.
-		hdrOff, hdrSize, hasHdr := e.start()+e.CompressedSize, e.CompressedSize, true
-		switch e.Name {
-		case NameMeta:
-			hdrOff, hdrSize = rd.metaHdrOff+MetaHeaderSize, e.CompressedSize+MetaHeaderSize
-		case NameBlobData, NameDigest, NameBootstrap:
-		default: // blob.meta.header has none of its own; unknown sections are not assumed to
-			hasHdr = false
-		}
-		if hasHdr {
+		if hdrOff, hdrSize, hasHdr := rd.tarHeaderOf(e); hasHdr {
 			if err := rd.checkTarAt(hdrOff, e.Name, hdrSize); err != nil {
 				return err
 			}
@@ -119,6 +109,19 @@ func (rd *Reader) verifySections() error {
 		}
 	}
 	return nil
+}
+
+// tarHeaderOf says where the tar header that follows a section sits and the size it names:
+// blob.meta's covers the stored array and the 4096-byte header after it; blob.meta.header has
+// none of its own, and unknown sections are not assumed to.
+func (rd *Reader) tarHeaderOf(e *TOCEntry) (off, size uint64, ok bool) {
+	switch e.Name {
+	case NameMeta:
+		return rd.metaHdrOff + MetaHeaderSize, e.CompressedSize + MetaHeaderSize, true
+	case NameBlobData, NameDigest, NameBootstrap:
+		return e.start() + e.CompressedSize, e.CompressedSize, true
+	}
+	return 0, 0, false
 }
 
 // checkTarAt checks that a tar header naming name with the given size sits at off, before the ToC.
